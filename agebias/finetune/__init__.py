@@ -1,0 +1,1 @@
+"""agebias.finetune"""

@@ -1,0 +1,1 @@
+"""Generator adapters: EG3D-Age, CUSP, diffusion and the weight-free cardioid warp."""
