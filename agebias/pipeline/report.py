@@ -1,0 +1,183 @@
+"""The experiment report (``<out>/report.md`` and a self-contained ``<out>/report.html``).
+
+Its first screen says what was run, on what, what is unusual about it (random initialisation, demo-scale data,
+a geometry-only generator) and the headline table; the figures and per-stage details follow. It reads the stage
+summaries and the evaluator's ``results.json`` files; it computes no metric itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from agebias.atomic import write_text
+from agebias.evaluate.report import _f, _tables
+from agebias.pipeline.schema import Experiment
+
+FIGURE_ORDER = ("score_distributions", "group_rates", "det", "fairness_vs_fmr", "genuine_vs_age_gap")
+
+
+def _results(summaries: dict[str, Any]) -> dict[str, dict]:
+    out = {}
+    for protocol, folder in summaries.get("evaluate", {}).get("protocols", {}).items():
+        path = Path(folder) / "results.json"
+        if path.is_file():
+            out[protocol] = json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def caveats(exp: Experiment, summaries: dict[str, Any]) -> list[str]:
+    """Plain-word notes on what makes this run differ from a real measurement."""
+    notes = []
+    ft, gen, ev = exp.section("finetune"), exp.section("generate"), exp.section("evaluate")
+    fin = summaries.get("finetune", {})
+    if ft["enabled"] and ft["init"] == "random":
+        notes.append(f"The fine-tuned model is a small network ({ft['backbone']}) trained from RANDOM "
+                     f"initialisation for {fin.get('epochs', ft['epochs'])} epochs, because no pretrained ArcFace "
+                     "weights were configured; its numbers show that the pipeline works, not what fine-tuning "
+                     "does to a real model. Set [finetune] backbone to an arcface_torch backbone.pth to measure that.")
+    g = summaries.get("generate", {})
+    if gen["enabled"] and gen["method"] == "cardioid":
+        notes.append("The age-varied images come from the cardioid generator: a geometric craniofacial-growth warp "
+                     "of real photos (head shape only, no skin or texture ageing).")
+    if ev["dataset"] == "generated":
+        notes.append(f"The evaluation set is the generated set itself ({g.get('identities', '?')} identities x "
+                     f"{len(g.get('ages', []))} ages); the fine-tuned model was trained on most of these identities. "
+                     "For an age-bias measurement evaluate on FG-NET (dataset = \"fgnet\").")
+    n_ids = summaries.get("evaluate", {}).get("subjects")
+    if n_ids is not None and n_ids < 30:
+        notes.append(f"Only {n_ids} identities are evaluated: confidence intervals are wide and group rates rest "
+                     "on few pairs.")
+    return notes
+
+
+def _what_was_run(exp: Experiment, summaries: dict[str, Any]) -> list[str]:
+    gen, ft = exp.section("generate"), exp.section("finetune")
+    g, f, e = summaries.get("generate", {}), summaries.get("finetune", {}), summaries.get("evaluate", {})
+    lines = [f"Experiment: {exp.name} ({exp.path}). {exp.section('experiment')['description']}".strip()]
+    if g.get("enabled"):
+        src = gen["sources"] or f"{gen['identities']} seeds"
+        lines.append(f"Generate: {g.get('method')} from {src}: {g.get('identities')} identities x ages "
+                     f"{', '.join(str(a) for a in g.get('ages', []))} = {g.get('images')} images.")
+    elif g:
+        lines.append(f"Training data: {g.get('dataset')} (no generation).")
+    if f.get("enabled"):
+        frozen = ft["frozen_layers"] or "nothing"
+        lines.append(f"Fine-tune: {ft['backbone']} ({ft['init']}), frozen: {frozen}, {ft['head']} head, "
+                     f"{ft['optimizer']} lr {ft['lr']}, batch {ft['batch_size']}, {f.get('epochs')} epochs; "
+                     f"kept: {f.get('backbone_kind')} ({f.get('best_epoch') or f.get('epochs')}).")
+    if e:
+        lines.append(f"Evaluate: {', '.join(e.get('models', {}))} on {e.get('dataset')} "
+                     f"({e.get('images')} images, {e.get('subjects')} identities), protocols: "
+                     f"{', '.join(e.get('protocols', {}))}.")
+    return lines
+
+
+def _headline(results: dict[str, dict]) -> list[tuple[str, list[str], list[list[str]]]]:
+    if "all-pairs" in results:
+        res = results["all-pairs"]
+        tables = _tables(res)
+        target = res.get("settings", {}).get("target_fmr")
+        return [(f"{title} (target FMR {target})" if i == 0 else title, hdr, rows)
+                for i, (title, hdr, rows) in enumerate(tables)]
+    return [t for res in results.values() for t in _tables(res)]
+
+
+def _figures(summaries: dict[str, Any]) -> list[tuple[str, Path]]:
+    found = []
+    for protocol, folder in summaries.get("evaluate", {}).get("protocols", {}).items():
+        plots = Path(folder) / "plots"
+        pngs = sorted(plots.glob("*.png")) if plots.is_dir() else []
+        pngs.sort(key=lambda p: (FIGURE_ORDER.index(p.stem) if p.stem in FIGURE_ORDER else 99, p.stem))
+        found += [(f"{protocol}: {p.stem.replace('_', ' ')}", p) for p in pngs]
+    sheet = summaries.get("generate", {}).get("contact_sheet")
+    if sheet and Path(sheet).is_file():
+        found.append(("generated identities x ages (contact sheet)", Path(sheet)))
+    return found
+
+
+def _history_rows(summaries: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for h in summaries.get("finetune", {}).get("history", []) or []:
+        rows.append([str(h.get("epoch")), _f(h.get("loss")), _f(h.get("lr")), _f(h.get("val_eer")),
+                     _f(h.get("val_fnmr_at_fmr_1e-3"))])
+    return rows
+
+
+def write_experiment_report(exp: Experiment, out: Path, summaries: dict[str, Any]) -> dict[str, Path]:
+    results = _results(summaries)
+    notes = caveats(exp, summaries)
+    lines = _what_was_run(exp, summaries)
+    tables = _headline(results)
+    figures = _figures(summaries)
+    history = _history_rows(summaries)
+    md = _markdown(exp, out, notes, lines, tables, figures, history, summaries)
+    page = _html(exp, notes, lines, tables, figures, history, summaries)
+    write_text(out / "report.md", md)
+    write_text(out / "report.html", page)
+    return {"report_md": out / "report.md", "report_html": out / "report.html"}
+
+
+_HIST_HDR = ["epoch", "loss", "lr", "val EER", "val FNMR@FMR1e-3"]
+
+
+def _md_table(hdr: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _markdown(exp, out, notes, lines, tables, figures, history, summaries) -> str:
+    parts = [f"# agebias report: {exp.name}", ""]
+    if notes:
+        parts += ["> **Read this first.**"] + [f"> - {n}" for n in notes] + [""]
+    parts += [f"- {line}" for line in lines] + [""]
+    for title, hdr, rows in tables:
+        parts += [f"## {title}", ""] + _md_table(hdr, rows) + [""]
+    if figures:
+        parts += ["## Figures", ""]
+        parts += [f"![{title}]({p.resolve().relative_to(out.resolve()).as_posix()})" for title, p in figures]
+        parts.append("")
+    if history:
+        parts += ["## Fine-tuning history", ""] + _md_table(_HIST_HDR, history) + [""]
+    reports = summaries.get("evaluate", {}).get("protocols", {})
+    if reports:
+        parts += ["## Full evaluation reports", ""]
+        parts += [f"- {p}: {(Path(d) / 'report.md').resolve().relative_to(out.resolve()).as_posix()}"
+                  for p, d in reports.items()]
+    return "\n".join(parts) + "\n"
+
+
+def _html(exp, notes, lines, tables, figures, history, summaries) -> str:
+    e = html.escape
+    css = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:1.5em auto;padding:0 1em;color:#222}"
+           "table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;"
+           "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
+           ".note{background:#fff4e0;border-left:4px solid #E69F00;padding:.4em 1em;margin:.6em 0}"
+           "img{max-width:100%;margin:.4em 0}figure{margin:1em 0}figcaption{font-size:13px;color:#555}")
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>agebias report: {e(exp.name)}</title>"
+           f"<style>{css}</style></head><body><h1>agebias report: {e(exp.name)}</h1>"]
+    if notes:
+        out.append("<div class='note'><strong>Read this first.</strong><ul>"
+                   + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul></div>")
+    out.append("<ul>" + "".join(f"<li>{e(line)}</li>" for line in lines) + "</ul>")
+    for title, hdr, rows in tables:
+        out.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in hdr) + "</tr>"
+                   + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    if figures:
+        out.append("<h2>Figures</h2>")
+        for title, path in figures:
+            data = base64.b64encode(path.read_bytes()).decode()
+            out.append(f"<figure><img alt='{e(title)}' src='data:image/png;base64,{data}'>"
+                       f"<figcaption>{e(title)}</figcaption></figure>")
+    if history:
+        out.append("<h2>Fine-tuning history</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in _HIST_HDR) + "</tr>"
+                   + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in history)
+                   + "</table>")
+    skipped = summaries.get("evaluate", {}).get("skipped", [])
+    if skipped:
+        out.append("<h2>Skipped files</h2><ul>" + "".join(f"<li>{e(s['path'])}: {e(s['reason'])}</li>"
+                                                          for s in skipped) + "</ul>")
+    out.append("</body></html>")
+    return "\n".join(out)
