@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from agebias.errors import UserError
@@ -43,6 +42,30 @@ def _attach() -> None:
 _attach()
 
 
+def _cli_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, aborts) of the click that typer uses: its vendored copy (typer >= 0.29) and/or click."""
+    usage: list[type] = []
+    aborts: list[type] = [KeyboardInterrupt]
+    try:
+        from typer._click import exceptions as vendored
+
+        usage.append(vendored.ClickException)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        usage.append(click.exceptions.ClickException)
+        aborts.append(click.exceptions.Abort)
+    except ImportError:
+        pass
+    aborts.append(getattr(typer, "Abort", KeyboardInterrupt))
+    return tuple(usage), tuple(aborts)
+
+
+_USAGE_ERRORS, _ABORTS = _cli_exceptions()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code: 0 ok, 1 finished but something was skipped or failed
     (the command says what), 2 user error (one line on stderr), 130 interrupted."""
@@ -51,10 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except click.exceptions.ClickException as err:  # bad option, missing argument, unreadable path
-        print(f"error: {err.format_message()}", file=sys.stderr)
+    except _USAGE_ERRORS as err:  # bad option, missing argument, unreadable path
+        message = err.format_message().strip()
+        if type(err).__name__ == "NoArgsIsHelpError":  # the help was already shown
+            if message:
+                print(message, file=sys.stderr)
+            return 0
+        print(f"error: {message}", file=sys.stderr)
         return 2
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except _ABORTS:
         print("interrupted: finished outputs are kept; run the same command again to resume", file=sys.stderr)
         return 130
     return result if isinstance(result, int) else 0

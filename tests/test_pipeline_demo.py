@@ -1,0 +1,102 @@
+"""Newcomer test: `agebias run` on a trimmed demo config, interrupted during fine-tuning and resumed."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from agebias.cli import main
+
+pytestmark = pytest.mark.slow
+
+TRIMMED_DEMO = """
+[experiment]
+name = "demo-trimmed"
+seed = 0
+
+[generate]
+method = "cardioid"
+sources = "package-photos"
+all_faces = true
+ages = [6, 12, 30, 60]
+
+[finetune]
+backbone = "iresnet:1,1,1,1@8,16,16,32"
+init = "random"
+aligned = true
+frozen_layers = ""
+scale = 32.0
+margin = 0.3
+lr = 0.05
+epochs = 3
+batch_size = 8
+val_fraction = 0.25
+
+[evaluate]
+dataset = "generated"
+models = ["sface", "finetuned"]
+age_bins = "0-17,18-69"
+target_fmr = 0.01
+aligned = true
+"""
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_demo_runs_resumes_and_reports(tmp_path, monkeypatch):
+    exp = tmp_path / "demo.toml"
+    exp.write_text(TRIMMED_DEMO)
+    out = tmp_path / "run"
+
+    # first attempt: Ctrl-C arrives after the first epoch's checkpoint
+    import agebias.finetune.trainer as trainer
+
+    real = trainer.run_finetune
+
+    def interrupted(config):
+        config.stop_after_epochs = 1
+        real(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "run_finetune", interrupted)
+    assert main(["-q", "run", str(exp), "--out", str(out)]) == 130
+    state = json.loads((out / "generate" / "stage.json").read_text())
+    assert state["status"] == "complete" and state["summary"]["identities"] >= 8
+    assert not (out / "finetune" / "stage.json").exists()
+    run_dirs = list((out / "finetune").glob("run-*"))
+    assert len(run_dirs) == 1 and (run_dirs[0] / "checkpoints" / "last.pt").is_file()
+
+    # second attempt: generation is skipped, fine-tuning continues from epoch 2 and everything completes
+    monkeypatch.setattr(trainer, "run_finetune", real)
+    assert main(["-q", "run", str(exp), "--out", str(out)]) == 0
+    fin = json.loads((out / "finetune" / "stage.json").read_text())["summary"]
+    assert [h["epoch"] for h in fin["history"]] == [1, 2, 3]
+    assert fin["run_dir"] == str(run_dirs[0])
+
+    results = json.loads((out / "evaluate" / "all-pairs" / "results.json").read_text())
+    assert results["model_order"] == ["sface", "finetuned"]
+    for name in ("sface", "finetuned"):
+        section = results["models"][name]
+        assert set(section["groups"]) == {"0-17", "18-69"}
+        for group in section["groups"].values():
+            assert group["n_genuine"] > 0 and group["n_impostor"] > 0
+            assert _finite(group["fmr"]) and _finite(group["fnmr"])
+        assert _finite(section["overall"]["eer"])
+        assert "garbe" in section["fairness"]
+    # the pretrained SFace model separates these real identities far better than chance
+    assert results["models"]["sface"]["overall"]["auc"] > 0.9
+
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    first_screen = md[:1500]
+    assert "RANDOM" in first_screen and "cardioid" in first_screen
+    assert "| sface |" in md and "| finetuned |" in md
+    assert html.count("data:image/png;base64,") >= 5
+
+    # a third run has nothing to do
+    assert main(["-q", "run", str(exp), "--out", str(out)]) == 0
