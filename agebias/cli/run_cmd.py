@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         experiment: Path = typer.Argument(..., help="Experiment file, e.g. experiments/demo.toml."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: the file's [experiment] out)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: the file's \\[experiment] out)."),
         from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and all later ones: "
                                                  "generate, finetune, evaluate, report."),
         only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (earlier ones must be done)."),
