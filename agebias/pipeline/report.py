@@ -54,6 +54,16 @@ def caveats(exp: Experiment, summaries: dict[str, Any]) -> list[str]:
     return notes
 
 
+def evaluation_warnings(results: dict[str, dict]) -> list[str]:
+    """The evaluator's own plain-word warnings (tiny groups, undefined fairness measures...), de-duplicated."""
+    seen: dict[str, None] = {}
+    for protocol, res in results.items():
+        for name in res.get("model_order", []):
+            for warning in res["models"][name].get("warnings", []) or []:
+                seen.setdefault(f"{name} ({protocol}): {warning}", None)
+    return list(seen)
+
+
 def _what_was_run(exp: Experiment, summaries: dict[str, Any]) -> list[str]:
     gen, ft = exp.section("generate"), exp.section("finetune")
     g, f, e = summaries.get("generate", {}), summaries.get("finetune", {}), summaries.get("evaluate", {})
@@ -81,7 +91,7 @@ def _headline(results: dict[str, dict]) -> list[tuple[str, list[str], list[list[
         res = results["all-pairs"]
         tables = _tables(res)
         target = res.get("settings", {}).get("target_fmr")
-        return [(f"{title} (target FMR {target})" if i == 0 else title, hdr, rows)
+        return [(f"{title}, target FMR {target}" if i == 0 else title, hdr, rows)
                 for i, (title, hdr, rows) in enumerate(tables)]
     return [t for res in results.values() for t in _tables(res)]
 
@@ -110,12 +120,13 @@ def _history_rows(summaries: dict[str, Any]) -> list[list[str]]:
 def write_experiment_report(exp: Experiment, out: Path, summaries: dict[str, Any]) -> dict[str, Path]:
     results = _results(summaries)
     notes = caveats(exp, summaries)
+    warnings = evaluation_warnings(results)
     lines = _what_was_run(exp, summaries)
     tables = _headline(results)
     figures = _figures(summaries)
     history = _history_rows(summaries)
-    md = _markdown(exp, out, notes, lines, tables, figures, history, summaries)
-    page = _html(exp, notes, lines, tables, figures, history, summaries)
+    md = _markdown(exp, out, notes, lines, tables, figures, history, summaries, warnings)
+    page = _html(exp, notes, lines, tables, figures, history, summaries, warnings)
     write_text(out / "report.md", md)
     write_text(out / "report.html", page)
     return {"report_md": out / "report.md", "report_html": out / "report.html"}
@@ -128,13 +139,15 @@ def _md_table(hdr: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _markdown(exp, out, notes, lines, tables, figures, history, summaries) -> str:
+def _markdown(exp, out, notes, lines, tables, figures, history, summaries, warnings) -> str:
     parts = [f"# agebias report: {exp.name}", ""]
     if notes:
         parts += ["> **Read this first.**"] + [f"> - {n}" for n in notes] + [""]
     parts += [f"- {line}" for line in lines] + [""]
     for title, hdr, rows in tables:
         parts += [f"## {title}", ""] + _md_table(hdr, rows) + [""]
+    if warnings:
+        parts += ["## Warnings from the evaluation", ""] + [f"- {w}" for w in warnings] + [""]
     if figures:
         parts += ["## Figures", ""]
         parts += [f"![{title}]({p.resolve().relative_to(out.resolve()).as_posix()})" for title, p in figures]
@@ -149,7 +162,7 @@ def _markdown(exp, out, notes, lines, tables, figures, history, summaries) -> st
     return "\n".join(parts) + "\n"
 
 
-def _html(exp, notes, lines, tables, figures, history, summaries) -> str:
+def _html(exp, notes, lines, tables, figures, history, summaries, warnings) -> str:
     e = html.escape
     css = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:1.5em auto;padding:0 1em;color:#222}"
            "table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;"
@@ -165,6 +178,9 @@ def _html(exp, notes, lines, tables, figures, history, summaries) -> str:
     for title, hdr, rows in tables:
         out.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in hdr) + "</tr>"
                    + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    if warnings:
+        out.append("<h2>Warnings from the evaluation</h2><ul>" + "".join(f"<li>{e(w)}</li>" for w in warnings)
+                   + "</ul>")
     if figures:
         out.append("<h2>Figures</h2>")
         for title, path in figures:

@@ -152,7 +152,8 @@ def run_evaluate_stage(exp: Experiment, out: Path, summaries: dict[str, Any]) ->
         scan.records, list(specs.values()), stage_dir / "embeddings", detector=ev["detector"],
         aligned=ev["aligned"], flip=ev["flip"], device=_device(exp))
     by_model = dict(zip(specs, embedded.values()))
-    summary: dict[str, Any] = {"dataset": scan.name, "dataset_root": str(scan.root), "images": len(records),
+    label = {"generated": "the generated set", "fgnet": "FG-NET"}.get(ev["dataset"], scan.name)
+    summary: dict[str, Any] = {"dataset": label, "dataset_root": str(scan.root), "images": len(records),
                                "subjects": len({r.subject for r in records}), "models": specs,
                                "skipped": [p.as_dict() for p in [*scan.problems, *skipped]], "protocols": {}}
     for protocol in ev["protocols"]:

@@ -1,0 +1,242 @@
+"""The all-pairs protocol: every metric of one model's embeddings as a JSON-ready results section.
+
+Order of work: pass 1 over all pairs (:func:`agebias.evaluate.pairs.score_all_pairs`), metrics in planning mode,
+pass 2 for the bins they need (streamed engine only), metrics again (exact), then the subject bootstrap, the
+instance-level protocol and the identification metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from agebias.evaluate import metrics as M
+from agebias.evaluate.bootstrap import subject_bootstrap
+from agebias.evaluate.fairness import GroupTable, fdr, garbe
+from agebias.evaluate.grouping import AgeBins, describe_mode, image_groups, make_grouping
+from agebias.evaluate.identification import identification_by_group, rank1_from_pairs
+from agebias.evaluate.instance import instance_level
+from agebias.evaluate.pairs import NB, PairScores, _ceil32, bin_index, normalise, score_all_pairs
+from agebias.evaluate.settings import EvalSettings
+from agebias.progress import info
+
+
+def _tau_bin(tau: float) -> int:
+    return int(bin_index(np.array([_ceil32(tau)]))[0]) if tau == tau and abs(tau) != math.inf else 0
+
+
+def _metrics(ps: PairScores, st: EvalSettings) -> dict:
+    """Every pair metric; in planning mode (streamed, bins missing) some numbers are stand-ins."""
+    gp = ps.grouping
+    gen_groups = gp.key_group[ps.genuine_keys()]
+    gen_all = M.ExactDist(ps.gen_score)
+    imp_all = ps.impostor_dist(None)
+    if st.threshold is not None:
+        tau, realised = float(st.threshold), M.rate(imp_all.count_ge(st.threshold), imp_all.n)
+    else:
+        tau, realised = M.threshold_at_fmr(imp_all, st.target_fmr)
+    overall = M.summarize(gen_all, imp_all, tau, st.fmr_targets)
+    group_rates, extra, dists = {}, {}, {}
+    for g, lab in enumerate(gp.labels):
+        gd = M.ExactDist(ps.gen_score[gen_groups == g])
+        idist = ps.impostor_dist(gp.keys_of_group(g))
+        dists[lab] = (gd, idist)
+        sm = M.summarize(gd, idist, tau, st.fmr_targets)
+        group_rates[lab] = sm.rates
+        d = sm.as_dict()
+        extra[lab] = {k: d[k] for k in ("eer", "eer_threshold", "auc", "d_prime", "mean_genuine", "mean_impostor")}
+        extra[lab]["fnmr_at_fmr"] = d["fnmr_at_fmr"]
+        extra[lab]["fnmr_at_fmr_detail"] = d["fnmr_at_fmr_detail"]
+        if hasattr(idist, "auc_error_bound"):
+            extra[lab]["auc_error_bound"] = idist.auc_error_bound
+    table = GroupTable(tau, group_rates, overall.rates, st.alpha, extra)
+    # fairness over a range of target FMRs (one global tau each)
+    curve = []
+    for t in st.curve_fmrs:
+        tt, rf = M.threshold_at_fmr(imp_all, t)
+        fm = [M.rate(d[1].count_ge(tt), d[1].n) for d in dists.values()]
+        fn = [M.rate(d[0].count_lt(tt), d[0].n) for d in dists.values()]
+        curve.append({"target_fmr": t, "threshold": tt, "fmr": rf, "garbe": garbe(fm, fn, st.alpha),
+                      "fdr": fdr(fm, fn, st.alpha), "group_fmr": dict(zip(dists, fm)),
+                      "group_fnmr": dict(zip(dists, fn))})
+    # group x group impostor table ("both" mode)
+    cells = {}
+    for (a, b), keys in gp.cell_keys().items():
+        dd = ps.impostor_dist(keys)
+        k = dd.count_ge(tau)
+        cells[f"{gp.labels[a]}|{gp.labels[b]}"] = {"row": gp.labels[a], "col": gp.labels[b], "n_impostor": dd.n,
+                                                   "false_matches": k, "fmr": M.rate(k, dd.n)}
+    # genuine pairs by age gap (always reported, whatever the grouping mode)
+    curves = {"overall": M.det_curve(gen_all, imp_all)}
+    for lab, (gd, idist) in dists.items():
+        curves[lab] = M.det_curve(gd, idist)
+    inst_tau, inst_fpr = M.threshold_at_fmr(imp_all, st.instance_fpr)
+    od = overall.as_dict()
+    if hasattr(imp_all, "auc_error_bound"):
+        od["auc_error_bound"] = imp_all.auc_error_bound
+    return {"tau": tau, "realised_fmr": realised, "overall": od, "table": table, "fairness_curve": curve,
+            "impostor_cells": cells, "curves": curves, "instance_tau": (inst_tau, inst_fpr)}
+
+
+def _gap_table(ps: PairScores, ages: np.ndarray, tau: float, gap_bins: str) -> dict:
+    bins = AgeBins.parse(gap_bins)
+    a, b = ages[ps.gen_i], ages[ps.gen_j]
+    known = (a >= 0) & (b >= 0)
+    gap = np.abs(a - b)
+    out = {}
+    for lab, (lo, hi) in zip(bins.labels, bins.edges):
+        m = known & (gap >= lo) & (gap <= hi)
+        r = M.rates_at(ps.gen_score[m], [], tau)
+        out[lab] = {"n_genuine": r.n_genuine, "false_non_matches": r.false_non_matches, "fnmr": r.fnmr,
+                    "fnmr_ci": list(r.fnmr_ci),
+                    "mean_score": float(ps.gen_score[m].mean()) if m.any() else math.nan}
+    return out
+
+
+def _genuine_sample(ps: PairScores, ages: np.ndarray, max_points: int = 5000, seed: int = 0) -> dict:
+    """Genuine (age gap, score) points for the score-vs-gap plot (a seeded sample when there are many)."""
+    a, b = ages[ps.gen_i], ages[ps.gen_j]
+    m = np.flatnonzero((a >= 0) & (b >= 0))
+    if m.size > max_points:
+        m = np.sort(np.random.default_rng(seed).choice(m, max_points, replace=False))
+    return {"age_gap": np.abs(a[m] - b[m]).tolist(), "score": ps.gen_score[m].astype(float).tolist()}
+
+
+def _histograms(ps: PairScores, gen_groups: np.ndarray, labels: list[str], bins: int = 100) -> dict:
+    """Score histograms per group (genuine and impostor) on a common grid, for the distribution plots."""
+    edges = np.linspace(-1, 1, 2 * bins + 1)
+    out = {"edges": edges.tolist(), "groups": {}}
+
+    def imp_hist(keys):
+        if not ps.streamed:
+            s = ps.imp_score if keys is None else ps.imp_score[np.isin(ps.imp_key, keys)]
+            return np.histogram(np.clip(s, -1, 1), edges)[0]
+        h = ps.hist.sum(axis=0) if keys is None else ps.hist[np.asarray(keys)].sum(axis=0)
+        centres = -1.0 - 2.0 ** -10 + (np.arange(NB) + 0.5) * ((2 + 2.0 ** -9) / NB)
+        pos = np.clip(np.searchsorted(edges, centres, side="right") - 1, 0, edges.size - 2)
+        return np.bincount(pos, weights=h, minlength=edges.size - 1)
+
+    for g, lab in enumerate(["overall", *labels]):
+        gm = np.ones(gen_groups.size, bool) if g == 0 else gen_groups == g - 1
+        keys = None if g == 0 else ps.grouping.keys_of_group(g - 1)
+        out["groups"][lab] = {"genuine": np.histogram(np.clip(ps.gen_score[gm], -1, 1), edges)[0].tolist(),
+                              "impostor": np.asarray(imp_hist(keys)).astype(int).tolist()}
+    return out
+
+
+def undefined_fairness_warnings(fmr: list[float], fnmr: list[float]) -> list[str]:
+    """Say in plain words why GARBE or IR is undefined (n/a) rather than leaving a bare blank."""
+    out = []
+    for rate, rates in (("FMR", fmr), ("FNMR", fnmr)):
+        values = [x for x in rates if x == x]  # NaN (empty group) left out
+        if len(values) >= 2 and max(values) == 0:
+            out.append(f"GARBE and IR are undefined: {rate} is 0 in every age group at this threshold (no "
+                       f"{'false matches' if rate == 'FMR' else 'false non-matches'}), so its Gini and max/min "
+                       f"ratio have no value; FDR still applies.")
+        elif len(values) >= 2 and min(values) == 0:
+            out.append(f"IR is undefined: {rate} is 0 in some age group, so the max/min ratio is infinite.")
+    return out
+
+
+def evaluate_embeddings_allpairs(emb: np.ndarray, subjects: Sequence, ages: Sequence[int | None],
+                                 st: EvalSettings) -> dict:
+    """The all-pairs results section for one model (see :mod:`agebias.evaluate.api` for the layout)."""
+    emb = normalise(emb)
+    gp = make_grouping(ages, st.pair_grouping, st.age_bins, st.gap_bins)
+    ps = score_all_pairs(emb, subjects, gp, block=st.block, keep_all_pairs=st.keep_all_pairs)
+    res = _metrics(ps, st)
+    for _ in range(4):
+        if not ps.missing:
+            break
+        bins = set(ps.missing)
+        acc_from = min(_tau_bin(res["tau"]), _tau_bin(res["instance_tau"][0]))
+        if int(ps.hist.sum(axis=0)[acc_from:].sum()) > st.max_accepted_pairs:
+            acc_from = None
+        info(f"exact refinement pass over {len(bins)} histogram bins")
+        ps.missing.clear()
+        ps.refine(bins, acc_from)
+        res = _metrics(ps, st)
+    if ps.missing:
+        raise RuntimeError("exact refinement did not converge")
+    ages_arr = np.array([-1 if a is None else int(a) for a in ages], dtype=np.int64)
+    table: GroupTable = res["table"]
+    gen_groups = gp.key_group[ps.genuine_keys()]
+    tau = res["tau"]
+    warnings = []
+    groups = {}
+    for lab, r in table.groups.items():
+        e = table.extra[lab]
+        groups[lab] = {"n_genuine": r.n_genuine, "n_impostor": r.n_impostor, "false_matches": r.false_matches,
+                       "false_non_matches": r.false_non_matches, "fmr": r.fmr, "fnmr": r.fnmr,
+                       "fmr_ci": list(r.fmr_ci), "fnmr_ci": list(r.fnmr_ci), **e}
+        if r.n_genuine < st.min_group_pairs or r.n_impostor < st.min_group_pairs:
+            warnings.append(f"Age group {lab} has only {r.n_genuine} genuine and {r.n_impostor} impostor pairs; "
+                            f"its rates are very uncertain.")
+    fair = table.fairness()
+    warnings += undefined_fairness_warnings([r.fmr for r in table.groups.values()],
+                                            [r.fnmr for r in table.groups.values()])
+    # subject bootstrap, instance level (need the accepted impostor pairs)
+    try:
+        ai, aj, _ = ps.accepted_impostors(tau)
+        have_pairs = True
+    except RuntimeError:
+        ai = aj = np.zeros(0, np.int64)
+        have_pairs = False
+        warnings.append("Too many impostor pairs above the threshold to list: bootstrap and instance-level "
+                        "results were skipped.")
+    if have_pairs and st.bootstrap > 0:
+        bs = subject_bootstrap(gp, ps.subjects, ps.gen_i, ps.gen_j, ps.gen_score.astype(np.float64) >= tau,
+                               ai, aj, alpha=st.alpha, n_boot=st.bootstrap, seed=st.seed, level=st.confidence)
+        bs.pop("replicate_fmr", None)
+        bs.pop("replicate_fnmr", None)
+        fair["bootstrap"] = bs
+        fair["garbe_ci"], fair["fdr_ci"] = bs.get("garbe_ci"), bs.get("fdr_ci")
+    img_groups = image_groups(ages, st.age_bins)
+    bin_labels = AgeBins.parse(st.age_bins).labels
+    instance = None
+    it, ifpr = res["instance_tau"]
+    if have_pairs and it == it:
+        try:
+            ii, ij, _ = ps.accepted_impostors(it)
+            instance = instance_level(
+                ps.subjects, img_groups, bin_labels, ps.gen_i, ps.gen_j, ps.gen_score, ii, ij, it, ifpr, st.instance_fpr)
+        except RuntimeError:
+            instance = None
+    ident = None
+    n = emb.shape[0]
+    if st.identification == "on" or (st.identification == "auto" and n <= 20000):
+        ident = identification_by_group(emb, ps.subjects, img_groups, bin_labels)
+    elif st.identification == "auto":
+        ident = rank1_from_pairs(n, ps.gen_i, ps.gen_j, ps.gen_score, ps.max_impostor, img_groups, bin_labels)
+        warnings.append("Identification: rank-1 accuracy only (more than 20,000 images); mean ranks need "
+                        "--identification on (one more pass over all pairs).")
+    n_subj = int(np.unique(ps.subjects).size)
+    unknown_age = int((ages_arr < 0).sum())
+    if unknown_age:
+        warnings.append(f"{unknown_age} images have no age; their pairs count only in the overall row.")
+    cross_gen = int((gen_groups < 0).sum())
+    return {
+        "data": {"n_images": n, "n_subjects": n_subj, "n_genuine": int(ps.gen_score.size),
+                 "n_impostor": ps.n_impostor_total, "images_per_group": {
+                     lab: int((img_groups == g).sum()) for g, lab in enumerate(bin_labels)},
+                 "genuine_cross_group": cross_gen, "unknown_age": unknown_age,
+                 "engine": "streamed two-pass histogram" if ps.streamed else "all scores in memory",
+                 "passes": ps.passes},
+        "pair_grouping": {"mode": st.pair_grouping, "description": describe_mode(st.pair_grouping),
+                          "labels": gp.labels},
+        "overall": {**res["overall"], "threshold": tau, "target_fmr": st.target_fmr if st.threshold is None else None,
+                    "realised_fmr": res["realised_fmr"]},
+        "groups": groups,
+        "fairness": fair,
+        "fairness_vs_fmr": res["fairness_curve"],
+        "impostor_table": res["impostor_cells"],
+        "age_gap": _gap_table(ps, ages_arr, tau, st.gap_bins),
+        "genuine_vs_gap": _genuine_sample(ps, ages_arr, seed=st.seed),
+        "histograms": _histograms(ps, gen_groups, gp.labels),
+        "curves": {k: {kk: np.asarray(vv).tolist() for kk, vv in v.items()} for k, v in res["curves"].items()},
+        "instance_level": instance,
+        "identification": ident,
+        "warnings": warnings,
+    }
