@@ -1,13 +1,43 @@
-"""`agebias align`: not built yet (placeholder registered so `agebias --help` lists it)."""
+"""`agebias align SRC... --out DIR`: aligned 112x112 crops + manifest.csv + skipped list."""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
+from typing import List, Optional
 
-from agebias.errors import UserError
+import typer
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("align", help="(not built yet)", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def _placeholder() -> None:
-        raise UserError("'agebias align' is not built yet")
+    @app.command("align")
+    def align(
+        sources: List[Path] = typer.Argument(..., help="Image files, folders, FG-NET/AgeDB/generated roots or "
+                                                       "manifest CSVs."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder for crops, manifest.csv, skipped.csv."),
+        detector: str = typer.Option("auto", "--detector", "-d",
+                                     help="auto (landmarks when the dataset has them, else mtcnn) | mtcnn | "
+                                          "landmarks | none"),
+        all_faces: bool = typer.Option(False, "--all-faces", help="Keep every face, not only the largest central "
+                                                                  "one."),
+        aligned: bool = typer.Option(False, "--aligned", help="Inputs are already aligned 112x112 crops: pass "
+                                                              "them through."),
+        kind: str = typer.Option("auto", "--kind", help="Source kind: auto | fgnet | manifest | generated | agedb "
+                                                        "| folder."),
+        cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
+                                                 help="Aligned-crop cache (default $AGEBIAS_CACHE/aligned)."),
+        device: str = typer.Option("cpu", "--device", help="Device for MTCNN (cpu, cuda)."),
+    ) -> int:
+        """Align faces to the ArcFace 112x112 template. Exit 0 when every input was used, 1 when some were
+        skipped (listed in skipped.csv / skipped.json with the reason)."""
+        from agebias.data.export import align_to_folder
+        from agebias.progress import info
+
+        result = align_to_folder(sources, out, kind=kind, detector=detector, aligned=aligned, all_faces=all_faces,
+                                 cache_dir=cache_dir, device=device)
+        info(f"wrote {len(result.written)} crops and {result.manifest}")
+        if result.skipped:
+            info(f"skipped {len(result.skipped)} input(s); reasons in {out / 'skipped.csv'}")
+            for p in result.skipped[:10]:
+                info(f"  {p.path}: {p.reason}")
+            return 1
+        return 0

@@ -1,13 +1,82 @@
-"""`agebias datasets`: not built yet (placeholder registered so `agebias --help` lists it)."""
+"""`agebias datasets check KIND --root DIR`: subjects, images, images per age bin and problems of a dataset."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-from agebias.errors import UserError
+DEFAULT_ROOTS = {"fgnet": Path("datasets/fgnet"), "agedb": Path("datasets/agedb")}
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("datasets", help="(not built yet)", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def _placeholder() -> None:
-        raise UserError("'agebias datasets' is not built yet")
+    datasets = typer.Typer(help="Inspect face datasets (FG-NET, AgeDB, manifests, generated sets, folders).",
+                           no_args_is_help=True)
+    app.add_typer(datasets, name="datasets")
+
+    @datasets.command("check")
+    def check(
+        kind: str = typer.Argument(..., help="fgnet | agedb | manifest | generated | folder | auto"),
+        root: Optional[Path] = typer.Option(None, "--root", "-r",
+                                            help="Dataset folder or manifest CSV (fgnet default: datasets/fgnet)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> int:
+        """Scan a dataset and print what was found. Exit 0 clean, 1 problems found, 2 root missing."""
+        from agebias.data.fgnet import FGNET_HELP
+        from agebias.data.sources import open_dataset
+        from agebias.data.summary import summarize
+        from agebias.errors import UserError
+
+        path = root if root is not None else DEFAULT_ROOTS.get(kind.lower())
+        if path is None:
+            raise UserError(f"pass --root DIR for dataset kind {kind!r}")
+        if not path.exists():
+            hint = FGNET_HELP if kind.lower() == "fgnet" else "see datasets/README.md for where to get it"
+            raise UserError(f"{kind} root {path} not found. {hint}")
+        summary = summarize(open_dataset(path, kind))
+        if as_json:
+            typer.echo(json.dumps(summary.as_dict(), indent=2))
+        else:
+            _print_summary(summary)
+        return 1 if summary.problems else 0
+
+
+def _print_summary(summary) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # pragma: no cover - rich is a dependency
+        Console = None
+    if Console is None:
+        typer.echo(f"{summary.name} at {summary.root}: {summary.subjects} subjects, {summary.images} images")
+        for label, n in summary.per_age_bin.items():
+            typer.echo(f"  age {label}: {n}")
+        for p in summary.problems:
+            typer.echo(f"problem: {_relative(p['path'], summary.root)}: {p['reason']}")
+        return
+    console = Console(soft_wrap=True)
+    console.print(f"[bold]{summary.name}[/bold] at {summary.root}")
+    console.print(f"subjects: {summary.subjects}   images: {summary.images}   "
+                  f"with landmarks: {summary.with_landmarks}   problems: {len(summary.problems)}")
+    table = Table(title="images per age bin")
+    table.add_column("age (years)")
+    table.add_column("images", justify="right")
+    for label, n in summary.per_age_bin.items():
+        table.add_row(label, str(n))
+    console.print(table)
+    if summary.problems:
+        console.print(f"[bold]problems[/bold] ({len(summary.problems)}; paths relative to {summary.root}):")
+        for p in summary.problems:
+            typer.echo(f"  {_relative(p['path'], summary.root)}: {p['reason']}")
+
+
+def _relative(path: str, root: str) -> str:
+    import os
+
+    try:
+        rel = os.path.relpath(path, root)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel

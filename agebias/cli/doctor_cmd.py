@@ -1,13 +1,35 @@
-"""`agebias doctor`: not built yet (placeholder registered so `agebias --help` lists it)."""
+"""`agebias doctor`: what is installed and ready (torch/CUDA, onnxruntime, optional packages, each generator's
+checkout, weights and device), and what to do about what is missing."""
 
 from __future__ import annotations
 
-import typer
+import json
+from pathlib import Path
+from typing import Optional
 
-from agebias.errors import UserError
+import typer
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("doctor", help="(not built yet)", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def _placeholder() -> None:
-        raise UserError("'agebias doctor' is not built yet")
+    @app.command("doctor", help="Report what is installed and ready, and what to do about the rest.")
+    def doctor(
+        eg3d_checkpoint: Optional[Path] = typer.Option(None, "--eg3d-checkpoint", help="EG3D-Age pickle to check."),
+        eg3d_repo: Optional[Path] = typer.Option(None, "--eg3d-repo", help="EG3D-Age checkout to check."),
+        cusp_checkpoint: Optional[Path] = typer.Option(None, "--cusp-checkpoint", help="CUSP pickle to check."),
+        cusp_repo: Optional[Path] = typer.Option(None, "--cusp-repo", help="CUSP checkout to check."),
+        diffusion_model: Optional[str] = typer.Option(None, "--diffusion-model", help="Diffusers model to check."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> int:
+        from generators.doctor import format_report, run_doctor
+
+        checks = run_doctor({
+            "eg3d": {"repo": eg3d_repo, "checkpoint": eg3d_checkpoint},
+            "cusp": {"repo": cusp_repo, "checkpoint": cusp_checkpoint},
+            "diffusion": {"checkpoint": diffusion_model},
+        })
+        if as_json:
+            typer.echo(json.dumps([c.as_dict() for c in checks], indent=2))
+        else:
+            typer.echo(format_report(checks))
+            typer.echo("cardioid needs nothing else; see third_party/README.md for EG3D-Age and CUSP.")
+        return 0

@@ -1,13 +1,180 @@
-"""`agebias evaluate`: not built yet (placeholder registered so `agebias --help` lists it)."""
+"""`agebias evaluate`: fgnet, dataset, scores and bin sub-commands (thin layer over agebias.evaluate)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 from agebias.errors import UserError
 
+evaluate_app = typer.Typer(help="Measure verification accuracy and age bias (pinned metrics, plots, reports).",
+                           no_args_is_help=True)
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{what}: expected numbers separated by commas, got {text!r}") from None
+
+
+def _settings(protocol, target_fmr, threshold, alpha, age_bins, pair_grouping, gap_bins, bootstrap, formats,
+              identification, seed, block):
+    from agebias.evaluate.grouping import AgeBins
+    from agebias.evaluate.settings import EvalSettings
+
+    fmts = tuple(f.strip().lower() for f in formats.split(",") if f.strip())
+    for f in fmts:
+        if f not in ("png", "pdf", "svg"):
+            raise UserError(f"--format {f!r}: choose from png, pdf, svg")
+    if not (0 < target_fmr < 1):
+        raise UserError("--target-fmr must be between 0 and 1")
+    if not (0 <= alpha <= 1):
+        raise UserError("--alpha must be between 0 and 1")
+    if identification not in ("auto", "on", "off"):
+        raise UserError("--identification must be auto, on or off")
+    AgeBins.parse(age_bins)
+    AgeBins.parse(gap_bins)
+    return EvalSettings(protocol=protocol, target_fmr=target_fmr, threshold=threshold, alpha=alpha,
+                        age_bins=age_bins, pair_grouping=pair_grouping, gap_bins=gap_bins, bootstrap=bootstrap,
+                        formats=fmts or ("png",), identification=identification, seed=seed, block=block)
+
+
+def _summary(results: dict, out: Path) -> int:
+    from agebias.progress import info
+
+    for name in results["model_order"]:
+        sec = results["models"][name]
+        o = sec.get("overall", {})
+        f = sec.get("fairness", {})
+        if "eer" in o:
+            info(f"{name}: EER {o['eer']:.4f}  FNMR@FMR {o.get('realised_fmr', o.get('fmr', float('nan'))):.2g} = "
+                 f"{o['fnmr']:.4f}  GARBE {f.get('garbe', float('nan')):.4f}  FDR {f.get('fdr', float('nan')):.4f}")
+    info(f"wrote {out / 'results.json'}, {out / 'report.html'}")
+    return 1 if results["dataset"]["skipped"] else 0
+
+
+@evaluate_app.command("dataset", help="Evaluate a dataset (manifest CSV or folder) with models or precomputed "
+                                      "embeddings.")
+def dataset_cmd(
+    source: Path = typer.Argument(..., help="Manifest CSV or dataset folder."),
+    model: List[str] = typer.Option([], "--model", "-m", help="Model spec (.pth/.onnx/.safetensors or name); repeat "
+                                                              "to compare models."),
+    embeddings: List[Path] = typer.Option([], "--embeddings", "-e", help=".npz from 'agebias embed' (paths, "
+                                                                         "embeddings); repeat for several models."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    kind: str = typer.Option("auto", "--kind", help="Dataset kind: auto, fgnet, manifest, generated, agedb, folder."),
+    protocol: str = typer.Option("all-pairs", "--protocol", help="all-pairs (default) or msc (the legacy thesis "
+                                                                 "evaluation)."),
+    target_fmr: float = typer.Option(1e-3, "--target-fmr", help="Global operating point (FMR)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Fixed threshold instead of --target-fmr."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of FMR in GARBE/FDR/IR."),
+    age_bins: str = typer.Option("0-12,13-19,20-39,40-69", "--age-bins", help="Age groups, e.g. 0-12,13-19,20+."),
+    pair_grouping: str = typer.Option("both", "--pair-grouping", help="both | mean | gap."),
+    gap_bins: str = typer.Option("0-5,6-10,11-20,21+", "--gap-bins", help="Age-gap bins."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Subject resamples for GARBE/FDR intervals (0 = off)."),
+    formats: str = typer.Option("png", "--format", help="Plot formats: png,pdf,svg."),
+    identification: str = typer.Option("auto", "--identification", help="auto (<= 20000 images) | on | off."),
+    detector: str = typer.Option("auto", "--detector", help="Face alignment: auto, mtcnn, landmarks, none."),
+    aligned: bool = typer.Option(False, "--aligned", help="Images are already aligned 112x112 crops."),
+    flip: bool = typer.Option(False, "--flip", help="Fuse each embedding with its mirror image's."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+    block: int = typer.Option(2048, "--block", help="Tile size of the blocked score computation."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the figures."),
+) -> int:
+    from agebias.evaluate.runner import evaluate_source
+
+    st = _settings(protocol, target_fmr, threshold, alpha, age_bins, pair_grouping, gap_bins, bootstrap, formats,
+                   identification, seed, block)
+    res = evaluate_source(source, kind, out, st, models=model, embeddings=[str(e) for e in embeddings],
+                          detector=detector, aligned=aligned, flip=flip, device=device, batch_size=batch_size,
+                          plots=not no_plots)
+    return _summary(res, out)
+
+
+@evaluate_app.command("fgnet", help="Evaluate models on FG-NET (see datasets/README.md for where to get it).")
+def fgnet_cmd(
+    root: Path = typer.Option(Path("datasets/fgnet"), "--root", help="FG-NET folder."),
+    model: List[str] = typer.Option([], "--model", "-m", help="Model spec; repeat to compare models."),
+    embeddings: List[Path] = typer.Option([], "--embeddings", "-e", help="Precomputed .npz instead of --model."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    protocol: str = typer.Option("all-pairs", "--protocol", help="all-pairs (default) or msc (legacy)."),
+    target_fmr: float = typer.Option(1e-3, "--target-fmr"),
+    threshold: Optional[float] = typer.Option(None, "--threshold"),
+    alpha: float = typer.Option(0.5, "--alpha"),
+    age_bins: str = typer.Option("0-12,13-19,20-39,40-69", "--age-bins"),
+    pair_grouping: str = typer.Option("both", "--pair-grouping", help="both | mean | gap."),
+    gap_bins: str = typer.Option("0-5,6-10,11-20,21+", "--gap-bins"),
+    bootstrap: int = typer.Option(1000, "--bootstrap"),
+    formats: str = typer.Option("png", "--format", help="png,pdf,svg"),
+    identification: str = typer.Option("auto", "--identification"),
+    detector: str = typer.Option("auto", "--detector"),
+    flip: bool = typer.Option(False, "--flip"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+    no_plots: bool = typer.Option(False, "--no-plots"),
+) -> int:
+    from agebias.evaluate.runner import evaluate_source
+
+    if not root.exists():
+        from agebias.data.fgnet import FGNET_HELP
+
+        raise UserError(f"FG-NET not found at {root}. {FGNET_HELP}")
+    st = _settings(protocol, target_fmr, threshold, alpha, age_bins, pair_grouping, gap_bins, bootstrap, formats,
+                   identification, seed, 2048)
+    res = evaluate_source(root, "fgnet", out, st, models=model, embeddings=[str(e) for e in embeddings],
+                          detector=detector, flip=flip, device=device, batch_size=batch_size, plots=not no_plots)
+    return _summary(res, out)
+
+
+@evaluate_app.command("scores", help="Metrics from any system's scores: CSV with columns score, genuine (1/0) and "
+                                     "optionally a group column.")
+def scores_cmd(
+    path: Path = typer.Argument(..., help="CSV file."),
+    json_out: Path = typer.Option(..., "--json", help="Write the results here."),
+    group_column: str = typer.Option("group", "--group-column", help="Column with the group name (optional)."),
+    target_fmr: float = typer.Option(1e-3, "--target-fmr"),
+    threshold: Optional[float] = typer.Option(None, "--threshold"),
+    alpha: float = typer.Option(0.5, "--alpha"),
+) -> int:
+    from agebias.atomic import write_json
+    from agebias.evaluate.api import evaluate_scores
+    from agebias.progress import info
+
+    res = evaluate_scores(path, group_column, target_fmr, threshold, alpha)
+    write_json(json_out, res)
+    o = res["overall"]
+    info(f"tau {o['threshold']:.6g}: FMR {o['fmr']:.4g} FNMR {o['fnmr']:.4g} EER {o['eer']:.4g}"
+         + (f" GARBE {res['fairness']['garbe']:.4g}" if "fairness" in res else ""))
+    return 1 if res["skipped_rows"] else 0
+
+
+@evaluate_app.command("bin", help="insightface 10-fold verification on a .bin set (LFW, AgeDB-30, CALFW, ...).")
+def bin_cmd(
+    path: Path = typer.Argument(..., help=".bin file (pickle of images and issame flags, read safely)."),
+    model: List[str] = typer.Option(..., "--model", "-m", help="Model spec; repeat to compare."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+) -> int:
+    from agebias.atomic import write_json
+    from agebias.evaluate.verification_bin import evaluate_bin
+    from agebias.progress import info
+
+    res = evaluate_bin(path, model, device=device, batch_size=batch_size)
+    for name, r in res["models"].items():
+        info(f"{name}: accuracy {r['accuracy_mean'] * 100:.2f} +- {r['accuracy_std'] * 100:.2f} %")
+    if json_out:
+        write_json(json_out, res)
+    return 0
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("evaluate", help="(not built yet)", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def _placeholder() -> None:
-        raise UserError("'agebias evaluate' is not built yet")
+    app.add_typer(evaluate_app, name="evaluate")

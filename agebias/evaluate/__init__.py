@@ -1,1 +1,18 @@
-"""agebias.evaluate"""
+"""agebias.evaluate: pinned verification metrics, fairness measures, protocols, plots and reports.
+
+Pure functions of arrays live in :mod:`~agebias.evaluate.metrics` (rates, thresholds, EER, AUC, d', ROC/DET,
+Clopper-Pearson) and :mod:`~agebias.evaluate.fairness` (Gini, GARBE, FDR, IR, ``GroupTable``). The library entry
+points that write results are in :mod:`~agebias.evaluate.api` (``evaluate_models``, ``evaluate_embeddings``,
+``evaluate_scores``). Module map: ``pairs`` (blocked all-pairs engine), ``grouping`` (age bins, pair groups),
+``allpairs`` (the default protocol), ``msc`` (the legacy protocol), ``verification_bin`` (insightface 10-fold),
+``identification`` (FR-NAS ranks), ``instance`` (MixFairFace), ``bootstrap`` (subject resampling), ``plots``,
+``report``, ``runner`` (dataset -> embeddings -> results), ``settings``.
+"""
+
+from agebias.evaluate.fairness import GroupTable, fairness_summary, fdr, garbe, gini, inequity_rate
+from agebias.evaluate.metrics import (ExactDist, Rates, auc, clopper_pearson, d_prime, det_curve, eer, fnmr_at_fmr,
+                                      rates_at, roc_curve, summarize, threshold_at_fmr)
+
+__all__ = ["GroupTable", "fairness_summary", "fdr", "garbe", "gini", "inequity_rate", "ExactDist", "Rates", "auc",
+           "clopper_pearson", "d_prime", "det_curve", "eer", "fnmr_at_fmr", "rates_at", "roc_curve", "summarize",
+           "threshold_at_fmr"]

@@ -1,0 +1,273 @@
+"""Library entry points of the evaluator (the CLI and the pipeline call these).
+
+``results.json`` layout (schema ``agebias.evaluate/1``)::
+
+    {
+      "schema": "agebias.evaluate/1",
+      "settings": {...EvalSettings...},
+      "dataset": {"name", "root", "n_records", "skipped": [{"path", "reason"}]},
+      "model_order": ["baseline", "finetuned"],
+      "models": {name: SECTION, ...},
+      # the first model's SECTION keys are repeated at the top level, so single-model readers can use
+      # results["overall"]["eer"], results["groups"]["0-12"]["fmr"], results["fairness"]["garbe"] directly:
+      "model": "baseline", "overall": ..., "groups": ..., "fairness": ..., ...
+    }
+
+SECTION (all-pairs protocol): ``data`` (counts), ``pair_grouping``, ``overall`` {threshold, target_fmr,
+realised_fmr, fmr, fnmr, fmr_ci, fnmr_ci, eer, eer_threshold, auc, d_prime, fnmr_at_fmr {"0.01", "0.001",
+"0.0001"}, fnmr_at_fmr_detail, ...}, ``groups`` {label: {n_genuine, n_impostor, fmr, fnmr, fmr_ci, fnmr_ci (all at
+the global threshold), eer, auc, d_prime, fnmr_at_fmr (each at the group's own threshold for that FMR), ...}},
+``fairness`` {garbe, fdr, ir, alpha, garbe_ci, fdr_ci, bootstrap, disparities, ...}, ``fairness_vs_fmr``
+[{target_fmr, threshold, garbe, fdr, group_fmr, group_fnmr}], ``impostor_table`` (group x group FMR),
+``age_gap`` (genuine FNMR by age gap), ``curves`` (DET data per group), ``histograms``, ``genuine_vs_gap``,
+``instance_level``, ``identification``, ``warnings``. The ``msc`` protocol's section is described in
+:mod:`agebias.evaluate.msc`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from agebias.atomic import write_json, write_text
+from agebias.data.records import FaceRecord, Problem
+from agebias.errors import UserError
+from agebias.evaluate.settings import EvalSettings
+from agebias.progress import info
+
+SCHEMA = "agebias.evaluate/1"
+
+
+def _settings(settings: EvalSettings | dict | None) -> EvalSettings:
+    if settings is None:
+        return EvalSettings()
+    return settings if isinstance(settings, EvalSettings) else EvalSettings.from_dict(settings)
+
+
+def evaluate_section(records: Sequence[FaceRecord], embeddings: np.ndarray, st: EvalSettings) -> dict:
+    """One model's results section (no files written)."""
+    emb = np.asarray(embeddings)
+    if emb.shape[0] != len(records):
+        raise UserError(f"{emb.shape[0]} embeddings for {len(records)} images")
+    if len(records) < 2:
+        raise UserError("need at least two images to form pairs")
+    subjects = [r.subject for r in records]
+    ages = [r.age for r in records]
+    if len(set(subjects)) < 2:
+        raise UserError("all images belong to one subject: impostor pairs need at least two subjects")
+    if st.protocol == "msc":
+        from agebias.evaluate.msc import evaluate_msc
+
+        return evaluate_msc(emb, subjects, ages, st, paths=[str(r.path) for r in records])
+    if st.protocol != "all-pairs":
+        raise UserError(f"unknown protocol {st.protocol!r}; choose all-pairs or msc")
+    from agebias.evaluate.allpairs import evaluate_embeddings_allpairs
+
+    return evaluate_embeddings_allpairs(emb, subjects, ages, st)
+
+
+def evaluate_models(records: Sequence[FaceRecord], embeddings_by_model: dict[str, np.ndarray],
+                    out_dir: str | os.PathLike, settings: EvalSettings | dict | None = None, *,
+                    dataset_name: str = "", dataset_root: str = "", skipped: Sequence[Problem] = (),
+                    plots: bool = True) -> dict:
+    """Evaluate one or more models on the same images; write results.json, groups.csv, plots and reports.
+
+    ``embeddings_by_model``: name -> (N, D) array in ``records`` order. Returns the results dict."""
+    st = _settings(settings)
+    if not embeddings_by_model:
+        raise UserError("no model to evaluate")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    models = {}
+    for name, emb in embeddings_by_model.items():
+        info(f"evaluating {name} on {len(records)} images ({st.protocol})")
+        models[name] = evaluate_section(records, emb, st)
+    first = next(iter(models))
+    results = {
+        "schema": SCHEMA,
+        "settings": st.as_dict(),
+        "dataset": {"name": dataset_name, "root": str(dataset_root), "n_records": len(records),
+                    "skipped": [p.as_dict() if hasattr(p, "as_dict") else dict(p) for p in skipped]},
+        "model_order": list(models),
+        "models": models,
+        "model": first,
+        **{k: v for k, v in models[first].items()},
+    }
+    write_outputs(results, out, plots=plots)
+    return results
+
+
+def evaluate_embeddings(records: Sequence[FaceRecord], embeddings: np.ndarray, out_dir: str | os.PathLike,
+                        settings: EvalSettings | dict | None = None, model_name: str = "model", **kw) -> dict:
+    """Single-model convenience wrapper around :func:`evaluate_models`."""
+    return evaluate_models(records, {model_name: embeddings}, out_dir, settings, **kw)
+
+
+def groups_csv(results: dict) -> str:
+    """One row per model and group (plus each model's overall row)."""
+    rows = []
+    for name in results["model_order"]:
+        sec = results["models"][name]
+        if "groups" not in sec or "overall" not in sec:
+            continue
+        for g, d in [*sec["groups"].items(), ("overall", sec["overall"])]:
+            row = {"model": name, "group": g}
+            for k in ("n_genuine", "n_impostor", "false_matches", "false_non_matches", "fmr", "fnmr"):
+                row[k] = d.get(k)
+            for k in ("fmr_ci", "fnmr_ci"):
+                ci = d.get(k) or [None, None]
+                row[f"{k}_low"], row[f"{k}_high"] = ci[0], ci[1]
+            row["threshold"] = sec["overall"].get("threshold")
+            for k in ("eer", "eer_threshold", "auc", "d_prime"):
+                row[k] = d.get(k)
+            for t, v in (d.get("fnmr_at_fmr") or {}).items():
+                row[f"fnmr_at_fmr_{t}"] = v
+            rows.append(row)
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None or (isinstance(v, float) and v != v) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def write_outputs(results: dict, out: Path, plots: bool = True) -> dict:
+    """results.json, groups.csv, plots/*, report.md, report.html. Plots and reports only read ``results``."""
+    write_json(out / "results.json", results)
+    text = groups_csv(results)
+    if text:
+        write_text(out / "groups.csv", text)
+    figures = {}
+    if plots:
+        from agebias.evaluate.plots import make_plots
+
+        figures = make_plots(results, out / "plots", formats=results["settings"].get("formats") or ["png"])
+    from agebias.evaluate.report import write_reports
+
+    write_reports(results, out, figures)
+    return figures
+
+
+def evaluate_scores(path: str | os.PathLike, group_column: str | None = "group", target_fmr: float = 1e-3,
+                    threshold: float | None = None, alpha: float = 0.5,
+                    fmr_targets: Sequence[float] = (1e-2, 1e-3, 1e-4)) -> dict:
+    """Metrics from a CSV of any system's scores: columns ``score``, ``genuine`` (1/0), optional group column."""
+    from agebias.evaluate import metrics as M
+    from agebias.evaluate.fairness import GroupTable
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"score file {p} not found")
+    with p.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        for need in ("score", "genuine"):
+            if need not in cols:
+                raise UserError(f"{p}: column {need!r} missing (columns: {', '.join(cols) or 'none'})")
+        if group_column and group_column != "group" and group_column not in cols:
+            raise UserError(f"{p}: group column {group_column!r} missing (columns: {', '.join(cols)})")
+        use_group = group_column is not None and group_column in cols
+        scores, gen, groups, bad = [], [], [], []
+        for n, row in enumerate(reader, start=2):
+            row = {k.strip(): v for k, v in row.items() if k is not None}
+            try:
+                s = float(row["score"])
+                g = str(row["genuine"]).strip().lower()
+                if g in ("1", "true", "yes", "1.0"):
+                    gv = True
+                elif g in ("0", "false", "no", "0.0"):
+                    gv = False
+                else:
+                    raise ValueError(f"genuine must be 1 or 0, not {row['genuine']!r}")
+                if s != s or s in (float("inf"), float("-inf")):
+                    raise ValueError("score is not a finite number")
+            except (ValueError, TypeError) as err:
+                bad.append({"line": n, "reason": str(err)})
+                continue
+            scores.append(s)
+            gen.append(gv)
+            groups.append(str(row.get(group_column, "")).strip() if use_group else "")
+    s = np.asarray(scores, dtype=np.float64)
+    gm = np.asarray(gen, dtype=bool)
+    grp = np.asarray(groups, dtype=object)
+    if s.size == 0:
+        raise UserError(f"{p}: no usable rows")
+    if threshold is not None:
+        tau, realised = float(threshold), M.rate(int((s[~gm] >= threshold).sum()), int((~gm).sum()))
+    else:
+        tau, realised = M.threshold_at_fmr(s[~gm], target_fmr)
+    overall = M.summarize(s[gm], s[~gm], tau, fmr_targets)
+    result = {"schema": "agebias.scores/1",
+              "settings": {"target_fmr": None if threshold is not None else target_fmr, "threshold": threshold,
+                           "alpha": alpha, "group_column": group_column if use_group else None,
+                           "source": str(p)},
+              "overall": {**overall.as_dict(), "realised_fmr": realised}, "skipped_rows": bad}
+    if use_group:
+        names = sorted(set(grp.tolist()) - {""})
+        rates, extra = {}, {}
+        for name in names:
+            m = grp == name
+            sm = M.summarize(s[m & gm], s[m & ~gm], tau, fmr_targets)
+            rates[name] = sm.rates
+            d = sm.as_dict()
+            extra[name] = {k: d[k] for k in ("eer", "eer_threshold", "auc", "d_prime", "fnmr_at_fmr")}
+        table = GroupTable(tau, rates, overall.rates, alpha, extra)
+        result["groups"] = {name: {"n_genuine": r.n_genuine, "n_impostor": r.n_impostor,
+                                   "false_matches": r.false_matches, "false_non_matches": r.false_non_matches,
+                                   "fmr": r.fmr, "fnmr": r.fnmr, "fmr_ci": list(r.fmr_ci),
+                                   "fnmr_ci": list(r.fnmr_ci), **extra[name]} for name, r in rates.items()}
+        result["fairness"] = table.fairness()
+    return result
+
+
+def match_embeddings(records: Sequence[FaceRecord], npz_path: str | os.PathLike, root: str | os.PathLike = ""
+                     ) -> tuple[list[FaceRecord], np.ndarray, list[Problem]]:
+    """Rows of an ``agebias embed`` .npz matched to records on ``paths`` (absolute, then relative to ``root``,
+    then file name when unique). Records without an embedding are returned as problems."""
+    p = Path(npz_path)
+    if not p.is_file():
+        raise UserError(f"embeddings file {p} not found")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if "paths" not in z or "embeddings" not in z:
+                raise UserError(f"{p}: needs arrays 'paths' and 'embeddings' (as written by 'agebias embed')")
+            paths = [str(x) for x in z["paths"]]
+            emb = np.asarray(z["embeddings"], dtype=np.float32)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{p}: not a readable .npz ({err})") from None
+    if emb.ndim != 2 or emb.shape[0] != len(paths):
+        raise UserError(f"{p}: 'embeddings' must be (N, D) with one row per path")
+    root = Path(root) if root else None
+
+    def keys(path: str) -> list[str]:
+        q = Path(path)
+        out = [os.path.normcase(os.path.abspath(q))]
+        if root is not None and not q.is_absolute():
+            out.append(os.path.normcase(os.path.abspath(root / q)))
+        return out
+
+    index: dict[str, int] = {}
+    names: dict[str, list[int]] = {}
+    for i, path in enumerate(paths):
+        for k in keys(path):
+            index.setdefault(k, i)
+        names.setdefault(Path(path).name, []).append(i)
+    kept, rows, problems = [], [], []
+    for r in records:
+        cand = [index[k] for k in keys(str(r.path)) if k in index]
+        if not cand and len(names.get(Path(r.path).name, [])) == 1:
+            cand = names[Path(r.path).name]
+        if not cand:
+            problems.append(Problem(str(r.path), f"no embedding in {p.name}"))
+            continue
+        kept.append(r)
+        rows.append(cand[0])
+    return kept, emb[np.asarray(rows, dtype=np.int64)] if rows else emb[:0], problems

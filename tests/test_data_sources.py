@@ -1,0 +1,159 @@
+"""CSV manifests, the generated layout, AgeDB names, plain folders and `open_dataset` auto-detection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agebias.data.agedb import parse_agedb_name
+from agebias.data.generated import (file_checksum, generated_image_path, parse_generated_name, read_generated_rows,
+                                    scan_generated, write_generated_manifest)
+from agebias.data.manifest import read_manifest, write_manifest
+from agebias.data.records import FaceRecord
+from agebias.data.sources import detect_kind, open_dataset
+from agebias.errors import UserError
+
+
+def _img(path, value=128, size=(16, 16)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((*size, 3), value, np.uint8)).save(path)
+    return path
+
+
+def test_manifest_relative_paths_extras_and_problems(tmp_path):
+    _img(tmp_path / "data" / "imgs" / "a.png")
+    _img(tmp_path / "data" / "imgs" / "b.png")
+    (tmp_path / "data" / "list.csv").write_text(
+        "path,subject,age,gender,lm0_x,lm0_y,lm1_x,lm1_y,lm2_x,lm2_y,lm3_x,lm3_y,lm4_x,lm4_y\n"
+        "imgs/a.png,s1,12,f,1,2,3,4,5,6,7,8,9,10\n"
+        "imgs/b.png,s2,,m,,,,,,,,,,\n"
+        "imgs/missing.png,s3,30,m,,,,,,,,,,\n"
+        "imgs/a.png,s4,old,m,,,,,,,,,,\n")
+    scan = open_dataset(tmp_path / "data" / "list.csv")
+    assert [(r.path.name, r.subject, r.age) for r in scan.records] == [("a.png", "s1", 12), ("b.png", "s2", None)]
+    assert scan.records[0].path == tmp_path / "data" / "imgs" / "a.png"
+    assert scan.records[0].extra == {"gender": "f"}
+    assert scan.records[0].landmarks == ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10))
+    assert scan.records[1].landmarks is None
+    reasons = sorted(p.reason for p in scan.problems)
+    assert len(reasons) == 2 and "not found" in reasons[1] and "bad age" in reasons[0]
+
+
+def test_manifest_missing_column_is_user_error(tmp_path):
+    (tmp_path / "m.csv").write_text("file,age\nx.png,3\n")
+    with pytest.raises(UserError, match="path"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_write_manifest_roundtrip(tmp_path):
+    _img(tmp_path / "x" / "a.png")
+    recs = [FaceRecord(tmp_path / "x" / "a.png", "s1", 7, ((1.0, 2.0),) * 5, {"source": "z"})]
+    write_manifest(tmp_path / "manifest.csv", recs)
+    assert (tmp_path / "manifest.csv").read_text().splitlines()[0].startswith("path,subject,age")
+    back = open_dataset(tmp_path)
+    assert back.records[0].path == recs[0].path and back.records[0].age == 7
+    assert back.records[0].landmarks == recs[0].landmarks and back.records[0].extra == {"source": "z"}
+
+
+def test_generated_layout_and_manifest(tmp_path):
+    root = tmp_path / "gen"
+    assert generated_image_path(root, "id7", 35) == root / "id7" / "id7_35.png"
+    for ident in ("id1", "id2"):
+        for age in (5, 35, 70):
+            _img(generated_image_path(root, ident, age), value=age)
+    write_generated_manifest(root, [{"id": "id1", "age": a, "method": "cardioid", "seed": 3,
+                                     "parameters": {"strength": 0.5}, "note": "x"} for a in (5, 35)])
+    # merge: a later write adds rows and replaces same (id, age)
+    write_generated_manifest(root, [{"id": i, "age": a, "method": "cardioid", "seed": 4}
+                                    for i in ("id1", "id2") for a in (35, 70)] +
+                             [{"id": "id2", "age": 5, "method": "cardioid", "source": "photo.jpg"}])
+    rows = read_generated_rows(root)
+    assert len(rows) == 6
+    assert list(rows[0])[:8] == ["path", "id", "age", "method", "seed", "source", "parameters", "checksum"]
+    r5 = [r for r in rows if r["id"] == "id1" and r["age"] == "5"][0]
+    assert json.loads(r5["parameters"]) == {"strength": 0.5} and r5["note"] == "x"
+    assert r5["checksum"] == file_checksum(root / "id1" / "id1_5.png")
+    assert [r["seed"] for r in rows if r["id"] == "id1" and r["age"] == "35"] == ["4"]
+    assert detect_kind(root) == "generated"
+    scan = open_dataset(root)
+    assert sorted((r.subject, r.age) for r in scan.records) == [(i, a) for i in ("id1", "id2") for a in (5, 35, 70)]
+    assert all(r.extra["method"] == "cardioid" for r in scan.records) and not scan.problems
+    # an unlisted image and a corrupted file are reported
+    _img(root / "id3" / "id3_9.png")
+    (root / "id2" / "id2_70.png").write_bytes(b"changed")
+    scan = scan_generated(root, verify_checksums=True)
+    reasons = sorted(p.reason for p in scan.problems)
+    assert any("checksum" in r for r in reasons) and any("not listed" in r for r in reasons)
+
+
+def test_generated_layout_without_manifest(tmp_path):
+    root = tmp_path / "gen"
+    _img(root / "abc" / "abc_10.png")
+    _img(root / "abc" / "abc_60.png")
+    _img(root / "abc" / "stray.png")
+    scan = scan_generated(root)
+    assert sorted((r.subject, r.age) for r in scan.records) == [("abc", 10), ("abc", 60)]
+    assert [p.path.endswith("stray.png") for p in scan.problems] == [True]
+    assert parse_generated_name(root / "abc" / "xyz_10.png") is None
+
+
+def test_generated_id_must_be_folder_safe(tmp_path):
+    with pytest.raises(UserError):
+        generated_image_path(tmp_path, "../evil", 3)
+
+
+def test_agedb_names(tmp_path):
+    assert parse_agedb_name("0_MariaCallas_35_f.jpg") == ("MariaCallas", 35, "f", "0")
+    assert parse_agedb_name("12_Jean_Paul_Belmondo_70_m.JPG") == ("Jean_Paul_Belmondo", 70, "m", "12")
+    assert parse_agedb_name("MariaCallas_35.jpg") is None
+    for name in ("0_MariaCallas_35_f.jpg", "1_MariaCallas_50_f.jpg", "2_AlPacino_40_m.jpg", "3_AlPacino_70_m.jpg",
+                 "4_X_1_m.jpg"):
+        _img(tmp_path / "agedb" / name)
+    _img(tmp_path / "agedb" / "weird.jpg")
+    assert detect_kind(tmp_path / "agedb") == "agedb"
+    scan = open_dataset(tmp_path / "agedb")
+    assert len(scan.records) == 5 and scan.subjects == ["AlPacino", "MariaCallas", "X"]
+    r = [r for r in scan.records if r.path.name == "3_AlPacino_70_m.jpg"][0]
+    assert r.age == 70 and r.extra["gender"] == "m"
+    assert [p.path.endswith("weird.jpg") for p in scan.problems] == [True]
+
+
+def test_plain_folder(tmp_path):
+    _img(tmp_path / "in" / "alice" / "1.jpg")
+    _img(tmp_path / "in" / "bob" / "x.png")
+    (tmp_path / "in" / "bob" / "notes.txt").write_text("ignored")
+    (tmp_path / "in" / "bob" / "data.xyz").write_text("listed")
+    assert detect_kind(tmp_path / "in") == "folder"
+    scan = open_dataset(tmp_path / "in")
+    assert [(r.subject, r.age) for r in scan.records] == [("alice", None), ("bob", None)]
+    assert [p.path.endswith("data.xyz") for p in scan.problems] == [True]
+
+
+def test_open_dataset_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        open_dataset(tmp_path / "nope")
+    with pytest.raises(UserError, match="unknown dataset kind"):
+        open_dataset(tmp_path, "lfw")
+
+
+def test_summary_bins_and_check_other_kinds(tmp_path, capsys):
+    import json as _json
+
+    from agebias.cli import main
+    from agebias.data.summary import age_bin_label
+
+    assert [age_bin_label(a) for a in (0, 5, 6, 20, 21, 60, 61, 99, None)] == [
+        "0-5", "0-5", "6-10", "16-20", "21-30", "51-60", "61+", "61+", "unknown"]
+    for name in ("0_A_3_f.jpg", "1_A_64_f.jpg", "2_B_25_m.jpg"):
+        _img(tmp_path / "agedb" / name)
+    assert main(["datasets", "check", "agedb", "--root", str(tmp_path / "agedb"), "--json"]) == 0
+    s = _json.loads(capsys.readouterr().out)
+    assert (s["subjects"], s["images"]) == (2, 3)
+    assert s["per_age_bin"]["0-5"] == 1 and s["per_age_bin"]["21-30"] == 1 and s["per_age_bin"]["61+"] == 1
+    _img(tmp_path / "plain" / "p" / "x.png")
+    assert main(["datasets", "check", "auto", "--root", str(tmp_path / "plain"), "--json"]) == 0
+    assert _json.loads(capsys.readouterr().out)["per_age_bin"]["unknown"] == 1
+    assert main(["datasets", "check", "manifest"]) == 2  # no --root and no default

@@ -1,0 +1,159 @@
+"""The cardioid generator and the `agebias generate` CLI (fast paths use the aligned Tom Hanks crop)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agebias.cli import main
+from agebias.errors import UserError
+from generators.base import Identity
+from generators.cardioid import CardioidGenerator, cardioid_warp, strain_for_age
+from helpers_faces import astronaut_path, grace_hopper_path, insightface_image
+
+TOM = insightface_image("Tom_Hanks_54745.png")
+
+
+def _tom() -> np.ndarray:
+    return np.asarray(Image.open(TOM).convert("RGB"))
+
+
+def test_strain_grows_with_age():
+    ks = [strain_for_age(a) for a in (0, 3, 8, 14, 18, 30, 60)]
+    assert ks[0] == 0.0 and all(b > a for a, b in zip(ks, ks[1:]))
+
+
+@pytest.mark.skipif(TOM is None, reason="insightface test image not installed")
+def test_warp_changes_lower_face_keeps_crown_and_identity():
+    gen = CardioidGenerator(source_age=30)
+    ident = Identity(id="tom", image=_tom())
+    same = gen.generate_one(ident, 30).image
+    assert np.array_equal(same, ident.image)  # source age -> unchanged
+    imgs = {a: gen.generate_one(ident, a).image.astype(np.float32) for a in (3, 8, 14)}
+    for a, b in ((3, 8), (8, 14), (3, 14)):
+        assert np.abs(imgs[a] - imgs[b]).mean() > 2.0, (a, b)  # visibly different
+    src = ident.image.astype(np.float32)
+    top = slice(0, 35)  # around and above the crown centre: theta ~ 0, strain ~ 0
+    bottom = slice(80, 112)  # the chin: theta ~ pi, largest strain
+    d3 = np.abs(imgs[3] - src)
+    assert d3[bottom].mean() > 3 * d3[top].mean()
+    # identity roughly kept: the warped face stays highly correlated with the source in the eye region
+    eyes = slice(35, 70)
+    corr = np.corrcoef(imgs[14][eyes].ravel(), src[eyes].ravel())[0, 1]
+    assert corr > 0.8
+
+
+def test_out_of_range_age_and_bad_options():
+    gen = CardioidGenerator()
+    with pytest.raises(UserError, match="outside this model's range 0-100"):
+        gen.check_ages([5, 120])
+    with pytest.raises(UserError, match="not used by this generator: checkpoint"):
+        CardioidGenerator(checkpoint="x.pkl")
+    with pytest.raises(UserError):
+        CardioidGenerator(source_age=150)
+
+
+def test_warp_is_smooth_identity_at_equal_strain():
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    assert np.abs(cardioid_warp(img, 0.2, 0.2).astype(int) - img).max() <= 1
+
+
+@pytest.mark.skipif(TOM is None, reason="insightface test image not installed")
+def test_cli_aligned_sources(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(TOM, src / "Tom Hanks (1).png")  # id gets sanitised
+    out = tmp_path / "out"
+    rc = main(["-q", "generate", "--method", "cardioid", "--sources", str(src), "--aligned", "--ages", "3,8,14",
+               "--out", str(out)])
+    assert rc == 0
+    ident = "Tom_Hanks_1"
+    for a in (3, 8, 14):
+        assert (out / ident / f"{ident}_{a}.png").is_file()
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert len(rows) == 3 and '"geometry_only": true' in rows[0]["parameters"]
+    assert (out / "contact_sheet.png").is_file()
+    # rerun: nothing regenerated
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.png") if p.parent != out}
+    assert main(["-q", "generate", "--method", "cardioid", "--sources", str(src), "--aligned", "--ages", "3,8,14",
+                 "--out", str(out)]) == 0
+    assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*.png") if p.parent != out}
+
+
+def _err_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["generate", "--method", "nope", "--identities", "2", "--ages", "5", "--out", str(out)]) == 2
+    assert "unknown generator 'nope'" in _err_line(capsys)
+    assert main(["generate", "--method", "eg3d", "--identities", "2", "--ages", "5", "--out", str(out)]) == 2
+    line = _err_line(capsys)
+    assert "eg3d" in line and "--checkpoint" in line
+    assert main(["generate", "--method", "cardioid", "--identities", "2", "--ages", "5", "--out", str(out)]) == 2
+    assert "--sources" in _err_line(capsys)
+    assert main(["generate", "--method", "cardioid", "--sources", str(tmp_path), "--ages", "5,130",
+                 "--out", str(out)]) == 2
+    assert "outside" in _err_line(capsys)
+    assert main(["generate", "--method", "cardioid", "--sources", str(tmp_path / "missing"), "--ages", "5",
+                 "--out", str(out)]) == 2
+    assert "not found" in _err_line(capsys)
+    assert not out.exists()  # nothing half-written
+
+
+def test_cli_source_without_face_reports_skip(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.full((120, 120, 3), 128, np.uint8)).save(src / "blank.png")
+    out = tmp_path / "out"
+    assert main(["generate", "--method", "cardioid", "--sources", str(src), "--ages", "5", "--out", str(out)]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no usable face" in line and "no face found" in line
+    assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TOM is None or grace_hopper_path() is None, reason="package photos not installed")
+def test_acceptance_real_photos_mtcnn(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(insightface_image("t1.jpg"), src / "t1.jpg")
+    shutil.copy(grace_hopper_path(), src / "grace_hopper.jpg")
+    astronaut_path(src)
+    Image.fromarray(np.full((120, 120, 3), 128, np.uint8)).save(src / "blank.png")  # one bad source
+    out = tmp_path / "out"
+    rc = main(["-q", "generate", "--method", "cardioid", "--sources", str(src), "--ages", "3,8,14",
+               "--out", str(out)])
+    assert rc == 1  # finished, with one reported skip
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    ids = {r["id"] for r in rows}
+    assert ids == {"t1", "grace_hopper", "astronaut"}
+    assert len(rows) == 9
+    for ident in ids:
+        imgs = [np.asarray(Image.open(out / ident / f"{ident}_{a}.png"), dtype=np.float32) for a in (3, 8, 14)]
+        assert imgs[0].shape == (112, 112, 3)
+        assert np.abs(imgs[0] - imgs[2]).mean() > 2.0
+    import json
+
+    info = json.loads((out / "generation.json").read_text())
+    assert [s["reason"] for s in info["skipped"]] == ["no face found"]
+    assert (out / "contact_sheet.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(insightface_image("t1.jpg") is None, reason="insightface test image not installed")
+def test_all_faces_of_a_group_photo(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(insightface_image("t1.jpg"), src / "t1.jpg")
+    out = tmp_path / "out"
+    assert main(["-q", "generate", "--sources", str(src), "--all-faces", "--ages", "6", "--out", str(out)]) == 0
+    ids = sorted({r["id"] for r in csv.DictReader(open(out / "manifest.csv"))})
+    assert ids == [f"t1_face{i}" for i in range(6)]  # six people, left to right
