@@ -128,3 +128,66 @@ def test_bin_protocol_folds():
     assert r["accuracy_mean"] > 0.99 and len(r["fold_accuracies"]) == 10
     assert all(1.0 < t < 1.8 for t in r["fold_thresholds"])
     assert math.isclose(r["accuracy_std"], np.std(r["fold_accuracies"]))
+
+
+def test_scores_and_option_errors_are_one_line(tmp_path, capsys):
+    """Used to end in tracebacks (--target-fmr -1, a binary file, --block 0) or pass silently (--alpha 7,
+    --bootstrap -5)."""
+    f = tmp_path / "s.csv"
+    f.write_text("score,genuine\n0.9,1\n0.1,0\n0.2,0\n")
+    binary = tmp_path / "b.csv"
+    binary.write_bytes(b"\xb8\xff\x00\x13" * 20)
+    manifest, npz = _dataset(tmp_path)
+    runs = [
+        (["evaluate", "scores", str(f), "--json", str(tmp_path / "x.json"), "--target-fmr", "-1"], "--target-fmr"),
+        (["evaluate", "scores", str(f), "--json", str(tmp_path / "x.json"), "--alpha", "7"], "--alpha"),
+        (["evaluate", "scores", str(binary), "--json", str(tmp_path / "x.json")], "UTF-8 CSV"),
+        (["evaluate", "dataset", str(manifest), "--embeddings", str(npz), "--out", str(tmp_path / "o"),
+          "--block", "0"], "--block"),
+        (["evaluate", "dataset", str(manifest), "--embeddings", str(npz), "--out", str(tmp_path / "o"),
+          "--bootstrap", "-5"], "--bootstrap"),
+    ]
+    for args, word in runs:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and word in err and "Traceback" not in err, err
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "o").exists()
+
+
+def test_summary_line_names_target_and_realised_fmr(tmp_path, capsys, monkeypatch):
+    """The summary printed 'FNMR@FMR 0 = ...' (the realised FMR formatted as the target)."""
+    monkeypatch.delenv("AGEBIAS_QUIET", raising=False)
+    manifest, npz = _dataset(tmp_path)
+    assert main(["evaluate", "dataset", str(manifest), "--embeddings", str(npz), "--out", str(tmp_path / "o"),
+                 "--no-plots", "--bootstrap", "0"]) == 0
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if "EER" in ln)
+    assert "(target FMR 0.001)" in line and "FNMR@FMR 0 " not in line
+
+
+def test_embedding_cache_follows_image_content(tmp_path, monkeypatch):
+    """Cached embeddings were keyed on paths + model only: new pixels at the same paths reused stale rows."""
+    import torch
+    from PIL import Image
+
+    from agebias.data.records import FaceRecord
+    from agebias.evaluate.runner import embed_records
+    from agebias.models.checkpoints import save_backbone
+    from agebias.models.registry import create_backbone
+
+    monkeypatch.setenv("AGEBIAS_QUIET", "1")
+    torch.manual_seed(0)
+    ckpt = save_backbone(create_backbone("iresnet:1,1,1,1@8,8,16,16"), tmp_path / "tiny.pth")
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(2):
+        p = tmp_path / f"f{i}.png"
+        Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(p)
+        recs.append(FaceRecord(path=p, subject=str(i), age=10))
+    cache = tmp_path / "cache"
+    _, first, _ = embed_records(recs, [str(ckpt)], cache, aligned=True)
+    Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(recs[0].path)
+    _, second, _ = embed_records(recs, [str(ckpt)], cache, aligned=True)
+    name = next(iter(first))
+    assert not np.allclose(first[name][0], second[name][0])
+    np.testing.assert_allclose(first[name][1], second[name][1], rtol=1e-5, atol=1e-6)

@@ -108,6 +108,20 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
     assert not out.exists()  # nothing half-written
 
 
+def test_cli_bad_device_and_batch_size_one_line_exit_2(tmp_path, capsys):
+    """An unknown --device used to reach MTCNN and end in a torch traceback; --batch-size 0 was accepted."""
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.full((112, 112, 3), 128, np.uint8)).save(src / "a.png")
+    out = tmp_path / "out"
+    base = ["generate", "--method", "cardioid", "--sources", str(src), "--ages", "5", "--out", str(out)]
+    assert main(base + ["--device", "banana"]) == 2
+    assert "unknown device" in _err_line(capsys)
+    assert main(base + ["--batch-size", "0"]) == 2
+    assert "--batch-size" in _err_line(capsys)
+    assert not out.exists()
+
+
 def test_cli_source_without_face_reports_skip(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()

@@ -90,3 +90,19 @@ def test_cli_generate_with_qc(tmp_path):
     assert json.loads((out / "qc" / "qc.json").read_text())["min_similarity"] == 0.2
     assert (out / "qc" / "similarity_vs_age.png").is_file()
     assert {r["qc"] for r in csv.DictReader(open(out / "manifest.csv"))} == {"pass"}
+
+
+def test_cli_bad_qc_settings_fail_before_generating(tmp_path, capsys):
+    """A bad --qc-model used to surface only after every image was generated; --qc-min-similarity 5 passed."""
+    from agebias.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.full((112, 112, 3), 128, np.uint8)).save(src / "a.png")
+    out = tmp_path / "out"
+    base = ["generate", "--sources", str(src), "--aligned", "--ages", "3", "--out", str(out), "--qc"]
+    assert main(base + ["--qc-model", "nope"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert main(base + ["--qc-min-similarity", "5"]) == 2
+    assert "between -1 and 1" in capsys.readouterr().err
+    assert not out.exists()

@@ -191,3 +191,18 @@ def test_trusted_full_module_pickle(tmp_path):
         load_backbone(path)
     loaded = load_backbone(path, trust_checkpoint=True)
     _same_output(model, loaded)
+
+
+def test_hostile_pickle_reason_names_the_global(tmp_path):
+    """torch >= 2.6 words the refusal 'Trying to load unsupported GLOBAL posix.system ...': name the global."""
+    import os
+
+    class _System:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"x": _System()}, path)
+    msg = _message(load_backbone, path)
+    assert "references posix.system" in msg or "references nt.system" in msg
+    assert "Weights only load failed" not in msg

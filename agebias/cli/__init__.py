@@ -83,6 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     except _ABORTS:
-        print("interrupted: finished outputs are kept; run the same command again to resume", file=sys.stderr)
+        print("interrupted: outputs finished so far are kept", file=sys.stderr)
         return 130
     return result if isinstance(result, int) else 0

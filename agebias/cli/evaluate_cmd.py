@@ -37,11 +37,26 @@ def _settings(protocol, target_fmr, threshold, alpha, age_bins, pair_grouping, g
         raise UserError("--alpha must be between 0 and 1")
     if identification not in ("auto", "on", "off"):
         raise UserError("--identification must be auto, on or off")
+    if bootstrap < 0:
+        raise UserError(f"--bootstrap must be >= 0 (0 = off), got {bootstrap}")
+    if block < 1:
+        raise UserError(f"--block must be >= 1, got {block}")
     AgeBins.parse(age_bins)
     AgeBins.parse(gap_bins)
     return EvalSettings(protocol=protocol, target_fmr=target_fmr, threshold=threshold, alpha=alpha,
                         age_bins=age_bins, pair_grouping=pair_grouping, gap_bins=gap_bins, bootstrap=bootstrap,
                         formats=fmts or ("png",), identification=identification, seed=seed, block=block)
+
+
+def _num(v, fmt: str = ".4f") -> str:
+    return "n/a" if v is None or v != v else format(v, fmt)
+
+
+def _operating_point(o: dict) -> str:
+    """'at tau 0.4014 (target FMR 0.001): FMR 0.000, FNMR 0.0333' (no target when a fixed --threshold was used)."""
+    target = f" (target FMR {o['target_fmr']:g})" if o.get("target_fmr") is not None else ""
+    return (f"at tau {_num(o.get('threshold'))}{target}: FMR {_num(o.get('fmr'), '.2g')}, "
+            f"FNMR {_num(o.get('fnmr'))}")
 
 
 def _summary(results: dict, out: Path) -> int:
@@ -52,8 +67,8 @@ def _summary(results: dict, out: Path) -> int:
         o = sec.get("overall", {})
         f = sec.get("fairness", {})
         if "eer" in o:
-            info(f"{name}: EER {o['eer']:.4f}  FNMR@FMR {o.get('realised_fmr', o.get('fmr', float('nan'))):.2g} = "
-                 f"{o['fnmr']:.4f}  GARBE {f.get('garbe', float('nan')):.4f}  FDR {f.get('fdr', float('nan')):.4f}")
+            info(f"{name}: {_operating_point(o)}  EER {_num(o['eer'])}  GARBE {_num(f.get('garbe'))}  "
+                 f"FDR {_num(f.get('fdr'))}")
     info(f"wrote {out / 'results.json'}, {out / 'report.html'}")
     return 1 if results["dataset"]["skipped"] else 0
 
@@ -148,6 +163,10 @@ def scores_cmd(
     from agebias.evaluate.api import evaluate_scores
     from agebias.progress import info
 
+    if threshold is None and not (0 < target_fmr < 1):
+        raise UserError("--target-fmr must be between 0 and 1")
+    if not (0 <= alpha <= 1):
+        raise UserError("--alpha must be between 0 and 1")
     res = evaluate_scores(path, group_column, target_fmr, threshold, alpha)
     write_json(json_out, res)
     o = res["overall"]

@@ -160,12 +160,22 @@ def evaluate_scores(path: str | os.PathLike, group_column: str | None = "group",
                     threshold: float | None = None, alpha: float = 0.5,
                     fmr_targets: Sequence[float] = (1e-2, 1e-3, 1e-4)) -> dict:
     """Metrics from a CSV of any system's scores: columns ``score``, ``genuine`` (1/0), optional group column."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"score file {p} is a folder, not a CSV file")
+    if not p.is_file():
+        raise UserError(f"score file {p} not found")
+    try:
+        return _evaluate_scores_file(p, group_column, target_fmr, threshold, alpha, fmr_targets)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{p}: not a readable UTF-8 CSV file ({type(err).__name__}: {str(err)[:120]})") from None
+
+
+def _evaluate_scores_file(p: Path, group_column: str | None, target_fmr: float, threshold: float | None,
+                          alpha: float, fmr_targets: Sequence[float]) -> dict:
     from agebias.evaluate import metrics as M
     from agebias.evaluate.fairness import GroupTable
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"score file {p} not found")
     with p.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         cols = [c.strip() for c in (reader.fieldnames or [])]

@@ -1,8 +1,6 @@
 """Age groups of images and of pairs.
 
-Age bins are written ``0-12,13-19,20-39,40-69`` (inclusive whole years; ``70+`` for an open end). Default
-(:data:`DEFAULT_AGE_BINS`) suits FG-NET (ages 0-69, most images under 20): children 0-12, teenagers 13-19, young
-adults 20-39, older adults 40-69. A real-valued age m (a pair's mean age) falls in the bin with lo <= m < hi + 1.
+Age bins follow :mod:`agebias.data.ages` (``0-12,13-19,20-39,40-69``: inclusive whole years, ``70+`` open).
 
 A pair's group, by ``mode``:
 
@@ -19,63 +17,16 @@ class x class look-up table; each key maps to one reported group (or none).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from agebias.data.ages import DEFAULT_AGE_BINS, OPEN_END, AgeBins  # noqa: F401  (re-exported)
 from agebias.errors import UserError
 
-DEFAULT_AGE_BINS = "0-12,13-19,20-39,40-69"
 DEFAULT_GAP_BINS = "0-5,6-10,11-20,21+"
 MODES = ("both", "mean", "gap")
-OPEN_END = 10**6
-
-
-@dataclass(frozen=True)
-class AgeBins:
-    """Inclusive integer ranges (lo, hi); ``hi`` = OPEN_END for ``70+``."""
-
-    edges: tuple[tuple[int, int], ...]
-
-    @classmethod
-    def parse(cls, text: str) -> "AgeBins":
-        edges = []
-        for part in str(text).replace(" ", "").split(","):
-            if not part:
-                continue
-            m = re.fullmatch(r"(\d+)(?:-(\d+)|(\+))", part)
-            if not m:
-                raise UserError(f"age bin {part!r} is not like '13-19' or '70+' (in {text!r})")
-            lo = int(m.group(1))
-            hi = OPEN_END if m.group(3) else int(m.group(2))
-            if hi < lo:
-                raise UserError(f"age bin {part!r} ends before it starts")
-            edges.append((lo, hi))
-        if not edges:
-            raise UserError(f"no age bins in {text!r}")
-        edges.sort()
-        for (a, b), (c, _) in zip(edges, edges[1:]):
-            if c <= b:
-                raise UserError(f"age bins overlap in {text!r}")
-        return cls(tuple(edges))
-
-    @property
-    def labels(self) -> list[str]:
-        return [f"{lo}+" if hi >= OPEN_END else f"{lo}-{hi}" for lo, hi in self.edges]
-
-    def __len__(self) -> int:
-        return len(self.edges)
-
-    def index(self, age: float | None) -> int:
-        """Bin index of a (possibly fractional) age; -1 when unknown or outside every bin."""
-        if age is None or not (age == age):
-            return -1
-        for i, (lo, hi) in enumerate(self.edges):
-            if lo <= age < hi + 1:
-                return i
-        return -1
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """From a dataset on disk to results: scan, align, embed (cached) and evaluate. Used by `agebias evaluate`.
 
 Embeddings are cached per model in ``<out>/embeddings/<model>.npz`` (arrays ``paths``, ``embeddings`` as written by
-``agebias embed``, plus the model spec and its file size/mtime); a rerun with the same images and model reuses them.
+``agebias embed``, plus the model spec, its file size/mtime and a digest of the aligned crops); a rerun with the
+same aligned faces and model reuses them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -64,9 +66,11 @@ def embed_records(records: Sequence[FaceRecord], specs: Sequence[str], cache_dir
     if len(kept) < 2:
         raise UserError(f"only {len(kept)} usable face images; need at least two")
     paths = [str(r.path) for r in kept]
+    crops_digest = hashlib.sha256(np.ascontiguousarray(faces.crops).tobytes()).hexdigest()[:16]
     out: dict[str, np.ndarray] = {}
     for name, spec in zip(model_names(specs), specs):
-        stamp = _spec_stamp(spec) + f"|flip={flip}"
+        # the crops' digest: new image content or other alignment settings must not reuse old embeddings
+        stamp = _spec_stamp(spec) + f"|flip={flip}|crops={crops_digest}"
         cache = cache_dir / f"{name}.npz" if cache_dir else None
         emb = _cached(cache, paths, stamp) if cache else None
         if emb is None:

@@ -61,6 +61,8 @@ def evaluate_bin(path: str | os.PathLike, models: Sequence[str], device: str | N
     images, issame = read_bin(path)
     if len(images) != 2 * len(issame):
         raise UserError(f"{path}: {len(images)} images for {len(issame)} pairs")
+    if len(issame) < 10:
+        raise UserError(f"{path}: {len(issame)} pairs; the 10-fold protocol needs at least 10")
     import cv2
 
     crops = np.stack([im if im.shape[:2] == (112, 112) else cv2.resize(im, (112, 112), interpolation=cv2.INTER_AREA)

@@ -62,7 +62,7 @@ def _torch_load(path: Path, trust_checkpoint: bool) -> object:
 
 
 def _pickle_reason(err: BaseException) -> str:
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    m = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(err), re.IGNORECASE)
     if m:
         return f"it references {m.group(1)}"
     m = re.search(r"Unsupported operand \d+|Unsupported class [\w.]+", str(err))

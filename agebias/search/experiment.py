@@ -1,0 +1,171 @@
+"""The search experiment file (TOML) -> :class:`SearchExperiment`. Schema (every table but [space] optional)::
+
+    [experiment]  name (study name), out (output folder, default runs/<name>), seed
+    [search]      sampler = "nsga2" | "tpe", trials (per worker), heartbeat (seconds; 0 = off),
+                  population (NSGA-II population size), storage (Optuna URL; default sqlite:///<out>/study.db)
+    [data]        synthetic = PATH, real = PATH (finetune sources; weights searched as synthetic_weight /
+                  real_weight or fixed here as synthetic_weight = 1.0 ...), train = ["PATH[:WEIGHT]", ...] (instead),
+                  eval = PATH (a set for '@eval' objectives), eval_kind (fgnet | manifest | generated | auto),
+                  eval_aligned (bool), eval_age_bins (default: the finetune age_bins)
+    [finetune]    fixed FinetuneConfig settings of every trial (backbone/arch, init, epochs, batch_size, ...)
+    [space]       the searched parameters (agebias.search.space)
+    [objectives]  name = "METRIC@SET", all minimised, in order (agebias.search.objectives)
+    [baseline]    objective values of a reference model (same names, FDR as FDR; label = "...") marked in the
+                  Pareto plot, and/or results = "results.json" of `agebias evaluate` on the eval set (model = NAME
+                  picks one of its models) for the '@eval' objectives
+
+Relative paths are taken relative to the current directory (as `agebias run` does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agebias.errors import UserError
+from agebias.search.objectives import Objective, parse_objectives
+from agebias.search.space import SearchSpace, check_arch, compose_arch, mitigation_spec, parse_space
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TABLES = {
+    "experiment": {"name", "description", "out", "seed"},
+    "search": {"sampler", "trials", "heartbeat", "population", "storage"},
+    "data": {"synthetic", "real", "train", "eval", "eval_kind", "eval_aligned", "eval_age_bins", "synthetic_weight",
+             "real_weight"},
+    "finetune": None,  # FinetuneConfig fields, checked below
+    "space": None,
+    "objectives": None,
+    "baseline": None,
+}
+SAMPLERS = ("nsga2", "tpe")
+
+
+@dataclass
+class SearchExperiment:
+    path: Path
+    name: str
+    out: Path
+    seed: int | None
+    sampler: str
+    trials: int
+    heartbeat: int
+    population: int | None
+    storage: str | None
+    data: dict[str, Any]
+    finetune: dict[str, Any]
+    space: SearchSpace
+    objectives: list[Objective]
+    baseline: dict[str, Any] = field(default_factory=dict)
+
+    def finetune_settings(self, params: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+        """The FinetuneConfig dict of one trial: fixed settings, then the trial's parameters, then data/out."""
+        settings = dict(self.finetune)
+        plain = {k: v for k, v in params.items() if k not in _special()}
+        settings.update(plain)
+        base_arch = settings.get("arch") or (settings.get("backbone") if settings.get("init") == "random" else None)
+        arch = compose_arch(params, base_arch)
+        if arch and arch != base_arch:
+            settings.update(arch=arch, backbone=arch, init="random")
+        if arch and not str(arch).startswith("iresnet"):
+            settings["frozen_layers"] = ""  # only iresnet stages can be frozen
+        mitigation = mitigation_spec(params, settings.get("mitigation"))
+        if mitigation is not None:
+            settings["mitigation"] = mitigation
+        settings["data"] = self.data_sources(params)
+        settings["out"] = str(run_dir)
+        if self.seed is not None and "seed" not in settings:
+            settings["seed"] = self.seed
+        return settings
+
+    def data_sources(self, params: dict[str, Any]) -> list[str]:
+        if self.data.get("train"):
+            return list(self.data["train"])
+        sources = []
+        for key in ("synthetic", "real"):
+            path = self.data.get(key)
+            if not path:
+                continue
+            weight = float(params.get(f"{key}_weight", self.data.get(f"{key}_weight", 1.0)))
+            if weight > 0:
+                sources.append(f"{path}:{weight:g}")
+        if not sources:
+            raise UserError("this trial has no training data: every [data] source has weight 0")
+        return sources
+
+
+def _special() -> set[str]:
+    from agebias.search.space import SPECIAL
+
+    return set(SPECIAL)
+
+
+def load_search_experiment(path: str | Path) -> SearchExperiment:
+    """Read and validate a search experiment file; every problem is one :class:`UserError` line."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"experiment file not found: {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: not valid TOML: {err}") from None
+    for table, value in doc.items():
+        if table not in TABLES:
+            raise UserError(f"{path}: unknown table [{table}]; a search file has {', '.join(TABLES)}")
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: [{table}] must be a table")
+        keys = TABLES[table]
+        if keys is not None and set(value) - keys:
+            raise UserError(f"{path}: unknown key(s) in [{table}]: {', '.join(sorted(set(value) - keys))}")
+    exp_t, search_t, data_t = doc.get("experiment", {}), doc.get("search", {}), dict(doc.get("data", {}))
+    finetune_t = dict(doc.get("finetune", {}))
+    from agebias.finetune.config import FinetuneConfig
+
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    bad = sorted(set(finetune_t) - known) + sorted(k for k in ("data", "out") if k in finetune_t)
+    if bad:
+        raise UserError(f"{path}: [finetune] cannot set {', '.join(bad)} (data comes from [data], out per trial)")
+    name = str(exp_t.get("name", path.stem))
+    sampler = str(search_t.get("sampler", "nsga2")).lower()
+    if sampler not in SAMPLERS:
+        raise UserError(f"{path}: [search] sampler must be one of {', '.join(SAMPLERS)}, got '{sampler}'")
+    if not (data_t.get("train") or data_t.get("synthetic") or data_t.get("real")):
+        raise UserError(f"{path}: [data] needs 'synthetic', 'real' or 'train' (the training sources)")
+    if isinstance(data_t.get("train"), str):
+        data_t["train"] = [data_t["train"]]
+    for key in ("arch", "backbone"):
+        if finetune_t.get(key) and finetune_t.get("init") == "random":
+            check_arch(str(finetune_t[key]))
+    exp = SearchExperiment(
+        path=path, name=name, out=Path(str(exp_t.get("out") or Path("runs") / name)),
+        seed=None if exp_t.get("seed") is None else int(exp_t["seed"]), sampler=sampler,
+        trials=int(search_t.get("trials", 10)), heartbeat=int(search_t.get("heartbeat", 60)),
+        population=None if search_t.get("population") is None else int(search_t["population"]),
+        storage=search_t.get("storage"), data=data_t, finetune=finetune_t,
+        space=parse_space(doc.get("space", {})), objectives=parse_objectives(doc.get("objectives", {})),
+        baseline=dict(doc.get("baseline", {})))
+    _check_paths(path, data_t)
+    needs_eval = any(o.on == "eval" for o in exp.objectives)
+    if needs_eval and not data_t.get("eval"):
+        raise UserError(f"{path}: an '@eval' objective needs [data] eval = PATH")
+    return exp
+
+
+def _check_paths(path: Path, data: dict[str, Any]) -> None:
+    """Every [data] source must exist (a missing demo set says how to make it)."""
+    from agebias.finetune.data import parse_source
+
+    entries = [(k, str(data[k])) for k in ("synthetic", "real", "eval") if data.get(k)]
+    entries += [("train", parse_source(str(s)).path) for s in data.get("train") or []]
+    for key, value in entries:
+        p = Path(value if key == "eval" or key == "train" else parse_source(value).path)
+        if not p.exists():
+            hint = ("; make it first with `agebias run experiments/demo.toml --only generate`"
+                    if "demo" in value else "")
+            raise UserError(f"{path}: [data] {key} {value} does not exist{hint}")

@@ -1,0 +1,214 @@
+"""Formula checks of the mitigation methods on tiny tensors with hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agebias.mitigation.adversarial import AgeAdversary, adversarial_penalty
+from agebias.mitigation.ddl import GroupBranchSampler, ddl_loss, kl_divergence, pair_similarities, soft_histogram
+from agebias.mitigation.group_margin import group_margin_logits, resolve_margins
+from agebias.mitigation.label_flip import flip_labels, group_identity_table
+from agebias.mitigation.mixfair import mixfair_logits, mixfair_shift, random_partner
+
+
+# ---- label flip -------------------------------------------------------------------------------------------------
+
+def test_group_identity_table_lists_identities_per_group():
+    table = group_identity_table([0, 0, 1, 2, 2], [0, 1, 1, 0, -1], 2)
+    assert table[0].tolist() == [0, 2] and table[1].tolist() == [0, 1]
+
+
+def test_label_flip_fixed_group_all_flipped_swaps_two_identities():
+    labels = torch.tensor([0, 1, 3, 4])
+    groups = torch.tensor([0, 0, 1, 1])
+    cands = [torch.tensor([0, 1, 2]), torch.tensor([3, 4])]
+    new, g = flip_labels(labels, groups, cands, p=1.0, group=1, generator=torch.Generator().manual_seed(0))
+    assert g == 1
+    assert new.tolist() == [0, 1, 4, 3]  # only other identity of group 1 for each; group 0 untouched
+    assert labels.tolist() == [0, 1, 3, 4]  # input not modified
+
+
+def test_label_flip_count_and_pool():
+    labels = torch.tensor([0, 1, 2, 5, 6, 7])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    cands = [torch.tensor([0, 1, 2, 9]), torch.tensor([5, 6, 7])]
+    for seed in range(10):
+        new, g = flip_labels(labels, groups, cands, p=2 / 3, generator=torch.Generator().manual_seed(seed))
+        changed = (new != labels).nonzero().flatten().tolist()
+        assert len(changed) == 2  # round(2/3 * 3) samples of the chosen group
+        assert all(int(groups[i]) == g for i in changed)
+        assert all(int(new[i]) in cands[g].tolist() for i in changed)
+
+
+def test_label_flip_absent_group_and_zero_p():
+    labels, groups = torch.tensor([0, 1]), torch.tensor([0, 0])
+    cands = [torch.tensor([0, 1]), torch.tensor([2, 3])]
+    new, g = flip_labels(labels, groups, cands, p=1.0, group=1)
+    assert g is None and new.tolist() == [0, 1]
+    new, g = flip_labels(labels, groups, cands, p=0.0)
+    assert g == 0 and new.tolist() == [0, 1]
+
+
+# ---- group margin -----------------------------------------------------------------------------------------------
+
+def test_group_margin_logits_hand_values():
+    cos = torch.tensor([[0.5, 0.2], [0.1, 0.8], [0.3, 0.3]])
+    logits = group_margin_logits(cos, torch.tensor([0, 1, 0]), torch.tensor([0, 1, -1]), torch.tensor([0.1, 0.3]),
+                                 scale=2.0, default=0.2)
+    expected = torch.tensor([[0.8, 0.4], [0.2, 1.0], [0.2, 0.6]])
+    assert torch.allclose(logits, expected, atol=1e-6)
+
+
+def test_resolve_margins_ramp_and_explicit():
+    assert resolve_margins([], 3, 0.35, step=0.05) == pytest.approx([0.40, 0.35, 0.40])
+    assert resolve_margins([], 4, 0.3, step=0.1, base=0) == pytest.approx([0.3, 0.4, 0.5, 0.6])
+    assert resolve_margins([0.2], 3, 0.35) == [0.2, 0.2, 0.2]
+    with pytest.raises(ValueError):
+        resolve_margins([0.1, 0.2], 3, 0.35)
+
+
+# ---- adversarial ------------------------------------------------------------------------------------------------
+
+def test_adversarial_penalty_hand_values():
+    assert float(adversarial_penalty(torch.tensor([[0.5, 0.5]]))) == pytest.approx(0.0)
+    assert float(adversarial_penalty(torch.tensor([[1.0, 0.0]]))) == pytest.approx(math.log(1.5))
+    # G = 4, one-hot: (3 * log(1 + 1/4) + log(1 + 3/4)) / 4
+    val = float(adversarial_penalty(torch.tensor([[0.0, 1.0, 0.0, 0.0]])))
+    assert val == pytest.approx((3 * math.log(1.25) + math.log(1.75)) / 4)
+    assert AgeAdversary.max_penalty(4) == pytest.approx(val)
+
+
+def test_adversary_gradients_go_where_they_should():
+    torch.manual_seed(0)
+    adv = AgeAdversary(dim=4, n_groups=2, weight=2.0, warmup=3, hidden=8)
+    emb = torch.randn(6, 4, requires_grad=True)
+    groups = torch.tensor([0, 1, 0, 1, -1, 0])
+    before = adv.losses(emb, groups, step=2)
+    assert float(before["adv_penalty"].detach()) == 0.0  # warm-up
+    before["adv_disc"].backward()
+    assert emb.grad is None  # classifier trained on detached embeddings
+    assert all(p.grad is not None for p in adv.discriminator.parameters())
+    adv.zero_grad()
+    after = adv.losses(emb, groups, step=3)
+    probs = adv.discriminator(emb[groups >= 0]).softmax(1)
+    assert float(after["adv_penalty"].detach()) == pytest.approx(2.0 * float(adversarial_penalty(probs).detach()), rel=1e-6)
+    after["adv_penalty"].backward()
+    assert emb.grad is not None and float(emb.grad.abs().sum()) > 0
+    assert emb.grad[4].abs().sum() == 0  # ungrouped sample left out
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in adv.discriminator.parameters())
+
+
+# ---- mixfair ----------------------------------------------------------------------------------------------------
+
+def test_mixfair_shift_and_logits_hand_values():
+    f_a = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    f_b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    f_mix = torch.tensor([[1.0, 1.0], [0.8, 0.6]])
+    shift = mixfair_shift(f_a, f_b, f_mix)
+    assert shift.tolist() == pytest.approx([0.0, 0.36 - 0.64])
+    logits = mixfair_logits(torch.tensor([[0.5, 0.1], [0.5, 0.1]]), torch.tensor([0, 1]), shift, margin=0.35,
+                            scale=10.0)
+    assert logits.tolist()[0] == pytest.approx([10 * (0.5 - 0.35), 1.0])
+    assert logits.tolist()[1] == pytest.approx([5.0, 10 * (0.1 - 0.35 + 0.28)], abs=1e-5)
+
+
+def test_random_partner_has_no_fixed_points():
+    for n in (2, 3, 7):
+        perm = random_partner(n, torch.Generator().manual_seed(n))
+        assert sorted(perm.tolist()) == list(range(n))
+        assert all(perm[i] != i for i in range(n))
+
+
+# ---- distribution distillation -----------------------------------------------------------------------------------
+
+def test_soft_histogram_hand_values():
+    h = soft_histogram(torch.tensor([0.25]), bins=2, sigma=0.25)
+    e = math.exp(-2.0)  # (0.25 - 0.75)^2 / (2 * 0.25^2)
+    assert h.tolist() == pytest.approx([1 / (1 + e), e / (1 + e)])
+    x = torch.tensor([-0.3, 0.5], requires_grad=True)  # -0.3 lands in the tail of the first bins
+    h = soft_histogram(x, bins=4)
+    assert float(h.sum().detach()) == pytest.approx(1.0) and float(h[0].detach()) > float(h[3].detach())
+    h[0].backward()
+    assert float(x.grad[0]) != 0.0  # not clamped: negative cosines still get a gradient
+
+
+def test_kl_hand_value():
+    kl = kl_divergence(torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.75]))
+    assert float(kl) == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), rel=1e-5)
+
+
+def test_pair_similarities_positives_and_hard_negatives():
+    emb = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    pos, neg = pair_similarities(emb, torch.tensor([0, 0, 1, 2]), topk=2)
+    assert pos.tolist() == pytest.approx([1.0])
+    assert sorted(neg.tolist()) == pytest.approx([0.6, 0.8])
+    _, neg_all = pair_similarities(emb, torch.tensor([0, 0, 1, 2]), topk=0)
+    assert sorted(neg_all.tolist()) == pytest.approx([0.0, 0.0, 0.6, 0.6, 0.8])
+
+
+def _hist(values, bins, sigma):
+    centres = [(k + 0.5) / bins for k in range(bins)]
+    raw = [sum(math.exp(-((x - c) ** 2) / (2 * sigma ** 2)) for x in values) for c in centres]
+    return [r / sum(raw) for r in raw]
+
+
+def test_ddl_loss_hand_values_and_teacher_detached():
+    # group 0: pos [1.0], neg [0, 0] -> gap 1 (teacher); group 1: pos [0.6], neg [0.0, 0.8] -> gap 0.2
+    emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 5, 5, 6])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    out = ddl_loss(emb, labels, groups, bins=2, sigma=0.25, topk=0, order_weight=1.0, entropy_weight=0.5)
+    assert int(out["teacher"]) == 0
+    assert float(out["ddl_order"]) == pytest.approx(-(1.0 + 0.2) / 2)
+    kl = lambda p, q: sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q))  # noqa: E731
+    ent = lambda p: -sum(a * math.log(a) for a in p)  # noqa: E731
+    hp_t, hn_t = _hist([1.0], 2, 0.25), _hist([0.0, 0.0], 2, 0.25)
+    hp_s, hn_s = _hist([0.6], 2, 0.25), _hist([0.0, 0.8], 2, 0.25)
+    exp_kl = kl(hp_t, hp_s) + kl(hn_t, hn_s)
+    exp_ent = (ent(hp_t) + ent(hn_t) + ent(hp_s) + ent(hn_s)) / 2
+    assert float(out["ddl_kl"]) == pytest.approx(exp_kl, rel=1e-4)
+    assert float(out["ddl_entropy"]) == pytest.approx(exp_ent, rel=1e-4)
+    assert float(out["ddl"].detach()) == pytest.approx(exp_kl - 0.6 + 0.5 * exp_ent, rel=1e-4)
+    # KL alone: the teacher branch gets no gradient
+    only_kl = ddl_loss(emb, labels, groups, bins=2, sigma=0.25, order_weight=0.0)
+    only_kl["ddl"].backward()
+    assert float(emb.grad[:3].abs().sum()) == 0.0
+    assert float(emb.grad[3:].abs().sum()) > 0.0
+
+
+def test_group_branch_sampler_builds_one_sub_batch_per_group():
+    labels = [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4]
+    groups = [0, 0, 1, 0, 0, 1, 1, 1, 1, 1, 2]  # group 2 has no identity with 2 images
+    sampler = GroupBranchSampler(labels, groups, batch_size=8, per_identity=2, seed=1)
+    assert sampler.skipped_groups == [2]
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 1
+    b = batches[0]
+    assert len(b) == 8 and sampler.batch_size == 8
+    assert [groups[i] for i in b] == [0, 0, 0, 0, 1, 1, 1, 1]
+    for k in range(0, 8, 2):  # consecutive pairs share identity and group
+        assert labels[b[k]] == labels[b[k + 1]] and b[k] != b[k + 1]
+    assert list(GroupBranchSampler(labels, groups, 8, seed=1)) == batches
+
+
+def test_minimising_ddl_pulls_the_student_histograms_to_the_teacher():
+    torch.manual_seed(0)
+    labels = torch.arange(8).repeat_interleave(2).repeat(2)
+    groups = torch.arange(2).repeat_interleave(16)
+    emb = torch.randn(32, 8)
+    emb[:16] = torch.randn(8, 8).repeat_interleave(2, 0) + 0.1 * torch.randn(16, 8)  # teacher: tight pairs
+    teacher_before = emb[:16].clone()
+    emb.requires_grad_(True)
+    opt = torch.optim.Adam([emb], lr=0.02)
+    first = None
+    for _ in range(150):
+        out = ddl_loss(emb, labels, groups, bins=10, topk=0, teacher=0, order_weight=0.0)
+        first = float(out["ddl_kl"]) if first is None else first
+        opt.zero_grad()
+        out["ddl"].backward()
+        opt.step()
+    assert first > 1.0 and float(out["ddl_kl"]) < 0.05 * first
+    assert torch.equal(emb[:16].detach(), teacher_before)  # the teacher branch never moved
