@@ -45,13 +45,19 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
     raise UserError(f"unknown architecture '{name}'; choose one of: {', '.join(list_backbones())}")
 
 
-def _custom_iresnet(spec: str, **kwargs) -> nn.Module:
-    depth_part, _, width_part = spec.partition("@")
+def parse_iresnet_spec(name: str) -> tuple[list[int], list[int]]:
+    """``iresnet:1,1,2,1@16,32,64,128`` -> ``([1, 1, 2, 1], [16, 32, 64, 128])`` (widths default 64..512)."""
+    depth_part, _, width_part = name[len("iresnet:"):].partition("@")
     try:
         depths = [int(v) for v in depth_part.split(",")]
         widths = [int(v) for v in width_part.split(",")] if width_part else [64, 128, 256, 512]
     except ValueError:
-        raise UserError(f"bad iresnet spec 'iresnet:{spec}': expected e.g. iresnet:2,2,2,2@32,64,128,256") from None
+        raise UserError(f"bad iresnet spec '{name}': expected e.g. iresnet:2,2,2,2@32,64,128,256") from None
     if len(depths) != 4 or len(widths) != 4 or min(depths) < 1 or min(widths) < 1:
-        raise UserError(f"bad iresnet spec 'iresnet:{spec}': need 4 stage depths >= 1 (and 4 widths >= 1)")
+        raise UserError(f"bad iresnet spec '{name}': need 4 stage depths >= 1 (and 4 widths >= 1)")
+    return depths, widths
+
+
+def _custom_iresnet(spec: str, **kwargs) -> nn.Module:
+    depths, widths = parse_iresnet_spec("iresnet:" + spec)
     return _ir.IResNet(depths, widths=widths, **kwargs)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from agebias.errors import UserError
+from agebias.models.registry import list_backbones, parse_iresnet_spec
 
 SPECIAL = ("arch", "depth1", "depth2", "depth3", "depth4", "width", "mitigation", "mitigation_weight",
            "synthetic_weight", "real_weight")
@@ -161,23 +162,8 @@ def check_arch(name: str) -> None:
     if name.startswith("iresnet:"):
         parse_iresnet_spec(name)
         return
-    from agebias.models.registry import list_backbones
-
     if name not in list_backbones():
         raise UserError(f"unknown architecture '{name}'; choose one of: {', '.join(list_backbones())}")
-
-
-def parse_iresnet_spec(name: str) -> tuple[list[int], list[int]]:
-    """``iresnet:1,1,2,1@16,32,64,128`` -> ``([1, 1, 2, 1], [16, 32, 64, 128])`` (widths default 64..512)."""
-    depth_part, _, width_part = name[len("iresnet:"):].partition("@")
-    try:
-        depths = [int(v) for v in depth_part.split(",")]
-        widths = [int(v) for v in width_part.split(",")] if width_part else [64, 128, 256, 512]
-    except ValueError:
-        raise UserError(f"bad iresnet spec '{name}': expected e.g. iresnet:2,2,2,2@32,64,128,256") from None
-    if len(depths) != 4 or len(widths) != 4 or min(depths) < 1 or min(widths) < 1:
-        raise UserError(f"bad iresnet spec '{name}': need 4 stage depths >= 1 (and 4 widths >= 1)")
-    return depths, widths
 
 
 def compose_arch(params: dict[str, Any], base_arch: str | None) -> str | None:
