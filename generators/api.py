@@ -33,6 +33,12 @@ def run_generate(method: str, out: str | Path, *, identities: int | None = None,
     if isinstance(age_bins, (list, tuple)):
         age_bins = ",".join(str(b) if isinstance(b, str) else f"{b[0]}-{b[1]}" for b in age_bins)
     plan = AgePlan.from_options(ages=ages, age_bins=age_bins, per_bin=per_bin, seed=seed)
+    batch_size = (options or {}).get("batch_size")
+    if batch_size is not None and int(batch_size) < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    _device(options)  # an unknown or unavailable device fails here, before any work
+    if qc is not None:
+        qc = _prepare_qc(qc)
     generator = create_generator(method, **{k: v for k, v in (options or {}).items() if v is not None})
     generator.check_ages(plan.all_ages())
     if generator.needs == "seeds" and sources is not None:
@@ -70,5 +76,23 @@ def run_generate(method: str, out: str | Path, *, identities: int | None = None,
 
 
 def _device(options: dict[str, Any] | None) -> str:
+    """The device for source-face detection: ``cpu`` unless one is named (validated: unknown names and CUDA
+    without CUDA are user errors)."""
+    from generators.checkout import pick_device
+
     dev = (options or {}).get("device")
-    return "cpu" if not dev or dev == "auto" else str(dev)
+    return "cpu" if not dev or dev == "auto" else pick_device(str(dev))
+
+
+def _prepare_qc(qc: dict[str, Any]) -> dict[str, Any]:
+    """Check the QC settings and build its embedder before anything is generated (a bad --qc-model must not
+    surface only after a long generation run)."""
+    from agebias.models.embedder import build_embedder
+
+    qc = dict(qc)
+    sim = qc.get("min_similarity", 0.3)
+    if not -1.0 <= float(sim) <= 1.0:
+        raise UserError(f"--qc-min-similarity {sim}: a cosine similarity must lie between -1 and 1")
+    if qc.get("embedder") is None:
+        qc["embedder"] = build_embedder(qc.get("model", "sface"), device=qc.get("device"))
+    return qc

@@ -100,6 +100,10 @@ def pick_device(device: str | None) -> str:
 
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(str(device))
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device {device}: unknown device (use cpu, cuda, cuda:N or auto)") from None
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: CUDA is not available here (use --device cpu)")
     return str(device)

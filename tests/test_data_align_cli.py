@@ -103,3 +103,24 @@ def test_align_aligned_passthrough_and_missing_source(tmp_path, capsys):
     assert main(["--quiet", "align", str(tmp_path / "crop.png"), "--out", str(tmp_path / "o"), "--aligned"]) == 0
     assert main(["--quiet", "align", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_align_bad_device_kind_and_out_are_one_line(tmp_path, capsys):
+    """--device banana ended in a torch traceback, --kind foo on an image file was misreported as a bad file
+    name (exit 1), and --out naming an existing file ended in NotADirectoryError."""
+    img = tmp_path / "face.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(img)
+    runs = [
+        (["align", str(img), "--out", str(tmp_path / "o1"), "--device", "banana", "--cache-dir", str(tmp_path / "c")],
+         "unknown device"),
+        (["align", str(img), "--out", str(tmp_path / "o2"), "--kind", "foo"], "unknown dataset kind"),
+        (["align", str(img), "--out", str(img)], "is a file"),
+    ]
+    for args, words in runs:
+        assert main(["-q", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and "Traceback" not in err, err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    assert main(["-q", "align", str(img), "--out", str(tmp_path / "o3"), "--kind", "fgnet"]) == 1
+    reason = json.loads((tmp_path / "o3" / "skipped.json").read_text())[0]["reason"]
+    assert "not a fgnet dataset" in reason

@@ -124,3 +124,25 @@ def test_landmarks_detector_needs_landmarks(tmp_path):
 def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("AGEBIAS_CACHE", str(tmp_path / "cc"))
     assert default_cache_dir() == tmp_path / "cc" / "aligned"
+
+
+def test_landmarks_apply_to_stored_pixels_of_exif_rotated_file(tmp_path):
+    """Landmarks (e.g. from .pts files) are stored-pixel coordinates; the image used to be EXIF-rotated first,
+    so an Orientation=6 file was warped with points that no longer matched its pixels."""
+    from PIL import Image
+
+    h, w = 200, 300
+    img = np.zeros((h, w, 3), np.uint8)
+    pts = np.array([[110, 90], [170, 90], [140, 120], [115, 150], [165, 150]], float)
+    for x, y in pts:
+        cv2.circle(img, (int(x), int(y)), 4, (255, 255, 255), -1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(img).save(path, quality=98, exif=exif)
+    assert load_image(path).shape[:2] == (w, h)  # the plain reader does honour EXIF
+    rec = FaceRecord(path, "s", landmarks=tuple(map(tuple, pts)))
+    faces = load_aligned_faces([rec], detector="landmarks", cache_dir=False, progress=None)
+    crop = faces.crops[0]
+    for x, y in ARCFACE_TEMPLATE:
+        assert crop[int(round(y)), int(round(x))].mean() > 150  # each dot lands on its template point

@@ -119,3 +119,50 @@ def test_datasets_check_json(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 8 and summary["subjects"] == 3 and summary["with_landmarks"] == 8
     assert summary["per_age_bin"]["0-5"] == 2 and summary["per_age_bin"]["41-50"] == 2
+
+
+def test_pts_in_another_68_point_convention_falls_back_to_a_detector(tmp_path):
+    """A .pts file whose points 36-47 / 30 are not the eyes / nose tip (e.g. a pupil-based 68-point markup) was
+    used as is, warping the face with wrong points; it is now reported and the image left to a detector."""
+    from PIL import Image
+
+    from agebias.data.fgnet import face_layout_problem
+
+    assert face_layout_problem(ARCFACE_TEMPLATE) is None
+    rotated = ARCFACE_TEMPLATE @ np.array([[0.9, 0.3], [-0.3, 0.9]])  # a tilted face is still a face
+    assert face_layout_problem(rotated) is None
+    (tmp_path / "images").mkdir()
+    for name in ("001A02.JPG", "001A05.JPG"):
+        Image.fromarray(np.full((120, 120, 3), 128, np.uint8)).save(tmp_path / "images" / name)
+    good = landmarks68_for(ARCFACE_TEMPLATE)
+    wrong = good.copy()
+    wrong[36:48] = good[[48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59]]  # "eyes" read from the mouth
+    write_pts(tmp_path / "points" / "001A02.pts", good)
+    write_pts(tmp_path / "points" / "001A05.pts", wrong)
+    scan = scan_fgnet(tmp_path)
+    by_age = {r.age: r for r in scan.records}
+    assert by_age[2].landmarks is not None and by_age[5].landmarks is None
+    assert len(scan.problems) == 1 and scan.problems[0].path.endswith("001A05.pts")
+    assert "fit no known 68-point markup" in scan.problems[0].reason
+    assert by_age[2].extra["landmarks_markup"] == "ibug"
+
+
+def test_xm2vts_markup_pts_is_recognised(tmp_path):
+    """Older Manchester annotations use Cootes's XM2VTS/MUCT 68-point markup (pupils 31 and 36, nose tip 67)."""
+    five = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
+    pts = np.zeros((68, 2))
+    pts[0:15] = np.stack([np.linspace(20, 92, 15), 60 + 40 * np.sin(np.linspace(0, np.pi, 15))], 1)  # jaw
+    pts[27:31] = five[0] + [[-8, 0], [0, -3], [8, 0], [0, 3]]  # eye corners and lids around the pupil
+    pts[31] = five[0]
+    pts[32:36] = five[1] + [[8, 0], [0, -3], [-8, 0], [0, 3]]
+    pts[36] = five[1]
+    pts[37:48] = five[2] + np.stack([np.linspace(-6, 6, 11), np.linspace(-15, 2, 11)], 1)  # nose
+    pts[48:66] = (five[3] + five[4]) / 2 + np.stack([np.linspace(-14, 14, 18), np.zeros(18)], 1)
+    pts[48], pts[54] = five[3], five[4]
+    pts[66] = (five[3] + five[4]) / 2
+    pts[67] = five[2]
+    from agebias.data.fgnet import landmarks_from_68
+
+    got, markup = landmarks_from_68(pts)
+    assert markup == "xm2vts"
+    assert np.allclose(got, five, atol=1e-6)

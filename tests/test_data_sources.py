@@ -157,3 +157,30 @@ def test_summary_bins_and_check_other_kinds(tmp_path, capsys):
     assert main(["datasets", "check", "auto", "--root", str(tmp_path / "plain"), "--json"]) == 0
     assert _json.loads(capsys.readouterr().out)["per_age_bin"]["unknown"] == 1
     assert main(["datasets", "check", "manifest"]) == 2  # no --root and no default
+
+
+def test_generated_without_manifest_reports_images_outside_identity_folders(tmp_path):
+    """Top-level or deeply nested images were ignored silently (0 images, no problems, exit 0)."""
+    root = tmp_path / "gen"
+    _img(root / "abc" / "abc_10.png")
+    _img(root / "loose.png")
+    _img(root / "abc" / "deeper" / "abc_20.png")
+    _img(root / "contact_sheet.png")  # written by the generator: not a problem
+    _img(root / "qc" / "similarity_vs_age.png")
+    scan = scan_generated(root)
+    assert [(r.subject, r.age) for r in scan.records] == [("abc", 10)]
+    assert sorted(p.path.split("gen")[-1] for p in scan.problems) == ["/abc/deeper/abc_20.png", "/loose.png"]
+
+
+def test_binary_csv_is_a_user_error(tmp_path):
+    """A non-UTF-8 manifest used to end in a UnicodeDecodeError traceback."""
+    bad = tmp_path / "m.csv"
+    bad.write_bytes(b"\xb8\xff\x00\x13" * 20)
+    with pytest.raises(UserError, match="UTF-8"):
+        read_manifest(bad)
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "gen" / "manifest.csv").write_bytes(b"\xb8\xff\x00\x13" * 20)
+    with pytest.raises(UserError, match="UTF-8"):
+        scan_generated(tmp_path / "gen")
+    with pytest.raises(UserError, match="UTF-8"):
+        open_dataset(tmp_path / "gen")  # kind auto reads the header first

@@ -117,3 +117,13 @@ def test_onnxruntime_backend(tmp_path, tiny_ckpt):
     emb = np.load(out)["embeddings"]
     ref = TorchEmbedder(model, device="cpu").embed(crops)
     assert float((emb * ref).sum(1).min()) >= 0.9999
+
+
+def test_out_that_is_a_folder_is_a_user_error(tmp_path, tiny_ckpt, capsys):
+    """--out naming an existing folder ended in IsADirectoryError from the atomic rename."""
+    ckpt, _ = tiny_ckpt
+    _write_crops(tmp_path / "c", 1)
+    rc = main(["--quiet", "embed", str(tmp_path / "c"), "--aligned", "--model", str(ckpt), "--out",
+               str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "is a folder" in err and len(err.splitlines()) == 1, err

@@ -146,6 +146,8 @@ def test_scores_and_option_errors_are_one_line(tmp_path, capsys):
           "--block", "0"], "--block"),
         (["evaluate", "dataset", str(manifest), "--embeddings", str(npz), "--out", str(tmp_path / "o"),
           "--bootstrap", "-5"], "--bootstrap"),
+        (["evaluate", "fgnet", "--root", str(tmp_path), "--model", "sface", "--out", str(tmp_path / "o"),
+          "--batch-size", "0"], "--batch-size"),
     ]
     for args, word in runs:
         assert main(args) == 2, args
@@ -191,3 +193,35 @@ def test_embedding_cache_follows_image_content(tmp_path, monkeypatch):
     name = next(iter(first))
     assert not np.allclose(first[name][0], second[name][0])
     np.testing.assert_allclose(first[name][1], second[name][1], rtol=1e-5, atol=1e-6)
+
+
+def test_out_paths_of_the_wrong_kind_are_one_line(tmp_path, capsys):
+    """--out naming a file / --json naming a folder ended in FileExistsError / IsADirectoryError tracebacks."""
+    manifest, npz = _dataset(tmp_path)
+    f = tmp_path / "s.csv"
+    f.write_text("score,genuine\n0.9,1\n0.1,0\n")
+    runs = [(["evaluate", "dataset", str(manifest), "--embeddings", str(npz), "--out", str(f)], "is a file"),
+            (["evaluate", "scores", str(f), "--json", str(tmp_path)], "is a folder")]
+    for args, words in runs:
+        assert main(["-q", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+
+
+def test_nan_or_zero_embedding_rows_are_skipped_not_fatal(tmp_path, monkeypatch):
+    """A NaN or all-zero row in a user's .npz ended the whole evaluation in a ValueError traceback."""
+    monkeypatch.setenv("AGEBIAS_QUIET", "1")
+    manifest, npz = _dataset(tmp_path)
+    z = np.load(npz)
+    e = z["embeddings"].copy()
+    e[0] = np.nan
+    e[1] = 0.0
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, paths=z["paths"], embeddings=e)
+    out = tmp_path / "o"
+    assert main(["evaluate", "dataset", str(manifest), "--embeddings", str(bad), "--out", str(out), "--no-plots",
+                 "--bootstrap", "0"]) == 1
+    res = json.loads((out / "results.json").read_text())
+    reasons = sorted(s["reason"] for s in res["dataset"]["skipped"])
+    assert len(reasons) == 2 and "all zeros" in reasons[0] and "not finite" in reasons[1]
+    assert res["data"]["n_images"] == len(z["paths"]) - 2

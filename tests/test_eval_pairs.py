@@ -132,3 +132,23 @@ def test_empty_group_and_group_without_impostors():
     assert res["fairness"]["undefined_fmr_groups"] == ["70-79", "80+"]
     assert res["fairness"]["n_groups_fmr"] == 2 and res["fairness"]["garbe"] == res["fairness"]["garbe"]
     assert any("80+" in w for w in res["warnings"])
+
+
+def test_unknown_ages_warn_plainly_and_plot_without_matplotlib_warnings(tmp_path):
+    """Empty groups were described as having 'only 0 genuine and 0 impostor pairs ... very uncertain', and the
+    age-gap figure raised matplotlib's 'No artists with labels' warning when no pair had two known ages."""
+    import warnings
+
+    from agebias.evaluate.plots import genuine_vs_age_gap
+
+    rng = np.random.default_rng(3)
+    emb = normalise(rng.standard_normal((8, 6)))
+    subjects = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    sec = evaluate_embeddings_allpairs(emb, subjects, [None] * 8, EvalSettings(bootstrap=0, identification="off"))
+    assert "Age group 0-12 has no pairs; its rates are undefined." in sec["warnings"]
+    assert not any("only 0 genuine and 0 impostor" in w for w in sec["warnings"])
+    results = {"model_order": ["m"], "models": {"m": sec}, "settings": {}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        files = genuine_vs_age_gap(results, tmp_path, ["png"])
+    assert (tmp_path / "genuine_vs_age_gap.png").is_file() and files

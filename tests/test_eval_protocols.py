@@ -143,3 +143,23 @@ def test_rank1_from_pass_one_matches_full_ranks():
     for g in ("overall", "a", "b"):
         assert quick["groups"][g]["rank1_accuracy"] == pytest.approx(full["groups"][g]["rank1_accuracy"])
     assert math.isnan(quick["groups"]["a"]["mean_rank_by_identity"])
+
+
+def test_evaluate_bin_too_few_pairs_is_a_user_error(tmp_path, capsys):
+    """An empty .bin ended in a numpy traceback; fewer than 10 pairs gave NaN fold accuracies and exit 0."""
+    import io
+    import pickle
+
+    from PIL import Image
+
+    from agebias.cli import main
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(buf, format="PNG")
+    for n in (0, 2):
+        path = tmp_path / f"n{n}.bin"
+        path.write_bytes(pickle.dumps(([buf.getvalue()] * (2 * n), [True] * n)))
+        assert main(["evaluate", "bin", str(path), "--model", "sface", "--json", str(tmp_path / "o.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "at least 10" in err
+    assert not (tmp_path / "o.json").exists()

@@ -120,6 +120,9 @@ def test_cli_bad_device_and_batch_size_one_line_exit_2(tmp_path, capsys):
     assert main(base + ["--batch-size", "0"]) == 2
     assert "--batch-size" in _err_line(capsys)
     assert not out.exists()
+    out.write_text("a file")  # --out naming a file ended in FileExistsError
+    assert main(base) == 2
+    assert "is a file" in _err_line(capsys)
 
 
 def test_cli_source_without_face_reports_skip(tmp_path, capsys):

@@ -101,6 +101,8 @@ def register(app: typer.Typer) -> None:
     ) -> int:
         from agebias.models.embedder import build_embedder
 
+        if out.is_dir():
+            raise UserError(f"--out {out} is a folder; give a file name such as {out / 'embeddings.npz'}")
         embedder = build_embedder(model, arch=arch, device=device, flip=flip, batch_size=batch_size,
                                   trust_checkpoint=trust_checkpoint, backend=backend)
         records, problems = collect_records(inputs)

@@ -48,6 +48,18 @@ def _settings(protocol, target_fmr, threshold, alpha, age_bins, pair_grouping, g
                         formats=fmts or ("png",), identification=identification, seed=seed, block=block)
 
 
+def _out_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file; give a folder for results.json, plots and reports")
+    return path
+
+
+def _out_file(path: Path | None, flag: str = "--json") -> Path | None:
+    if path is not None and path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name such as {path / 'results.json'}")
+    return path
+
+
 def _num(v, fmt: str = ".4f") -> str:
     return "n/a" if v is None or v != v else format(v, fmt)
 
@@ -107,6 +119,9 @@ def dataset_cmd(
 
     st = _settings(protocol, target_fmr, threshold, alpha, age_bins, pair_grouping, gap_bins, bootstrap, formats,
                    identification, seed, block)
+    _out_dir(out)
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     res = evaluate_source(source, kind, out, st, models=model, embeddings=[str(e) for e in embeddings],
                           detector=detector, aligned=aligned, flip=flip, device=device, batch_size=batch_size,
                           plots=not no_plots)
@@ -120,21 +135,22 @@ def fgnet_cmd(
     embeddings: List[Path] = typer.Option([], "--embeddings", "-e", help="Precomputed .npz instead of --model."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     protocol: str = typer.Option("all-pairs", "--protocol", help="all-pairs (default) or msc (legacy)."),
-    target_fmr: float = typer.Option(1e-3, "--target-fmr"),
-    threshold: Optional[float] = typer.Option(None, "--threshold"),
-    alpha: float = typer.Option(0.5, "--alpha"),
-    age_bins: str = typer.Option("0-12,13-19,20-39,40-69", "--age-bins"),
+    target_fmr: float = typer.Option(1e-3, "--target-fmr", help="Global operating point (FMR)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Fixed threshold instead of --target-fmr."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of FMR in GARBE/FDR/IR."),
+    age_bins: str = typer.Option("0-12,13-19,20-39,40-69", "--age-bins", help="Age groups, e.g. 0-12,13-19,20+."),
     pair_grouping: str = typer.Option("both", "--pair-grouping", help="both | mean | gap."),
-    gap_bins: str = typer.Option("0-5,6-10,11-20,21+", "--gap-bins"),
-    bootstrap: int = typer.Option(1000, "--bootstrap"),
-    formats: str = typer.Option("png", "--format", help="png,pdf,svg"),
-    identification: str = typer.Option("auto", "--identification"),
-    detector: str = typer.Option("auto", "--detector"),
-    flip: bool = typer.Option(False, "--flip"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    seed: int = typer.Option(0, "--seed"),
-    no_plots: bool = typer.Option(False, "--no-plots"),
+    gap_bins: str = typer.Option("0-5,6-10,11-20,21+", "--gap-bins", help="Age-gap bins."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Subject resamples for GARBE/FDR intervals (0 = off)."),
+    formats: str = typer.Option("png", "--format", help="Plot formats: png,pdf,svg."),
+    identification: str = typer.Option("auto", "--identification", help="auto (<= 20000 images) | on | off."),
+    detector: str = typer.Option("auto", "--detector", help="Face alignment: auto (.pts landmarks when present, "
+                                                            "else mtcnn), mtcnn, landmarks, none."),
+    flip: bool = typer.Option(False, "--flip", help="Fuse each embedding with its mirror image's."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the figures."),
 ) -> int:
     from agebias.evaluate.runner import evaluate_source
 
@@ -144,6 +160,9 @@ def fgnet_cmd(
         raise UserError(f"FG-NET not found at {root}. {FGNET_HELP}")
     st = _settings(protocol, target_fmr, threshold, alpha, age_bins, pair_grouping, gap_bins, bootstrap, formats,
                    identification, seed, 2048)
+    _out_dir(out)
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     res = evaluate_source(root, "fgnet", out, st, models=model, embeddings=[str(e) for e in embeddings],
                           detector=detector, flip=flip, device=device, batch_size=batch_size, plots=not no_plots)
     return _summary(res, out)
@@ -167,6 +186,7 @@ def scores_cmd(
         raise UserError("--target-fmr must be between 0 and 1")
     if not (0 <= alpha <= 1):
         raise UserError("--alpha must be between 0 and 1")
+    _out_file(json_out)
     res = evaluate_scores(path, group_column, target_fmr, threshold, alpha)
     write_json(json_out, res)
     o = res["overall"]
@@ -187,6 +207,7 @@ def bin_cmd(
     from agebias.evaluate.verification_bin import evaluate_bin
     from agebias.progress import info
 
+    _out_file(json_out)
     res = evaluate_bin(path, model, device=device, batch_size=batch_size)
     for name, r in res["models"].items():
         info(f"{name}: accuracy {r['accuracy_mean'] * 100:.2f} +- {r['accuracy_std'] * 100:.2f} %")

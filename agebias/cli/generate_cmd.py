@@ -73,6 +73,9 @@ def register(app: typer.Typer) -> None:
         from agebias.progress import info
         from generators.api import run_generate
 
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file; give a folder for the generated identities")
+
         options = {
             "batch_size": batch_size, "device": device, "checkpoint": checkpoint, "repo": repo,
             "trust_checkpoint": trust_checkpoint or None, "truncation_psi": truncation_psi,

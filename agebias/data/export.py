@@ -21,7 +21,7 @@ from agebias.data.folder import scan_folder
 from agebias.data.images import is_image_name, save_png
 from agebias.data.manifest import REQUIRED, rows_to_csv
 from agebias.data.records import FaceRecord, Problem
-from agebias.data.sources import open_dataset
+from agebias.data.sources import KINDS, open_dataset
 from agebias.errors import UserError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -42,6 +42,9 @@ def gather_records(sources: Sequence[str | os.PathLike], kind: str = "auto") -> 
     """Records and scan problems from every source (folders, manifests, datasets or single image files)."""
     if not sources:
         raise UserError("no source given: pass image files or folders")
+    kind = (kind or "auto").lower()
+    if kind != "auto" and kind not in KINDS:
+        raise UserError(f"unknown dataset kind {kind!r}; choose from auto, {', '.join(KINDS)}")
     records: list[FaceRecord] = []
     problems: list[Problem] = []
     for src in sources:
@@ -50,6 +53,10 @@ def gather_records(sources: Sequence[str | os.PathLike], kind: str = "auto") -> 
             raise UserError(f"{path} not found")
         if path.is_file() and is_image_name(path.name) and kind in ("auto", "folder"):
             scan = scan_folder(path)
+        elif path.is_file() and is_image_name(path.name):
+            problems.append(Problem(str(path), f"a single image is not a {kind} dataset: pass its folder, or "
+                                               f"--kind folder"))
+            continue
         elif path.is_file() and not path.suffix.lower() == ".csv":
             problems.append(Problem(str(path), "not an image file name (extension not recognised)"))
             continue
@@ -65,6 +72,8 @@ def align_to_folder(sources: Sequence[str | os.PathLike], out: str | os.PathLike
                     cache_dir: str | os.PathLike | None = None, device: str = "cpu") -> ExportResult:
     """Align every face in ``sources`` into ``out`` (see the module notes). Never stops on a bad file."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the crops and manifest")
     records, problems = gather_records(sources, kind)
     faces = load_aligned_faces(records, detector=detector, aligned=aligned, all_faces=all_faces,
                                cache_dir=cache_dir, device=device)

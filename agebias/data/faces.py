@@ -37,7 +37,7 @@ from agebias.progress import track
 
 DETECTORS = ("auto", "mtcnn", "landmarks", "none")
 CROP_SIZE = 112
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: landmark crops of EXIF-rotated files use the stored pixels
 
 
 @dataclass
@@ -122,7 +122,8 @@ def align_record(record: FaceRecord, *, detector: str = "auto", all_faces: bool 
     cached = _cache_read(cache_dir, key)
     if cached is not None:
         return cached
-    image = decode_image(data, str(record.path))
+    # landmarks (e.g. FG-NET .pts) are in stored-pixel coordinates: do not apply the EXIF rotation for them
+    image = decode_image(data, str(record.path), exif_transpose=detector != "landmarks")
     if detector == "landmarks":
         try:
             crops = [align_face(image, np.asarray(record.landmarks, dtype=np.float64), CROP_SIZE)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -55,13 +56,64 @@ def read_pts(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(n, 2)
 
 
-def five_from_68(points: np.ndarray) -> tuple[tuple[float, float], ...]:
-    """ArcFace-order five points from a 68-point (iBUG) layout."""
+# 68-point markups met in face data: (first-eye points, second-eye points, nose tip, mouth corners).
+# "ibug" (iBUG 300-W / dlib): eyes 36-41 and 42-47, nose tip 30, mouth corners 48 and 54.
+# "xm2vts" (Cootes's XM2VTS / MUCT markup, used by older Manchester annotations): pupils 31 and 36, nose tip 67,
+# mouth corners 48 and 54; which eye is on the image's left is taken from the x coordinates.
+MARKUPS_68: dict[str, tuple[tuple[int, ...], tuple[int, ...], int, tuple[int, int]]] = {
+    "ibug": (tuple(range(36, 42)), tuple(range(42, 48)), 30, (48, 54)),
+    "xm2vts": ((31,), (36,), 67, (48, 54)),
+}
+
+
+def five_from_68(points: np.ndarray, markup: str = "ibug") -> tuple[tuple[float, float], ...]:
+    """ArcFace-order five points (image-left eye first) from a 68-point layout in ``markup``."""
     p = np.asarray(points, dtype=np.float64)
     if p.shape != (68, 2):
         raise ValueError(f"expected 68 points, got {p.shape[0]}")
-    five = np.stack([p[36:42].mean(0), p[42:48].mean(0), p[30], p[48], p[54]])
+    eye_a, eye_b, nose, (m_a, m_b) = MARKUPS_68[markup]
+    eyes = [p[list(eye_a)].mean(0), p[list(eye_b)].mean(0)]
+    mouth = [p[m_a], p[m_b]]
+    if markup != "ibug":  # sides not fixed by the markup's numbering: order by x
+        eyes.sort(key=lambda q: q[0])
+        mouth.sort(key=lambda q: q[0])
+    five = np.stack([eyes[0], eyes[1], p[nose], mouth[0], mouth[1]])
     return tuple((float(x), float(y)) for x, y in five)
+
+
+def landmarks_from_68(points: np.ndarray) -> tuple[tuple[tuple[float, float], ...] | None, str]:
+    """The five points from the first markup (ibug, then xm2vts) whose points form a face; returns
+    ``(five, markup)``, or ``(None, reason)`` when no markup fits (the image then needs a detector)."""
+    reasons = []
+    for markup in MARKUPS_68:
+        five = five_from_68(points, markup)
+        why = face_layout_problem(five)
+        if why is None:
+            return five, markup
+        reasons.append(f"{markup}: {why}")
+    return None, "; ".join(reasons)
+
+
+def face_layout_problem(five: Sequence[Sequence[float]]) -> str | None:
+    """Why five ArcFace-order points cannot be a face, or None when they can.
+
+    In the frame of the eye line (u along it, v perpendicular, pointing down the face) the left eye must lie left
+    of the right eye, the nose below the eyes, the mouth below the nose and its left corner left of its right one.
+    A ``.pts`` file in another 68-point convention (e.g. a pupil-based markup) fails this, so its image falls back
+    to a detector instead of being warped with points that are not the eyes."""
+    p = np.asarray(five, dtype=np.float64).reshape(5, 2)
+    le, re, nose, ml, mr = p
+    d = float(np.linalg.norm(re - le))
+    if not np.all(np.isfinite(p)) or d < 1e-6 or re[0] <= le[0]:
+        return "eye points are not left-to-right"
+    u = (re - le) / d
+    v = np.array([-u[1], u[0]])
+    mid = (le + re) / 2
+    nose_v = float((nose - mid) @ v)
+    mouth_v = float(((ml + mr) / 2 - mid) @ v)
+    if not 0.1 * d < nose_v < mouth_v < 3.0 * d or float((mr - ml) @ u) <= 0:
+        return "points are not in eye / nose / mouth order"
+    return None
 
 
 def _pts_index(root: Path) -> dict[str, Path]:
@@ -118,11 +170,17 @@ def scan_fgnet(root: str | os.PathLike) -> DatasetScan:
             pts_path = pts.get(path.stem.lower())
             if pts_path is not None:
                 try:
-                    landmarks = five_from_68(read_pts(pts_path))
-                    extra["landmarks_file"] = str(pts_path)
+                    landmarks, markup = landmarks_from_68(read_pts(pts_path))
                 except (OSError, ValueError) as err:
                     problems.append(Problem(str(pts_path), f"bad landmark file ({err}); the image will need a "
                                                            "detector"))
+                else:
+                    if landmarks is None:
+                        problems.append(Problem(str(pts_path), f"landmarks fit no known 68-point markup ({markup}); "
+                                                               "the image will need a detector"))
+                    else:
+                        extra["landmarks_file"] = str(pts_path)
+                        extra["landmarks_markup"] = markup
             records.append(FaceRecord(path=path, subject=subject, age=age, landmarks=landmarks, extra=extra))
     return DatasetScan(name="fgnet", root=root, records=records, problems=problems)
 

@@ -69,8 +69,11 @@ def read_generated_rows(root: str | os.PathLike) -> list[dict[str, str]]:
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         return []
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        return [{(k or "").strip(): (v or "") for k, v in row.items()} for row in csv.DictReader(fh)]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            return [{(k or "").strip(): (v or "") for k, v in row.items()} for row in csv.DictReader(fh)]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{path} is not a readable UTF-8 CSV file ({type(err).__name__})") from None
 
 
 def write_generated_manifest(root: str | os.PathLike, rows: Iterable[Mapping[str, Any]], *,
@@ -154,7 +157,12 @@ def scan_generated(root: str | os.PathLike, verify_checksums: bool = False) -> D
             if path.resolve() not in listed:
                 problems.append(Problem(str(path), "image not listed in manifest.csv (ignored)"))
     else:
-        for path in _layout_images(root):
+        layout = _layout_images(root)
+        in_layout = set(layout)
+        for path in _image_files(root):  # images outside <id>/ folders would otherwise vanish unreported
+            if path not in in_layout and not _generator_extra(root, path):
+                problems.append(Problem(str(path), "not inside an identity folder (<id>/<id>_<age>.png)"))
+        for path in layout:
             parsed = parse_generated_name(path)
             if parsed is None:
                 problems.append(Problem(str(path), "name does not match <id>/<id>_<age>.png"))
@@ -167,8 +175,11 @@ def looks_like_generated(root: Path) -> bool:
     """True when ``root`` has a ``manifest.csv`` with an ``id`` column, or its images follow the layout."""
     path = root / MANIFEST_NAME
     if path.is_file():
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            header = next(csv.reader(fh), [])
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                header = next(csv.reader(fh), [])
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise UserError(f"{path} is not a readable UTF-8 CSV file ({type(err).__name__})") from None
         return "id" in [h.strip() for h in header]
     files = _layout_images(root)[:50]
     return bool(files) and all(parse_generated_name(p) is not None for p in files)
@@ -178,6 +189,12 @@ def _layout_images(root: Path) -> list[Path]:
     """Images inside the identity folders (``<root>/<id>/*``); the contact sheet at the top and the ``qc/``
     folder a generator writes beside them are not part of the set."""
     return [p for p in _image_files(root) if len(p.relative_to(root).parts) == 2 and p.parent.name != "qc"]
+
+
+def _generator_extra(root: Path, path: Path) -> bool:
+    """The contact sheet and QC files a generator writes beside the identity folders."""
+    parts = path.relative_to(root).parts
+    return parts[0] == "qc" or (len(parts) == 1 and parts[0].startswith("contact_sheet"))
 
 
 def _image_files(root: Path, limit: int | None = None) -> list[Path]:

@@ -48,8 +48,10 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return decode_image(data, name=str(path))
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, ...) to uint8 (H, W, 3) RGB; see the module notes for the rules."""
+def decode_image(data: bytes, name: str = "<bytes>", exif_transpose: bool = True) -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, ...) to uint8 (H, W, 3) RGB; see the module notes for the rules.
+
+    ``exif_transpose=False`` keeps the stored pixel order (for landmarks given in stored-pixel coordinates)."""
     if len(data) == 0:
         raise BadInputFile(name, "empty file (0 bytes)")
     # Truncated files fail (PIL's default, ImageFile.LOAD_TRUNCATED_IMAGES = False) rather than decode half an image.
@@ -76,7 +78,8 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
             raise BadInputFile(name, f"truncated or corrupt image ({msg})") from None
         raise BadInputFile(name, f"corrupt image ({msg})") from None
     try:
-        img = ImageOps.exif_transpose(img)
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not lose an otherwise good image
         pass
     return to_rgb_array(img)

@@ -38,13 +38,16 @@ def read_manifest(csv_path: str | os.PathLike, name: str | None = None, check_fi
     if not csv_path.is_file():
         raise UserError(f"manifest {csv_path} not found")
     base = csv_path.parent
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        fields = [f.strip() for f in (reader.fieldnames or [])]
-        missing = [c for c in ("path", "subject") if c not in fields]
-        if missing:
-            raise UserError(f"manifest {csv_path} lacks column(s) {', '.join(missing)} (need path,subject,age)")
-        rows = list(reader)
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip() for f in (reader.fieldnames or [])]
+            missing = [c for c in ("path", "subject") if c not in fields]
+            if missing:
+                raise UserError(f"manifest {csv_path} lacks column(s) {', '.join(missing)} (need path,subject,age)")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"manifest {csv_path} is not a readable UTF-8 CSV file ({type(err).__name__})") from None
     records: list[FaceRecord] = []
     problems: list[Problem] = []
     for line, row in enumerate(rows, start=2):

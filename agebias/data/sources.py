@@ -38,8 +38,11 @@ def _manifest_header(folder: Path) -> list[str]:
     manifest = folder / MANIFEST_NAME
     if not manifest.is_file():
         return []
-    with manifest.open(newline="", encoding="utf-8-sig") as fh:
-        return [h.strip() for h in next(csv.reader(fh), [])]
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as fh:
+            return [h.strip() for h in next(csv.reader(fh), [])]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{manifest} is not a readable UTF-8 CSV file ({type(err).__name__})") from None
 
 
 def detect_kind(source: str | os.PathLike) -> str:

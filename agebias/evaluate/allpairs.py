@@ -134,7 +134,7 @@ def undefined_fairness_warnings(fmr: list[float], fnmr: list[float]) -> list[str
         if len(values) >= 2 and max(values) == 0:
             out.append(f"GARBE and IR are undefined: {rate} is 0 in every age group at this threshold (no "
                        f"{'false matches' if rate == 'FMR' else 'false non-matches'}), so its Gini and max/min "
-                       f"ratio have no value; FDR still applies.")
+                       f"ratio have no value.")
         elif len(values) >= 2 and min(values) == 0:
             out.append(f"IR is undefined: {rate} is 0 in some age group, so the max/min ratio is infinite.")
     return out
@@ -171,9 +171,13 @@ def evaluate_embeddings_allpairs(emb: np.ndarray, subjects: Sequence, ages: Sequ
         groups[lab] = {"n_genuine": r.n_genuine, "n_impostor": r.n_impostor, "false_matches": r.false_matches,
                        "false_non_matches": r.false_non_matches, "fmr": r.fmr, "fnmr": r.fnmr,
                        "fmr_ci": list(r.fmr_ci), "fnmr_ci": list(r.fnmr_ci), **e}
-        if r.n_genuine < st.min_group_pairs or r.n_impostor < st.min_group_pairs:
+        if r.n_genuine == 0 and r.n_impostor == 0:
+            warnings.append(f"Age group {lab} has no pairs; its rates are undefined.")
+        elif r.n_genuine < st.min_group_pairs or r.n_impostor < st.min_group_pairs:
             warnings.append(f"Age group {lab} has only {r.n_genuine} genuine and {r.n_impostor} impostor pairs; "
-                            f"its rates are very uncertain.")
+                            f"its rates are very uncertain" + (" (FNMR undefined)" if r.n_genuine == 0 else
+                                                               " (FMR undefined)" if r.n_impostor == 0 else "")
+                            + ".")
     fair = table.fairness()
     warnings += undefined_fairness_warnings([r.fmr for r in table.groups.values()],
                                             [r.fnmr for r in table.groups.values()])

@@ -278,6 +278,12 @@ def match_embeddings(records: Sequence[FaceRecord], npz_path: str | os.PathLike,
         if not cand:
             problems.append(Problem(str(r.path), f"no embedding in {p.name}"))
             continue
+        row = emb[cand[0]]
+        if not np.all(np.isfinite(row)) or not np.any(row):
+            problems.append(Problem(str(r.path), f"its embedding in {p.name} is "
+                                                 + ("not finite (NaN/inf)" if not np.all(np.isfinite(row))
+                                                    else "all zeros")))
+            continue
         kept.append(r)
         rows.append(cand[0])
     return kept, emb[np.asarray(rows, dtype=np.int64)] if rows else emb[:0], problems

@@ -118,7 +118,10 @@ def genuine_vs_age_gap(results: dict, out: Path, formats) -> dict:
     ax.set_xlabel("age gap between the two images (years)")
     ax.set_ylabel("genuine cosine similarity")
     ax.set_title("Genuine score against age gap (dashed: tau)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:  # no genuine pair has two known ages
+        ax.text(0.5, 0.5, "no genuine pairs with known ages", ha="center", transform=ax.transAxes)
     files = _save(fig, out, "genuine_vs_age_gap", formats)
     plt.close(fig)
     return files
@@ -151,7 +154,8 @@ def det(results: dict, out: Path, formats) -> dict:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         else:
-            ax.text(0.5, 0.5, "too few pairs for a DET curve", ha="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no points with 0 < FMR < 1 and 0 < FNMR < 1\n(too few pairs or errors to draw)",
+                    ha="center", transform=ax.transAxes)
     files = _save(fig, out, "det", formats)
     plt.close(fig)
     return files
