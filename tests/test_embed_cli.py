@@ -107,16 +107,17 @@ def test_missing_input_is_a_user_error(tmp_path, tiny_ckpt, capsys):
     assert rc == 2 and "input not found" in capsys.readouterr().err
 
 
-def test_onnxruntime_backend(tmp_path, tiny_ckpt):
+@pytest.mark.parametrize("backend, min_cos", [("onnxruntime", 0.9999), ("torch-bf16", 0.99)])
+def test_fast_backends_agree_with_fp32(tmp_path, tiny_ckpt, backend, min_cos):
     ckpt, model = tiny_ckpt
     crops = _write_crops(tmp_path / "c", 2)
-    out = tmp_path / "ort.npz"
-    rc = main(["--quiet", "embed", str(tmp_path / "c"), "--model", str(ckpt), "--aligned", "--backend", "onnxruntime",
+    out = tmp_path / "fast.npz"
+    rc = main(["--quiet", "embed", str(tmp_path / "c"), "--model", str(ckpt), "--aligned", "--backend", backend,
                "--out", str(out)])
     assert rc == 0
     emb = np.load(out)["embeddings"]
     ref = TorchEmbedder(model, device="cpu").embed(crops)
-    assert float((emb * ref).sum(1).min()) >= 0.9999
+    assert float((emb * ref).sum(1).min()) >= min_cos
 
 
 def test_out_that_is_a_folder_is_a_user_error(tmp_path, tiny_ckpt, capsys):

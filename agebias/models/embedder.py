@@ -155,13 +155,18 @@ def _sface(device=None, flip: bool = False, batch_size: int = 64, **_: object) -
     return build_sface(device=device, flip=flip, batch_size=batch_size)
 
 
-BACKENDS = ("torch", "onnxruntime")
+# torch: eager fp32 (the reference); torch-bf16: bf16 autocast + channels_last (the fastest CPU path in
+# benchmarks/embed.py, cosine to fp32 >= 0.999 there); onnxruntime: exported once, BatchNorm folded.
+BACKENDS = ("torch", "torch-bf16", "onnxruntime")
 
 
 def _torch_or_onnx(model: nn.Module, name: str, device, batch_size: int, flip: bool,
                    backend: str) -> BatchedEmbedder:
     if backend == "torch":
         return TorchEmbedder(model, name=name, device=device, batch_size=batch_size, flip=flip)
+    if backend == "torch-bf16":
+        return TorchEmbedder(model, name=f"{name} (bf16)", device=device, batch_size=batch_size, flip=flip,
+                             channels_last=True, autocast_dtype=torch.bfloat16)
     import tempfile
 
     from agebias.models.onnx import OnnxEmbedder, export_onnx
