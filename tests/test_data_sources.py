@@ -184,3 +184,17 @@ def test_binary_csv_is_a_user_error(tmp_path):
         scan_generated(tmp_path / "gen")
     with pytest.raises(UserError, match="UTF-8"):
         open_dataset(tmp_path / "gen")  # kind auto reads the header first
+
+
+def test_datasets_check_flags_zero_byte_images(tmp_path, capsys):
+    from agebias.cli import main
+    from helpers_faces import make_fgnet_tree
+
+    root = tmp_path / "fgnet"
+    make_fgnet_tree(root, with_pts=False)
+    victim = sorted((root / "images").iterdir())[0]
+    victim.write_bytes(b"")
+    rc = main(["datasets", "check", "fgnet", "--root", str(root), "--json"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert victim.name in out and "empty file (0 bytes)" in out

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from agebias.data.records import DatasetScan
+from pathlib import Path
+
+from agebias.data.records import DatasetScan, Problem
 
 AGE_BIN_EDGES = (0, 6, 11, 16, 21, 31, 41, 51, 61)
 """Lower edges (years) of the summary bins 0-5, 6-10, 11-15, 16-20, 21-30, 31-40, 41-50, 51-60, 61+."""
@@ -44,4 +46,16 @@ def summarize(scan: DatasetScan) -> DatasetSummary:
         per_bin["unknown"] = counts["unknown"]
     return DatasetSummary(name=scan.name, root=str(scan.root), subjects=len(scan.subjects), images=len(scan.records),
                           with_landmarks=sum(r.landmarks is not None for r in scan.records), per_age_bin=per_bin,
-                          problems=[p.as_dict() for p in scan.problems])
+                          problems=[p.as_dict() for p in [*scan.problems, *_empty_files(scan)]])
+
+
+def _empty_files(scan: DatasetScan) -> list[Problem]:
+    """Zero-byte image files (a cheap check; decoding every image is left to the commands that use them)."""
+    out = []
+    for record in scan.records:
+        try:
+            if Path(record.path).stat().st_size == 0:
+                out.append(Problem(str(record.path), "empty file (0 bytes); it will be skipped"))
+        except OSError:
+            out.append(Problem(str(record.path), "listed but not readable"))
+    return out
