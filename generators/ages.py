@@ -104,6 +104,8 @@ class AgePlan:
         if ages and age_bins:
             raise UserError("give either --ages or --age-bins, not both")
         if ages:
+            if per_bin != 1:
+                raise UserError("--per-bin goes with --age-bins (random ages per bin), not with --ages")
             return cls(ages=tuple(parse_ages(ages)), seed=seed)
         if age_bins:
             return cls(bins=tuple(parse_age_bins(age_bins)), per_bin=per_bin, seed=seed)

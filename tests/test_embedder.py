@@ -152,3 +152,11 @@ def test_timm_backbone_checkpoint_round_trip(tmp_path, faces):
         build_embedder(path)  # timm keys are not an iresnet's: the arch must be named
     with pytest.raises(UserError, match="unknown timm model"):
         create_backbone("timm:no_such_net")
+
+
+def test_arch_with_a_model_that_has_its_own_is_refused():
+    from agebias.errors import UserError
+    from agebias.models.embedder import build_embedder
+
+    with pytest.raises(UserError, match="--arch applies to .pth/.safetensors"):
+        build_embedder("sface", arch="iresnet50")

@@ -190,3 +190,9 @@ def test_per_identity_ages_in_sheet(tmp_path):
     for i in range(4):
         ages = sorted(int(r["age"]) for r in _rows(tmp_path) if r["id"] == f"seed{i:04d}")
         assert ages == plan.ages_for(f"seed{i:04d}")
+
+
+def test_per_bin_with_fixed_ages_is_refused():
+    with pytest.raises(UserError, match="--per-bin goes with --age-bins"):
+        AgePlan.from_options(ages="5,10", per_bin=3)
+    assert AgePlan.from_options(ages="5,10").all_ages() == [5, 10]

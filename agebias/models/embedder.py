@@ -188,6 +188,8 @@ def build_embedder(spec: str | os.PathLike, arch: str | None = None, device: str
     if backend not in BACKENDS:
         raise UserError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
     text = str(spec)
+    if arch and (text in _EMBEDDERS or text.lower().endswith(".onnx")):
+        raise UserError(f"--arch applies to .pth/.safetensors checkpoints; '{text}' defines its own architecture")
     if text in _EMBEDDERS:
         return _EMBEDDERS[text](device=device, flip=flip, batch_size=batch_size)
     if text.startswith("random:"):
