@@ -3,7 +3,8 @@
 Baseline (as in the MSc_FR_Bias pipeline): frozen parts only get ``requires_grad=False``; the whole model stays in
 train mode (frozen BatchNorm statistics drift) and every step runs the full network forward.
 Ours (agebias.finetune): frozen parts in eval mode; the frozen prefix (stem + layer1..3) runs once, without
-autograd, into an fp32 cache (counted in epoch 1); each step trains layer4 + bn2/fc/features from the cache.
+autograd, into an fp32 cache (counted in epoch 1); each step trains layer4 + bn2/fc/features from the cache, with
+the trainer's optimizer (fused SGD where torch has it; the baseline keeps the pipeline's plain SGD).
 Both use the same random images, the same ArcFace head, SGD (lr 0.01, momentum 0.9), batch 25.
 
 Target: from epoch 2 on, ours <= 0.25x the baseline's epoch time; epoch 1 no slower than the baseline.
@@ -23,7 +24,8 @@ import torch
 from agebias.finetune.cache import build_cache
 from agebias.finetune.freeze import freeze, parse_frozen_layers, run_stages, set_train_mode
 from agebias.finetune.hooks import TrainingHooks
-from agebias.finetune.trainer import TrainNet
+from agebias.finetune.config import FinetuneConfig
+from agebias.finetune.trainer import TrainNet, make_optimizer
 from agebias.models.heads import create_head, margin_loss
 from agebias.models.preprocess import to_tensor
 from agebias.models.registry import create_backbone
@@ -92,8 +94,8 @@ class Ours:
         self.depth = freeze(self.model, self.parts).prefix_depth
         head = create_head("arcface", 512, n_classes).to(device)
         self.net = TrainNet(self.model, head, TrainingHooks(), self.depth, 0.0).to(device)
-        self.opt = torch.optim.SGD([p for p in self.net.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
-                                   weight_decay=5e-4)
+        config = FinetuneConfig(data=["-"], backbone=arch, out="-", lr=0.01, momentum=0.9, weight_decay=5e-4)
+        self.opt = make_optimizer(config, [p for p in self.net.parameters() if p.requires_grad])
         self.cache = None
         self.gen = torch.Generator().manual_seed(0)
         self.device = device
