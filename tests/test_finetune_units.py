@@ -42,7 +42,7 @@ def test_freeze_sets_requires_grad_and_eval_mode_survives_train():
 
 
 def test_freeze_rejects_non_iresnet():
-    with pytest.raises(UserError, match="iresnet"):
+    with pytest.raises(UserError, match="iresnet.*--frozen-layers none"):  # says how to train e.g. a timm model
         freeze(torch.nn.Linear(2, 2), ("layer1",))
 
 
@@ -122,6 +122,22 @@ def test_config_roundtrip_hash_and_validation():
         FinetuneConfig(data=["x"], backbone="b", out="o", head="softmax")
     assert FinetuneConfig(data=["x"], backbone="b", out="o", head="combined", margin="1.0,0.3,0.2").head_kwargs() \
         == {"scale": 64.0, "m1": 1.0, "m2": 0.3, "m3": 0.2}
+
+
+def test_config_checks_late_parsed_settings_and_types_up_front():
+    # these used to fail only after the data had been read and aligned (or with a TypeError traceback)
+    base = dict(data=["x"], backbone="b.pth", out="o")
+    for bad, words in [({"mitigation": "label-flip:q=1"}, "no parameter 'q'"), ({"mitigation": "nope"}, "unknown"),
+                       ({"frozen_layers": "5"}, "--frozen-layers"), ({"margin": "abc"}, "--margin"),
+                       ({"age_bins": "old"}, "age bin"), ({"epochs": "2"}, "'epochs' must be a whole number"),
+                       ({"lr": "0.1"}, "'lr' must be a number"), ({"aligned": 1}, "'aligned' must be true or false"),
+                       ({"head": 3}, "'head' must be a string")]:
+        with pytest.raises(UserError, match=words):
+            FinetuneConfig(**{**base, **bad})
+    with pytest.raises(UserError, match="missing: backbone"):
+        FinetuneConfig.from_dict({"data": ["x"], "out": "o"})
+    ok = FinetuneConfig(**base, epochs=3, lr=1, warmup_epochs=0, mitigation="ddl:bins=10")  # ints for floats are fine
+    assert ok.lr == 1 and ok.mitigation == "ddl:bins=10"
 
 
 def test_hook_registry():

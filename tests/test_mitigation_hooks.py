@@ -48,6 +48,33 @@ def test_group_margin_offsets_follow_groups():
         bad.setup(setup)
 
 
+def test_group_index_parameters_out_of_range_are_user_errors():
+    # label-flip:group=K, group-margin:base=K and ddl:teacher=K with K beyond the age groups used to be
+    # silently ignored (no flip at all; a margin ramp around a missing group; no KL term ever)
+    setup, _ = _setup()
+    for spec in ("label-flip:group=3", "group-margin:base=5", "ddl:teacher=3", "label-flip:group=-2"):
+        with pytest.raises(UserError, match="not an age group index"):
+            create_hooks(spec).setup(setup)
+    for spec in ("label-flip:group=2", "group-margin:base=0", "ddl:teacher=1"):
+        create_hooks(spec).setup(setup)  # valid indices still work
+
+
+def test_mixfair_refuses_non_iresnet_backbones_at_setup():
+    # used to fail only at the first training step, after the data had been read
+    setup, _ = _setup()
+    setup.feature_channels = 0  # what the trainer passes for a non-iresnet (e.g. timm) backbone
+    with pytest.raises(UserError, match="needs an iresnet"):
+        create_hooks("mixfair").setup(setup)
+
+
+def test_ddl_teacher_group_without_branch_is_refused():
+    setup, _ = _setup()
+    setup.groups = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 0, 2, 1, 1, 2])  # group 2: no identity with 2 images
+    create_hooks("ddl").setup(setup)  # automatic teacher: fine, group 2 just has no branch
+    with pytest.raises(UserError, match="teacher group 2 .* has no identity"):
+        create_hooks("ddl:teacher=2").setup(setup)
+
+
 def test_label_flip_hook_stays_inside_groups():
     setup, _ = _setup()
     hooks = create_hooks("label-flip:p=1.0,group=2")

@@ -145,11 +145,34 @@ def test_experiment_file_to_finetune_settings(tmp_path):
     (('error = "eer@val"', 'error = "eer@eval"'), "needs [data] eval"),
     (("[experiment]", "[search]\nsampler = \"grid\"\n[experiment]"), "sampler must be one of"),
     (("[finetune]", "[finetune]\ndata = 'x'"), "cannot set data"),
+    # settings that used to give a traceback or fail every trial instead of one line at load time
+    (("[experiment]", "[search]\ntrials = \"x\"\n[experiment]"), "trials must be a whole number"),
+    (("[experiment]", "[search]\npopulation = 1\n[experiment]"), "population must be a whole number >= 2"),
+    (('init = "random"', 'init = "random"\nhead = "magface"'), "a trial would fail: bad --head 'magface'"),
+    (('init = "random"', 'init = "random"\nepochs = "2"'), "'epochs' must be a whole number"),
+    (("[space]", "[space]\nhead = [\"arcface\", \"softmax\"]"), "bad --head 'softmax'"),
+    (("[space]", "[space]\nepochs = { type = \"int\", low = 0, high = 2 }"), "--epochs must be >= 1"),
+    (("[space]", "[space]\nval_fraction = { type = \"float\", low = 1.0, high = 3.0 }"), "--val-fraction"),
 ])
 def test_bad_experiment_files(tmp_path, edit, words):
     with pytest.raises(UserError) as err:
         load_search_experiment(_write(tmp_path, BASE.replace(*edit)))
     assert words in str(err.value)
+
+
+def test_missing_backbone_is_caught_at_load_time_unless_the_space_names_the_arch(tmp_path):
+    text = BASE.replace('backbone = "iresnet:1,1,1,1@8,8,16,16"\n', "")
+    assert load_search_experiment(_write(tmp_path, text)).space.names[0] == "arch"  # arch supplies the backbone
+    text = text.replace('arch = ["iresnet:1,1,1,1@8,8,16,16", "iresnet:1,1,2,1@8,8,16,16"]\n', "")
+    with pytest.raises(UserError, match="a trial would fail: finetune setting.s. missing: backbone"):
+        load_search_experiment(_write(tmp_path, text))
+
+
+def test_load_time_check_has_no_false_alarm_on_source_weights(tmp_path):
+    # synthetic 0 with real 0 is one bad combination, not a bad experiment: the file must load
+    text = BASE.replace('synthetic_weight = { type = "float", low = 0.0, high = 1.0 }',
+                        "synthetic_weight = [0.0, 1.0]\nreal_weight = [0.0, 1.0]")
+    assert {"synthetic_weight", "real_weight"} <= set(load_search_experiment(_write(tmp_path, text)).space.names)
 
 
 def test_shipped_demo_file_parses(tmp_path, monkeypatch):

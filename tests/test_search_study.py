@@ -97,6 +97,33 @@ def test_study_runs_records_failures_and_writes_pareto(tmp_path, sampler, n):
     assert len(list((out / "trials").glob("0.old-*"))) == 1
 
 
+def test_a_failed_trial_is_one_line_on_the_terminal_not_a_traceback(tmp_path, capfd, monkeypatch):
+    import logging
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    keep = Keep()
+    optuna_logger = logging.getLogger("optuna")  # Optuna's own handler writes to the terminal; watch what passes
+    optuna_logger.addHandler(keep)
+    monkeypatch.delenv("AGEBIAS_QUIET", raising=False)  # our own line is an info message
+    try:
+        summary = run_search(_experiment(tmp_path, "tpe"), 2, out=tmp_path / "out", seed=2, trial_fn=fake_trial)
+    finally:
+        optuna_logger.removeHandler(keep)
+    err = capfd.readouterr().err
+    assert summary.failed >= 1 and "trial 1 failed: RuntimeError: simulated training crash" in err
+    # Optuna's "Trial 1 failed ..." warning carried the whole traceback to the terminal
+    shown = [r for r in keep.records if r.levelno >= optuna_logger.getEffectiveLevel()]
+    assert not any(r.exc_info or "Traceback" in r.getMessage() or "failed" in r.getMessage() for r in shown)
+    assert "Traceback" in (tmp_path / "out" / "trials" / "1" / "error.txt").read_text()
+
+
 def test_pareto_front_of_hand_made_trials():
     def t(n, values, state="COMPLETE"):
         return optuna.trial.FrozenTrial(number=n, state=optuna.trial.TrialState[state], value=None, values=values,

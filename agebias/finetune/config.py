@@ -95,7 +95,30 @@ class FinetuneConfig:
             self.age_bins = DEFAULT_AGE_BINS
         self.validate()
 
+    def _check_types(self) -> None:
+        """Settings from files (experiment TOML, dicts) must have their field's type: one clear line if not."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("backbone", "out"):
+                expected: tuple[type, ...] = (str,)
+            elif f.default is dataclasses.MISSING or f.default is None:
+                continue
+            elif isinstance(f.default, bool):
+                expected = (bool,)
+            elif isinstance(f.default, (int, float)):
+                expected = (int, float) if isinstance(f.default, float) else (int,)
+            elif isinstance(f.default, str):
+                expected = (str,)
+            else:
+                continue
+            if isinstance(value, bool) and bool not in expected or not isinstance(value, expected):
+                kind = "a number" if float in expected else {str: "a string", bool: "true or false"}.get(
+                    expected[0], "a whole number")
+                raise UserError(f"finetune setting '{f.name}' must be {kind}, got {value!r}")
+
     def validate(self) -> None:
+        self._check_types()
+
         def choose(name: str, value: str, options: tuple[str, ...]) -> None:
             if value not in options:
                 raise UserError(f"bad {name} '{value}': choose one of {', '.join(options)}")
@@ -122,6 +145,15 @@ class FinetuneConfig:
             raise UserError(f"--eval-every must be >= 1, got {self.eval_every}")
         if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
             raise UserError(f"stop_after_epochs must be >= 1, got {self.stop_after_epochs}")
+        # settings parsed later in the run are checked now, before any data is read or aligned
+        from agebias.data.ages import AgeBins
+        from agebias.finetune.freeze import parse_frozen_layers
+        from agebias.finetune.hooks import create_hooks
+
+        parse_frozen_layers(self.frozen_layers)
+        self.head_kwargs()
+        AgeBins.parse(self.age_bins)
+        create_hooks(self.mitigation)
 
     # ---- (de)serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +165,10 @@ class FinetuneConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UserError(f"unknown finetune setting(s): {', '.join(unknown)}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING and f.name not in values]
+        if missing:
+            raise UserError(f"finetune setting(s) missing: {', '.join(missing)}")
         return cls(**values)
 
     def training_dict(self) -> dict[str, Any]:

@@ -57,7 +57,8 @@ class FreezeSummary:
 def _check_iresnet(model: nn.Module) -> None:
     missing = [n for n in (*STAGES[1:], "conv1", "bn1", "prelu", "features") if not hasattr(model, n)]
     if missing:
-        raise UserError(f"freezing layers needs an iresnet backbone; this model lacks {', '.join(missing)}")
+        raise UserError(f"freezing layers needs an iresnet backbone; this model lacks {', '.join(missing)} "
+                        f"(pass --frozen-layers none to train it whole)")
 
 
 def part_modules(model: nn.Module, part: str) -> list[nn.Module]:

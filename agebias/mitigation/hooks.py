@@ -49,6 +49,14 @@ class _SpecHooks(TrainingHooks):
         return {"name": self.name, "spec": str(self.spec), **{k: list(v) if isinstance(v, tuple) else v
                                                                  for k, v in self.params.items()}}
 
+    def _check_group_index(self, setup: HookSetup, key: str) -> None:
+        """A parameter naming one age group (``-1`` = automatic) must be an index of ``setup.group_names``."""
+        value = int(self.params[key])
+        if not -1 <= value < setup.num_groups:
+            groups = ", ".join(f"{i}={n}" for i, n in enumerate(setup.group_names))
+            raise UserError(f"mitigation '{self.name}': {key}={value} is not an age group index ({groups}; "
+                            f"-1 = automatic)")
+
     @staticmethod
     def _need_groups(setup: HookSetup, what: str, minimum: int = 2) -> None:
         present = np.unique(setup.groups[setup.groups >= 0])
@@ -61,6 +69,7 @@ class LabelFlipHooks(_SpecHooks):
     name = "label-flip"
 
     def setup(self, setup: HookSetup) -> None:
+        self._check_group_index(setup, "group")
         self._need_groups(setup, self.name, 1)
         self.candidates = group_identity_table(setup.labels, setup.groups, setup.num_groups)
         self.flipped = 0
@@ -82,6 +91,10 @@ class GroupMarginHooks(_SpecHooks):
     name = "group-margin"
 
     def setup(self, setup: HookSetup) -> None:
+        self._check_group_index(setup, "base")
+        if type(setup.head).__name__ != "CosFaceHead":
+            info("group-margin: FR-NAS's method is CosFace with a margin per age group (--head cosface); with this "
+                 "head the per-group margins go to its own margin (radians for arcface)")
         base = head_margin(setup.head)
         try:
             self.margins = resolve_margins(self.params["margins"], setup.num_groups, base, self.params["step"],
@@ -122,6 +135,8 @@ class MixFairHooks(_SpecHooks):
     name = "mixfair"
 
     def setup(self, setup: HookSetup) -> None:
+        if setup.feature_channels <= 0:  # the trainer gives the layer4 channels of iresnets only
+            raise UserError("mitigation 'mixfair' mixes final feature maps: it needs an iresnet backbone")
         if getattr(setup.head, "margin", None) is None or type(setup.head).__name__ != "CosFaceHead":
             info("mixfair: the MixFair shift is a cosine-margin shift; with a non-cosface head it is added to that "
                  "head's margin as is")
@@ -164,6 +179,7 @@ class DDLHooks(_SpecHooks):
     name = "ddl"
 
     def setup(self, setup: HookSetup) -> None:
+        self._check_group_index(setup, "teacher")
         self._need_groups(setup, self.name)
         try:
             # one list entry per process batch: under DDP process r takes entries r, r + N, ...
@@ -175,6 +191,11 @@ class DDLHooks(_SpecHooks):
         if len(self.sampler.pools) < 2:
             raise UserError("mitigation 'ddl' needs identities with >= "
                             f"{self.params['per_identity']} images in at least 2 age groups")
+        teacher = int(self.params["teacher"])
+        if teacher >= 0 and teacher not in self.sampler.pools:
+            raise UserError(f"mitigation 'ddl': teacher group {teacher} ({setup.group_names[teacher]}) has no identity "
+                            f"with >= {self.params['per_identity']} images, so it has no branch; choose another "
+                            f"teacher or -1")
         if self.sampler.skipped_groups:
             names = ", ".join(setup.group_names[g] for g in self.sampler.skipped_groups)
             info(f"ddl: age groups without an identity of >= {self.params['per_identity']} images are left out "

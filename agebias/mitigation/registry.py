@@ -51,7 +51,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                Param("p", "float", 0.3, "fraction of the chosen group's samples relabelled per batch"),
                Param("group", "int", -1, "age group index to flip; -1 = a random group present in each batch"),
            )),
-    Method("group-margin", "CosFace-style margin per age group (FR-NAS 'angular'): target logit s*(cos - m_g)", (
+    Method("group-margin", "margin per age group (FR-NAS 'angular' with --head cosface: target logit "
+           "s*(cos - m_g); with arcface cos(theta + m_g))", (
         Param("margins", "floats", (), "margin per age group, '/'-separated (cosine units for cosface; "
               "radians for arcface); empty = head margin + step*group"),
         Param("step", "float", 0.05, "when margins is empty: margin grows by step per group away from 'base'"),

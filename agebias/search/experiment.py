@@ -142,19 +142,62 @@ def load_search_experiment(path: str | Path) -> SearchExperiment:
     for key in ("arch", "backbone"):
         if finetune_t.get(key) and finetune_t.get("init") == "random":
             check_arch(str(finetune_t[key]))
+    seed = _whole(path, "experiment", exp_t, "seed", None)
+    trials = _whole(path, "search", search_t, "trials", 10, minimum=0)
+    heartbeat = _whole(path, "search", search_t, "heartbeat", 60, minimum=0)
+    population = _whole(path, "search", search_t, "population", None, minimum=2)
+    storage = search_t.get("storage")
+    if storage is not None and not isinstance(storage, str):
+        raise UserError(f"{path}: [search] storage must be a URL string, got {storage!r}")
     exp = SearchExperiment(
         path=path, name=name, out=Path(str(exp_t.get("out") or Path("runs") / name)),
-        seed=None if exp_t.get("seed") is None else int(exp_t["seed"]), sampler=sampler,
-        trials=int(search_t.get("trials", 10)), heartbeat=int(search_t.get("heartbeat", 60)),
-        population=None if search_t.get("population") is None else int(search_t["population"]),
-        storage=search_t.get("storage"), data=data_t, finetune=finetune_t,
+        seed=seed, sampler=sampler, trials=trials, heartbeat=heartbeat, population=population,
+        storage=storage, data=data_t, finetune=finetune_t,
         space=parse_space(doc.get("space", {})), objectives=parse_objectives(doc.get("objectives", {})),
         baseline=dict(doc.get("baseline", {})))
     _check_paths(path, data_t)
     needs_eval = any(o.on == "eval" for o in exp.objectives)
     if needs_eval and not data_t.get("eval"):
         raise UserError(f"{path}: an '@eval' objective needs [data] eval = PATH")
+    _check_trial_settings(exp)
     return exp
+
+
+def _whole(path: Path, table: str, values: dict[str, Any], key: str, default: int | None,
+           minimum: int | None = None) -> int | None:
+    """An optional whole-number setting of the file, checked (one clear line instead of a traceback)."""
+    value = values.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        need = "a whole number" + (f" >= {minimum}" if minimum is not None else "")
+        raise UserError(f"{path}: [{table}] {key} must be {need}, got {value!r}")
+    return value
+
+
+def _check_trial_settings(exp: SearchExperiment) -> None:
+    """Build the finetune settings a trial would get with each searched value (one at a time, the others at their
+    first value) so that a bad fixed setting or choice fails now, not in every trial. Probed values: every choice,
+    both bounds of an int range, the middle of a float range (a bound such as lr low = 0 is never drawn exactly)."""
+    from agebias.finetune.config import FinetuneConfig
+
+    def values(d) -> list[Any]:
+        if d.kind == "categorical":
+            return list(d.choices)
+        if d.kind == "int":
+            return [int(d.low), int(d.high)]
+        return [(d.low * d.high) ** 0.5 if d.log else (d.low + d.high) / 2]
+
+    # source weights are left out: only their combination can leave a trial without data (e.g. both 0)
+    dims = [d for d in exp.space.dims if d.name not in ("synthetic_weight", "real_weight")]
+    first = {d.name: values(d)[0] for d in dims}
+    probes = [dict(first)] + [{**first, d.name: v} for d in dims for v in values(d)]
+    for params in probes:
+        try:
+            FinetuneConfig.from_dict(exp.finetune_settings(params, Path("trial")))
+        except UserError as err:
+            searched = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            raise UserError(f"{exp.path}: a trial would fail: {err} (with {searched})") from None
 
 
 def _check_paths(path: Path, data: dict[str, Any]) -> None:

@@ -262,7 +262,9 @@ def run_search(exp: SearchExperiment, trials: int | None = None, *, storage: str
     """Join (or create) the study and run ``trials`` trials in this process; see the module docstring."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: a failed trial is reported by the one line below (traceback in its error.txt), not by Optuna's
+    # warning with the whole traceback on the terminal
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat API
     out = Path(out) if out is not None else exp.out
     out.mkdir(parents=True, exist_ok=True)
