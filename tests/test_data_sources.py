@@ -198,3 +198,18 @@ def test_datasets_check_flags_zero_byte_images(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 1
     assert victim.name in out and "empty file (0 bytes)" in out
+
+
+def test_a_generated_sets_own_manifest_names_the_set(tmp_path):
+    from agebias.data.generated import write_generated_manifest
+    from agebias.data.images import save_png
+
+    root = tmp_path / "gen"
+    for ident in ("a", "b"):
+        for age in (5, 30):
+            save_png(np.full((112, 112, 3), 100, np.uint8), generated_image_path(root, ident, age))
+    write_generated_manifest(root, [{"id": i, "age": a, "path": f"{i}/{i}_{a}.png", "method": "test"}
+                                    for i in ("a", "b") for a in (5, 30)])
+    assert detect_kind(root / "manifest.csv") == "generated"
+    scan = open_dataset(root / "manifest.csv")
+    assert sorted((r.subject, r.age) for r in scan.records) == [("a", 5), ("a", 30), ("b", 5), ("b", 30)]

@@ -34,8 +34,8 @@ KINDS: dict[str, Callable[[Path], DatasetScan]] = {
 }
 
 
-def _manifest_header(folder: Path) -> list[str]:
-    manifest = folder / MANIFEST_NAME
+def _manifest_header(folder: Path, name: str = MANIFEST_NAME) -> list[str]:
+    manifest = folder / name
     if not manifest.is_file():
         return []
     try:
@@ -51,8 +51,9 @@ def detect_kind(source: str | os.PathLike) -> str:
     if not path.exists():
         raise UserError(f"{path} not found")
     if path.is_file():
-        if path.suffix.lower() == ".csv":
-            return "manifest"
+        if path.suffix.lower() == ".csv":  # a generated set's own manifest (id column) names the generated set
+            return "generated" if "id" in _manifest_header(path.parent, path.name) and \
+                "subject" not in _manifest_header(path.parent, path.name) else "manifest"
         if path.suffix.lower() == ".bin":
             raise UserError(f"{path} is a .bin verification file (pairs); evaluate it as a .bin set, not a dataset")
         if is_image_name(path.name):
@@ -83,4 +84,6 @@ def open_dataset(source: str | os.PathLike, kind: str = "auto") -> DatasetScan:
         raise UserError(f"{path} not found" + (f". {FGNET_HELP}" if kind == "fgnet" else ""))
     if kind == "auto":
         kind = detect_kind(path)
+    if kind == "generated" and path.is_file():  # <root>/manifest.csv stands for <root>
+        path = path.parent
     return KINDS[kind](path)
