@@ -168,11 +168,11 @@ def test_killed_worker_leaves_a_usable_study(tmp_path):
             proc.kill()
     storage = default_storage(out)
     assert optuna.load_study(study_name="fake", storage=storage).get_trials()[0].state.name == "RUNNING"
-    time.sleep(2.5)  # two missed heartbeats
+    time.sleep(4.0)  # two missed heartbeats (1 s each), with margin for a loaded machine
     exp = load_search_experiment(exp_path)
-    run_search(exp, 1, out=out, heartbeat=1, trial_fn=fake_trial)
+    run_search(exp, 1, out=out, heartbeat=1, trial_fn=lambda e, params, d: {"error": params["lr"], "fairness": 0.5})
     states = [t.state.name for t in optuna.load_study(study_name="fake", storage=storage).get_trials()]
-    assert states[0] == "FAIL" and len(states) == 2 and states[1] in ("COMPLETE", "FAIL")
+    assert states == ["FAIL", "COMPLETE"]  # the killed worker's trial failed; the new worker's own trial completed
     doc = json.loads((out / "pareto.json").read_text())
     assert doc["n_trials"] == 2 and doc["running"] == 0
 

@@ -85,4 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     except _ABORTS:
         print("interrupted: outputs finished so far are kept", file=sys.stderr)
         return 130
+    finally:
+        set_quiet(False)  # --quiet applies to this call only (main() may be called again in the same process)
     return result if isinstance(result, int) else 0
