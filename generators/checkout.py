@@ -96,14 +96,6 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 def pick_device(device: str | None) -> str:
     """``None``/``"auto"`` -> ``cuda`` when available, else ``cpu``; a CUDA request without CUDA is an error."""
-    import torch
+    from agebias.devices import resolve_device
 
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(str(device))
-    except (RuntimeError, TypeError):
-        raise UserError(f"--device {device}: unknown device (use cpu, cuda, cuda:N or auto)") from None
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available here (use --device cpu)")
-    return str(device)
+    return str(resolve_device(device))

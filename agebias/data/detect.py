@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agebias.devices import resolve_device
 from agebias.errors import UserError
 
 MIN_PROBABILITY = 0.9
@@ -38,22 +39,10 @@ class Detection:
         return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
 
-def _check_device(device: str) -> None:
-    """One clear line for a device torch does not know or CUDA that is not there."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"unknown device {device!r} for face detection (use cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested for face detection but CUDA is not available (use cpu)")
-
-
 def _mtcnn(device: str = "cpu"):
     with _lock:
         if device not in _detectors:
-            _check_device(device)
+            resolve_device(device)
             try:
                 from facenet_pytorch import MTCNN
             except ImportError as err:  # pragma: no cover - depends on the install

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agebias.devices import resolve_device  # noqa: F401  (re-exported)
 from agebias.errors import UserError
 from agebias.models.preprocess import check_faces, to_tensor
 
@@ -43,19 +44,6 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, eps)).astype(np.float32)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when present, else CPU; a requested CUDA device must exist."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"unknown device '{device}' (use cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{device}' requested but CUDA is not available (use --device cpu)")
-    return dev
 
 
 class BatchedEmbedder:

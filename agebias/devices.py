@@ -1,0 +1,21 @@
+"""Devices: one rule for every command. ``None``/``"auto"`` means CUDA when present, else the CPU; a device torch
+does not know, or CUDA asked for where there is none, is a :class:`UserError` with one clear line."""
+
+from __future__ import annotations
+
+from agebias.errors import UserError
+
+
+def resolve_device(device=None):
+    """A ``torch.device`` for ``device`` (``None``, ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a device)."""
+    import torch
+
+    if device is None or str(device) in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device '{device}' (use cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{device}' requested but CUDA is not available (use --device cpu)")
+    return dev
