@@ -99,3 +99,21 @@ def pick_device(device: str | None) -> str:
     from agebias.devices import resolve_device
 
     return str(resolve_device(device))
+
+
+def doctor_rows(name: str, repo, checkpoint, subdirs: Sequence[str], missing_checkpoint_hint: str
+                ) -> tuple[list[tuple[str, bool, str]], Path | None]:
+    """``agebias doctor`` rows for a checkout and a checkpoint; also returns the code folder (None if not found)."""
+    rows: list[tuple[str, bool, str]] = []
+    code = None
+    try:
+        code = find_code_dir(name, repo, subdirs=subdirs)
+        rows.append(("checkout", True, str(code)))
+    except UserError as err:
+        rows.append(("checkout", False, str(err)))
+    if checkpoint:
+        ok = Path(checkpoint).is_file()
+        rows.append(("checkpoint", ok, str(checkpoint) if ok else f"{checkpoint} not found"))
+    else:
+        rows.append(("checkpoint", False, missing_checkpoint_hint))
+    return rows, code

@@ -33,7 +33,7 @@ import numpy as np
 from agebias.errors import UserError
 from generators.ages import AgesArg, ages_for
 from generators.base import Generator, Identity, Sample, to_uint8_image
-from generators.checkout import (file_sha256, find_code_dir, import_from_checkout, pick_device,
+from generators.checkout import (doctor_rows, file_sha256, find_code_dir, import_from_checkout, pick_device,
                                  require_checkpoint)
 
 CHECKOUT_NAME = "cusp"
@@ -225,18 +225,8 @@ class CUSPGenerator(Generator):
 
     @classmethod
     def doctor(cls, repo=None, checkpoint=None, **_: Any) -> list[tuple[str, bool, str]]:
-        rows = []
-        code = None
-        try:
-            code = find_code_dir(CHECKOUT_NAME, repo, subdirs=("", "cusp-pytorch"))
-            rows.append(("checkout", True, str(code)))
-        except UserError as err:
-            rows.append(("checkout", False, str(err)))
-        if checkpoint:
-            ok = Path(checkpoint).is_file()
-            rows.append(("checkpoint", ok, str(checkpoint) if ok else f"{checkpoint} not found"))
-        else:
-            rows.append(("checkpoint", False, "pass --checkpoint G.pkl (CUSP RR 224 or LS 256) and --trust-checkpoint"))
+        rows, code = doctor_rows(CHECKOUT_NAME, repo, checkpoint, ("", "cusp-pytorch"),
+                                 "pass --checkpoint G.pkl (CUSP RR 224 or LS 256) and --trust-checkpoint")
         dex_places = [p for p in ([Path(checkpoint).parent / DEX_NAME] if checkpoint else []) +
                       ([code / DEX_NAME, code / "models" / DEX_NAME] if code else []) if p.is_file()]
         rows.append(("DEX weights", bool(dex_places), str(dex_places[0]) if dex_places else

@@ -33,7 +33,7 @@ from agebias.errors import UserError
 from agebias.progress import info
 from generators.ages import AgesArg, ages_for
 from generators.base import Generator, Identity, Sample, to_uint8_image
-from generators.checkout import (find_code_dir, file_sha256, import_from_checkout, pick_device,
+from generators.checkout import (doctor_rows, find_code_dir, file_sha256, import_from_checkout, pick_device,
                                  require_checkpoint)
 
 FOV_DEG = 18.837
@@ -269,15 +269,6 @@ class EG3DAgeGenerator(Generator):
 
     @classmethod
     def doctor(cls, repo=None, checkpoint=None, **_: Any) -> list[tuple[str, bool, str]]:
-        rows = []
-        try:
-            d = find_code_dir(CHECKOUT_NAME, repo, subdirs=("eg3d", ""))
-            rows.append(("checkout", True, str(d)))
-        except UserError as err:
-            rows.append(("checkout", False, str(err)))
-        if checkpoint:
-            ok = Path(checkpoint).is_file()
-            rows.append(("checkpoint", ok, str(checkpoint) if ok else f"{checkpoint} not found"))
-        else:
-            rows.append(("checkpoint", False, "pass --checkpoint NET.pkl (EG3D-Age G_ema) and --trust-checkpoint"))
+        rows, _code = doctor_rows(CHECKOUT_NAME, repo, checkpoint, ("eg3d", ""),
+                                  "pass --checkpoint NET.pkl (EG3D-Age G_ema) and --trust-checkpoint")
         return rows

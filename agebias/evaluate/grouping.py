@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from agebias.data.ages import DEFAULT_AGE_BINS, OPEN_END, AgeBins  # noqa: F401  (re-exported)
+from agebias.data.ages import DEFAULT_AGE_BINS, AgeBins  # noqa: F401  (DEFAULT_AGE_BINS re-exported)
 from agebias.errors import UserError
 
 DEFAULT_GAP_BINS = "0-5,6-10,11-20,21+"

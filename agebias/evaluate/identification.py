@@ -26,7 +26,6 @@ def ranks(emb: np.ndarray, subjects: np.ndarray, block: int = 1024) -> tuple[np.
     e = np.ascontiguousarray(emb[order], dtype=np.float32)
     s = subjects[order]
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    seg = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, n]))
     r_img = np.zeros(n, dtype=np.int64)
     r_id = np.zeros(n, dtype=np.int64)
     probe = np.zeros(n, dtype=bool)

@@ -96,7 +96,7 @@ def _summary_lines(results: dict) -> list[str]:
     ]
     if st["protocol"] != "msc":
         lines += [
-            f"Operating point: " + (f"fixed threshold {st['threshold']}" if st.get("threshold") is not None
+            "Operating point: " + (f"fixed threshold {st['threshold']}" if st.get("threshold") is not None
                                     else f"global threshold at target FMR {st['target_fmr']:g} from the pooled "
                                          f"impostors") + f"; alpha {st['alpha']}.",
             f"Age groups: {st['age_bins']}; pair grouping: {first.get('pair_grouping', {}).get('description', '')}.",
