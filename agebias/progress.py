@@ -1,4 +1,9 @@
-"""Progress bars for long work (tqdm on stderr), silenced by ``agebias --quiet`` or ``AGEBIAS_QUIET=1``."""
+"""Progress bars for long work (tqdm on stderr), silenced by ``agebias --quiet`` or ``AGEBIAS_QUIET=1``.
+
+Bars draw only on a terminal: when stderr is a file or a pipe (a log, CI) tqdm's ``disable=None`` turns them off,
+so logs are not flooded with carriage-return updates. Status lines go through :mod:`logging` (see
+:mod:`agebias.console`), not through this module.
+"""
 
 from __future__ import annotations
 
@@ -21,19 +26,17 @@ def is_quiet() -> bool:
     return _quiet or os.environ.get("AGEBIAS_QUIET", "") not in ("", "0")
 
 
+def _disable() -> bool | None:
+    return True if is_quiet() else None  # None: tqdm disables itself when stderr is not a terminal
+
+
 def track(iterable: Iterable[T], description: str = "", total: int | None = None, unit: str = "it") -> Iterator[T]:
-    """Iterate with a progress bar (ETA included) unless quiet."""
-    return iter(tqdm(iterable, desc=description, total=total, unit=unit, disable=is_quiet(), file=sys.stderr,
+    """Iterate with a progress bar (ETA included) on a terminal, unless quiet."""
+    return iter(tqdm(iterable, desc=description, total=total, unit=unit, disable=_disable(), file=sys.stderr,
                      dynamic_ncols=True, leave=False))
 
 
 def bar(total: int | None, description: str = "", unit: str = "it") -> tqdm:
-    """A manual progress bar: ``with bar(n, "embedding") as b: b.update(k)``."""
-    return tqdm(total=total, desc=description, unit=unit, disable=is_quiet(), file=sys.stderr, dynamic_ncols=True,
+    """A manual progress bar: ``with bar(n, "embedding") as b: b.update(k)`` (drawn on a terminal, unless quiet)."""
+    return tqdm(total=total, desc=description, unit=unit, disable=_disable(), file=sys.stderr, dynamic_ncols=True,
                 leave=False)
-
-
-def info(message: str) -> None:
-    """A status line on stderr (kept even when quiet is off; suppressed when quiet)."""
-    if not is_quiet():
-        print(message, file=sys.stderr)

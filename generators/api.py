@@ -4,14 +4,16 @@ layout, optionally run quality control. Everything a user can get wrong is check
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from agebias.errors import UserError
-from agebias.progress import info
 from generators.ages import AgePlan
 from generators.registry import create_generator
 from generators.writer import GenerateResult, generate_to
+
+log = logging.getLogger(__name__)
 
 
 def run_generate(method: str, out: str | Path, *, identities: int | None = None, sources: str | Path | None = None,
@@ -61,7 +63,7 @@ def run_generate(method: str, out: str | Path, *, identities: int | None = None,
             src, aligned=aligned, all_faces=all_faces, device=_device(options), seed=seed,
             with_landmarks=getattr(generator, "wants_landmarks", False))
         for p in skipped:
-            info(f"skipped {p.path}: {p.reason}")
+            log.info(f"skipped {p.path}: {p.reason}")
         if not idents:
             first = f" (e.g. {skipped[0].path}: {skipped[0].reason})" if skipped else ""
             raise UserError(f"no usable face in {src}: {len(skipped)} file(s) skipped{first}")

@@ -22,6 +22,7 @@ The pickle needs the checkout's ``dnnlib``/``torch_utils``/``legacy`` and ``trus
 
 from __future__ import annotations
 
+import logging
 import json
 import math
 from pathlib import Path
@@ -30,11 +31,12 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from agebias.errors import UserError
-from agebias.progress import info
 from generators.ages import AgesArg, ages_for
 from generators.base import Generator, Identity, Sample, to_uint8_image
 from generators.checkout import (doctor_rows, find_code_dir, file_sha256, import_from_checkout, pick_device,
                                  require_checkpoint)
+
+log = logging.getLogger(__name__)
 
 FOV_DEG = 18.837
 CAM_RADIUS = 2.7
@@ -170,7 +172,7 @@ class EG3DAgeGenerator(Generator):
     # --- setup ------------------------------------------------------------------------------------------
     def _warn(self, msg: str) -> None:
         self._warnings.append(msg)
-        info(f"warning: {msg}")
+        log.warning(f"{msg}")
 
     def _declared_range(self) -> tuple[int, int]:
         opts = self.options or {}
@@ -187,7 +189,7 @@ class EG3DAgeGenerator(Generator):
 
         self.device = pick_device(self.device_request)
         if self.device == "cpu":
-            info("eg3d: running on CPU (very slow; CUDA strongly advised)")
+            log.info("eg3d: running on CPU (very slow; CUDA strongly advised)")
         import_from_checkout(self.code_dir, "dnnlib")
         legacy = import_from_checkout(self.code_dir, "legacy")
         with open(self.checkpoint, "rb") as fh:

@@ -10,6 +10,7 @@ leaves only whole files, and at worst one identity's finished images are redone.
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import io
 import json
@@ -23,9 +24,11 @@ from PIL import Image
 from agebias.atomic import write_bytes, write_json
 from agebias.data.records import Problem
 from agebias.errors import BadInputFile
-from agebias.progress import bar, info
+from agebias.progress import bar
 from generators.ages import AgesArg, ages_for
 from generators.base import Generator, Identity, Sample
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
 CONTACT_SHEET = "contact_sheet.png"
@@ -145,7 +148,7 @@ def generate_to(out: str | Path, generator: Generator, identities: Sequence[Iden
     by_id = {ident.id: ident for ident in identities}
     total = sum(len(v) for v in pending.values())
     if result.reused:
-        info(f"{result.reused} valid outputs already in {out} are kept; {total} to generate")
+        log.info(f"{result.reused} valid outputs already in {out} are kept; {total} to generate")
 
     # Identities go to the generator in chunks big enough to fill its batches; the manifest is rewritten after
     # every chunk, so an interruption loses at most one chunk of finished images (they are redone on resume).

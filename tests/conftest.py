@@ -16,3 +16,13 @@ def _isolated_agebias_cache(tmp_path_factory):
         os.environ.pop("AGEBIAS_CACHE", None)
     else:
         os.environ["AGEBIAS_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def _library_messages_on_stderr():
+    """Tests that call library functions read their status lines on stderr, as the CLI shows them."""
+    from agebias.console import configure
+    from agebias.progress import is_quiet
+
+    configure(quiet=is_quiet())
+    yield

@@ -10,8 +10,9 @@ import sys
 
 import typer
 
+from agebias.console import configure as configure_logging
 from agebias.errors import UserError
-from agebias.progress import set_quiet
+from agebias.progress import is_quiet, set_quiet
 
 app = typer.Typer(
     name="agebias",
@@ -27,6 +28,7 @@ app = typer.Typer(
 def _root(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines.")) -> None:
     """Measure and reduce age bias in face recognition with synthetic age-varied faces."""
     set_quiet(quiet)
+    configure_logging(quiet=is_quiet())
 
 
 def _attach() -> None:
@@ -87,4 +89,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         set_quiet(False)  # --quiet applies to this call only (main() may be called again in the same process)
+        configure_logging(quiet=is_quiet())
     return result if isinstance(result, int) else 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+log = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,14 +33,13 @@ def register(app: typer.Typer) -> None:
         """Align faces to the ArcFace 112x112 template. Exit 0 when every input was used, 1 when some were
         skipped (listed in skipped.csv / skipped.json with the reason)."""
         from agebias.data.export import align_to_folder
-        from agebias.progress import info
 
         result = align_to_folder(sources, out, kind=kind, detector=detector, aligned=aligned, all_faces=all_faces,
                                  cache_dir=cache_dir, device=device)
-        info(f"wrote {len(result.written)} crops and {result.manifest}")
+        log.info(f"wrote {len(result.written)} crops and {result.manifest}")
         if result.skipped:
-            info(f"skipped {len(result.skipped)} input(s); reasons in {out / 'skipped.csv'}")
+            log.info(f"skipped {len(result.skipped)} input(s); reasons in {out / 'skipped.csv'}")
             for p in result.skipped[:10]:
-                info(f"  {p.path}: {p.reason}")
+                log.info(f"  {p.path}: {p.reason}")
             return 1
         return 0

@@ -6,6 +6,7 @@ must already be a 112x112 aligned RGB crop. Files that cannot be used are listed
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -15,7 +16,9 @@ import typer
 from agebias.atomic import atomic_path
 from agebias.data.records import FaceRecord, Problem
 from agebias.errors import BadInputFile, UserError
-from agebias.progress import bar, info
+from agebias.progress import bar
+
+log = logging.getLogger(__name__)
 
 CROP = 112
 
@@ -120,6 +123,6 @@ def register(app: typer.Typer) -> None:
         write_npz(out, paths, embeddings, skipped, model)
         for p in skipped:
             print(f"skipped: {p.path}: {p.reason}", file=sys.stderr)
-        info(f"embedded {len(kept)} image(s) with {embedder.name} (dim {embedder.dim}) -> {out}"
+        log.info(f"embedded {len(kept)} image(s) with {embedder.name} (dim {embedder.dim}) -> {out}"
              + (f"; {len(skipped)} skipped" if skipped else ""))
         return 1 if skipped else 0

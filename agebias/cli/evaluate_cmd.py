@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from agebias.errors import UserError
+
+log = logging.getLogger(__name__)
 
 evaluate_app = typer.Typer(help="Measure verification accuracy and age bias (pinned metrics, plots, reports).",
                            no_args_is_help=True)
@@ -72,16 +75,14 @@ def _operating_point(o: dict) -> str:
 
 
 def _summary(results: dict, out: Path) -> int:
-    from agebias.progress import info
-
     for name in results["model_order"]:
         sec = results["models"][name]
         o = sec.get("overall", {})
         f = sec.get("fairness", {})
         if "eer" in o:
-            info(f"{name}: {_operating_point(o)}  EER {_num(o['eer'])}  GARBE {_num(f.get('garbe'))}  "
+            log.info(f"{name}: {_operating_point(o)}  EER {_num(o['eer'])}  GARBE {_num(f.get('garbe'))}  "
                  f"FDR {_num(f.get('fdr'))}")
-    info(f"wrote {out / 'results.json'}, {out / 'report.html'}")
+    log.info(f"wrote {out / 'results.json'}, {out / 'report.html'}")
     return 1 if results["dataset"]["skipped"] else 0
 
 
@@ -180,7 +181,6 @@ def scores_cmd(
 ) -> int:
     from agebias.atomic import write_json
     from agebias.evaluate.api import evaluate_scores
-    from agebias.progress import info
 
     if threshold is None and not (0 < target_fmr < 1):
         raise UserError("--target-fmr must be between 0 and 1")
@@ -190,7 +190,7 @@ def scores_cmd(
     res = evaluate_scores(path, group_column, target_fmr, threshold, alpha)
     write_json(json_out, res)
     o = res["overall"]
-    info(f"tau {o['threshold']:.6g}: FMR {o['fmr']:.4g} FNMR {o['fnmr']:.4g} EER {o['eer']:.4g}"
+    log.info(f"tau {o['threshold']:.6g}: FMR {o['fmr']:.4g} FNMR {o['fnmr']:.4g} EER {o['eer']:.4g}"
          + (f" GARBE {res['fairness']['garbe']:.4g}" if "fairness" in res else ""))
     return 1 if res["skipped_rows"] else 0
 
@@ -205,12 +205,11 @@ def bin_cmd(
 ) -> int:
     from agebias.atomic import write_json
     from agebias.evaluate.verification_bin import evaluate_bin
-    from agebias.progress import info
 
     _out_file(json_out)
     res = evaluate_bin(path, model, device=device, batch_size=batch_size)
     for name, r in res["models"].items():
-        info(f"{name}: accuracy {r['accuracy_mean'] * 100:.2f} +- {r['accuracy_std'] * 100:.2f} %")
+        log.info(f"{name}: accuracy {r['accuracy_mean'] * 100:.2f} +- {r['accuracy_std'] * 100:.2f} %")
     if json_out:
         write_json(json_out, res)
     return 0

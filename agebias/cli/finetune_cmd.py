@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import typer
+
+log = logging.getLogger(__name__)
 
 
 def _mitigation_help() -> str:
@@ -67,7 +70,6 @@ def register(app: typer.Typer) -> None:
     ) -> int:
         from agebias.finetune.config import DEFAULT_AGE_BINS, FinetuneConfig
         from agebias.finetune.trainer import run_finetune
-        from agebias.progress import info
 
         sources = [s.strip() for item in data for s in item.split(",") if s.strip()]
         config = FinetuneConfig(
@@ -82,11 +84,11 @@ def register(app: typer.Typer) -> None:
         try:
             result = run_finetune(config)
         except KeyboardInterrupt:
-            info(f"finetune: interrupted; completed epochs are checkpointed in {out}: add --resume to the same "
+            log.info(f"finetune: interrupted; completed epochs are checkpointed in {out}: add --resume to the same "
                  f"command to continue")
             raise
         if result.completed and result.backbone_path is not None:
-            info(f"finetune: wrote {result.backbone_path}" + (f" (best epoch {result.best_epoch}: "
+            log.info(f"finetune: wrote {result.backbone_path}" + (f" (best epoch {result.best_epoch}: "
                                                               f"{result.best_path})" if result.best_path else ""))
         skipped = (result.run_dir / "skipped.csv").is_file()
         return 1 if skipped else 0

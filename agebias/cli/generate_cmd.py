@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import json
 from pathlib import Path
 from typing import Optional
@@ -9,6 +10,8 @@ from typing import Optional
 import typer
 
 from agebias.errors import UserError
+
+log = logging.getLogger(__name__)
 
 _HELP = """Generate age-varied identities with a generator (cardioid, eg3d, cusp, diffusion, or an entry point).
 
@@ -70,7 +73,6 @@ def register(app: typer.Typer) -> None:
         qc_min_similarity: float = typer.Option(0.3, "--qc-min-similarity", help="Reject below this cosine."),
         no_contact_sheet: bool = typer.Option(False, "--no-contact-sheet", help="Skip contact_sheet.png."),
     ) -> int:
-        from agebias.progress import info
         from generators.api import run_generate
 
         if out.exists() and not out.is_dir():
@@ -87,10 +89,10 @@ def register(app: typer.Typer) -> None:
                               all_faces=all_faces, ages=ages,
                               age_bins=age_bins, per_bin=per_bin, seed=seed, options=options, qc=qc_opts,
                               contact_sheet=not no_contact_sheet)
-        info(f"{result.written} written, {result.reused} kept, {len(result.skipped)} skipped -> {result.out}")
+        log.info(f"{result.written} written, {result.reused} kept, {len(result.skipped)} skipped -> {result.out}")
         for w in result.warnings:
-            info(f"warning: {w}")
+            log.warning(f"{w}")
         rc = result.exit_code
         if result.qc is not None:
-            info(f"QC: {result.qc.rejected} of {result.qc.checked} rejected -> {result.qc.csv}")
+            log.info(f"QC: {result.qc.rejected} of {result.qc.checked} rejected -> {result.qc.csv}")
         return rc

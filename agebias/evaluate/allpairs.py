@@ -7,6 +7,7 @@ instance-level protocol and the identification metrics.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Sequence
 
@@ -20,7 +21,8 @@ from agebias.evaluate.identification import identification_by_group, rank1_from_
 from agebias.evaluate.instance import instance_level
 from agebias.evaluate.pairs import NB, PairScores, _ceil32, bin_index, normalise, score_all_pairs
 from agebias.evaluate.settings import EvalSettings
-from agebias.progress import info
+
+log = logging.getLogger(__name__)
 
 
 def _tau_bin(tau: float) -> int:
@@ -154,7 +156,7 @@ def evaluate_embeddings_allpairs(emb: np.ndarray, subjects: Sequence, ages: Sequ
         acc_from = min(_tau_bin(res["tau"]), _tau_bin(res["instance_tau"][0]))
         if int(ps.hist.sum(axis=0)[acc_from:].sum()) > st.max_accepted_pairs:
             acc_from = None
-        info(f"exact refinement pass over {len(bins)} histogram bins")
+        log.info(f"exact refinement pass over {len(bins)} histogram bins")
         ps.missing.clear()
         ps.refine(bins, acc_from)
         res = _metrics(ps, st)

@@ -26,6 +26,7 @@ the global threshold), eer, auc, d_prime, fnmr_at_fmr (each at the group's own t
 
 from __future__ import annotations
 
+import logging
 import csv
 import io
 import os
@@ -38,7 +39,8 @@ from agebias.atomic import write_json, write_text
 from agebias.data.records import FaceRecord, Problem
 from agebias.errors import UserError
 from agebias.evaluate.settings import EvalSettings
-from agebias.progress import info
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "agebias.evaluate/1"
 
@@ -85,7 +87,7 @@ def evaluate_models(records: Sequence[FaceRecord], embeddings_by_model: dict[str
     out.mkdir(parents=True, exist_ok=True)
     models = {}
     for name, emb in embeddings_by_model.items():
-        info(f"evaluating {name} on {len(records)} images ({st.protocol})")
+        log.info(f"evaluating {name} on {len(records)} images ({st.protocol})")
         models[name] = evaluate_section(records, emb, st)
     first = next(iter(models))
     results = {

@@ -7,6 +7,7 @@ same aligned faces and model reuses them.
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import os
 from pathlib import Path
@@ -18,7 +19,8 @@ from agebias.atomic import atomic_path
 from agebias.data.records import FaceRecord, Problem
 from agebias.errors import UserError
 from agebias.evaluate.settings import EvalSettings
-from agebias.progress import info
+
+log = logging.getLogger(__name__)
 
 
 def model_names(specs: Sequence[str]) -> list[str]:
@@ -74,14 +76,14 @@ def embed_records(records: Sequence[FaceRecord], specs: Sequence[str], cache_dir
         cache = cache_dir / f"{name}.npz" if cache_dir else None
         emb = _cached(cache, paths, stamp) if cache else None
         if emb is None:
-            info(f"embedding {len(kept)} faces with {spec}")
+            log.info(f"embedding {len(kept)} faces with {spec}")
             emb = build_embedder(spec, device=device, flip=flip, batch_size=batch_size).embed(faces.crops)
             if cache is not None:
                 with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
                     np.savez(fh, paths=np.asarray(paths, dtype=str), embeddings=emb.astype(np.float32),
                              model=np.asarray(stamp))
         else:
-            info(f"reusing cached embeddings for {name}")
+            log.info(f"reusing cached embeddings for {name}")
         out[name] = emb
     return kept, out, list(faces.skipped)
 

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,8 @@ import numpy as np
 from agebias.data.records import FaceRecord, Problem
 from agebias.data.ages import AgeBins
 from agebias.errors import UserError
-from agebias.progress import info
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def prepare_data(sources: list[Source], *, aligned: bool, detector: str, val_fra
     kept, crops, skipped = load_crops(records, aligned=aligned, detector=detector, cache_dir=cache_dir)
     problems.extend(skipped)
     if skipped:
-        info(f"finetune: {len(skipped)} image(s) skipped (see skipped.csv); first: {skipped[0].path}: "
+        log.info(f"finetune: {len(skipped)} image(s) skipped (see skipped.csv); first: {skipped[0].path}: "
              f"{skipped[0].reason}")
     if not kept:
         raise UserError(f"none of the {len(records)} training images could be used; first problem: "
@@ -159,7 +161,7 @@ def prepare_data(sources: list[Source], *, aligned: bool, detector: str, val_fra
                         f"for validation; lower --val-fraction or add identities")
     singles = sum(1 for n in Counter(subjects).values() if n == 1)
     if singles:
-        info(f"finetune: {singles} identit{'y has' if singles == 1 else 'ies have'} a single image "
+        log.info(f"finetune: {singles} identit{'y has' if singles == 1 else 'ies have'} a single image "
              f"(used for training only, never held out)")
     train_idx = np.array([i for i, s in enumerate(subjects) if s in train_ids], dtype=np.int64)
     val_idx = np.array([i for i, s in enumerate(subjects) if s in val_ids], dtype=np.int64)

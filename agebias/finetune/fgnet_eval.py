@@ -11,6 +11,7 @@ training goes on.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agebias.progress import info
+
+log = logging.getLogger(__name__)
 
 
 class FgnetEvaluator:
@@ -40,7 +42,7 @@ class FgnetEvaluator:
         try:
             from agebias.evaluate.api import evaluate_embeddings
         except ImportError:
-            info("finetune: --eval-fgnet skipped: the evaluator (agebias.evaluate.api) is not available")
+            log.info("finetune: --eval-fgnet skipped: the evaluator (agebias.evaluate.api) is not available")
             return {"fgnet_note": "evaluator unavailable"}
         if self.crops is None:
             self._load()

@@ -25,6 +25,7 @@ the same settings unfinished continue with ``resume=True`` (final weights equal 
 
 from __future__ import annotations
 
+import logging
 import csv
 import io
 import json
@@ -54,7 +55,9 @@ from agebias.finetune.hooks import HookSetup, StepContext, TrainingHooks, as_los
 from agebias.finetune.logs import TensorBoardLog, write_metrics_csv
 from agebias.finetune.validation import pair_scores, verification_metrics
 from agebias.models.heads import create_head, margin_loss
-from agebias.progress import bar, info
+from agebias.progress import bar
+
+log = logging.getLogger(__name__)
 
 RUN_KIND = "agebias-finetune"
 
@@ -329,7 +332,7 @@ class _Run:
         self.device = device
         state = check_run_dir(self.run_dir, cfg)
         if state == "done":
-            info(f"finetune: {self.run_dir} already holds this finished run; nothing to do")
+            log.info(f"finetune: {self.run_dir} already holds this finished run; nothing to do")
             return load_result(self.run_dir)
         self.autocast = autocast_factory(cfg.precision, device)
         torch.manual_seed(cfg.seed)
@@ -343,7 +346,7 @@ class _Run:
         if not sources:
             raise UserError("every --data source has weight 0; nothing to train on")
         if unused and self._main():
-            info(f"finetune: source(s) with weight 0 left out: {', '.join(unused)}")
+            log.info(f"finetune: source(s) with weight 0 left out: {', '.join(unused)}")
         if not self._main():
             ddp.barrier(self.dist)
         data = prepare_data(sources, aligned=cfg.aligned, detector=cfg.detector, val_fraction=cfg.val_fraction,
@@ -357,7 +360,7 @@ class _Run:
         parts = parse_frozen_layers(cfg.frozen_layers)
         fsum = freeze(model, parts)
         if parts and cfg.init == "random" and self._main():
-            info("finetune: note: frozen layers of a randomly initialised backbone stay random (their BatchNorms "
+            log.info("finetune: note: frozen layers of a randomly initialised backbone stay random (their BatchNorms "
                  "keep their initial statistics); use --frozen-layers none to train from scratch")
         iresnet = _is_iresnet(model)
         depth = fsum.prefix_depth if iresnet else 0
@@ -405,7 +408,7 @@ class _Run:
             step = int(ck.get("step", start_epoch * steps_per_epoch))
             rngs = ck["rng"]
             set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
-            info(f"finetune: resuming {self.run_dir} after epoch {start_epoch}")
+            log.info(f"finetune: resuming {self.run_dir} after epoch {start_epoch}")
 
         if self._main():
             self._write_config(data, fsum, depth, model, hooks, start_epoch)
@@ -476,7 +479,7 @@ class _Run:
                     row.update(self._eval_fgnet(model, epoch + 1))
                 write_metrics_csv(self.run_dir / "metrics.csv", history)
                 self.tb.log(row)
-                info(_epoch_line(row, cfg.epochs))
+                log.info(_epoch_line(row, cfg.epochs))
             rngs = ddp.all_gather_objects(self.dist, rng_state())
             if self._main():
                 save_checkpoint(ckpt_path, {
@@ -594,7 +597,7 @@ class _Run:
         try:
             return self.fgnet(model, self.run_dir / "fgnet" / f"epoch_{epoch:03d}", self.device)
         except UserError as err:  # a bad FG-NET folder must not end the training run
-            info(f"finetune: --eval-fgnet failed at epoch {epoch}: {err}")
+            log.info(f"finetune: --eval-fgnet failed at epoch {epoch}: {err}")
             return {"fgnet_note": str(err)}
 
     def _write_config(self, data: TrainingData, fsum, depth: int, model: nn.Module, hooks: TrainingHooks,

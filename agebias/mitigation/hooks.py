@@ -13,6 +13,7 @@ errors) and build one of the classes below. Which hook point each method uses:
 
 from __future__ import annotations
 
+import logging
 import contextlib
 from typing import Any, Iterator
 
@@ -28,7 +29,8 @@ from agebias.mitigation.group_margin import resolve_margins
 from agebias.mitigation.label_flip import flip_labels, group_identity_table
 from agebias.mitigation.mixfair import mix_feature_maps, mixfair_shift, random_partner
 from agebias.mitigation.registry import MitigationSpec, parse_mitigation
-from agebias.progress import info
+
+log = logging.getLogger(__name__)
 
 
 def head_margin(head: nn.Module) -> float:
@@ -93,7 +95,7 @@ class GroupMarginHooks(_SpecHooks):
     def setup(self, setup: HookSetup) -> None:
         self._check_group_index(setup, "base")
         if type(setup.head).__name__ != "CosFaceHead":
-            info("group-margin: FR-NAS's method is CosFace with a margin per age group (--head cosface); with this "
+            log.info("group-margin: FR-NAS's method is CosFace with a margin per age group (--head cosface); with this "
                  "head the per-group margins go to its own margin (radians for arcface)")
         base = head_margin(setup.head)
         try:
@@ -138,7 +140,7 @@ class MixFairHooks(_SpecHooks):
         if setup.feature_channels <= 0:  # the trainer gives the layer4 channels of iresnets only
             raise UserError("mitigation 'mixfair' mixes final feature maps: it needs an iresnet backbone")
         if getattr(setup.head, "margin", None) is None or type(setup.head).__name__ != "CosFaceHead":
-            info("mixfair: the MixFair shift is a cosine-margin shift; with a non-cosface head it is added to that "
+            log.info("mixfair: the MixFair shift is a cosine-margin shift; with a non-cosface head it is added to that "
                  "head's margin as is")
         self._bn_cache: list[nn.Module] | None = None
 
@@ -198,7 +200,7 @@ class DDLHooks(_SpecHooks):
                             f"teacher or -1")
         if self.sampler.skipped_groups:
             names = ", ".join(setup.group_names[g] for g in self.sampler.skipped_groups)
-            info(f"ddl: age groups without an identity of >= {self.params['per_identity']} images are left out "
+            log.info(f"ddl: age groups without an identity of >= {self.params['per_identity']} images are left out "
                  f"of the branches: {names}")
 
     def make_batches(self, epoch: int, rng: np.random.Generator, batch_size: int) -> list[np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -9,7 +10,8 @@ from typing import Any, Callable
 from agebias.errors import UserError
 from agebias.pipeline import state
 from agebias.pipeline.schema import STAGES, Experiment
-from agebias.progress import info
+
+log = logging.getLogger(__name__)
 
 StageFn = Callable[[Experiment, Path, dict[str, Any]], dict[str, Any]]
 
@@ -60,9 +62,9 @@ def run_experiment(exp: Experiment, out: str | Path | None = None, from_stage: s
                 break
             continue
         if not forced and only is None and state.is_complete(stage_dir, digest):
-            info(f"[{stage}] up to date, skipped ({stage_dir})")
+            log.info(f"[{stage}] up to date, skipped ({stage_dir})")
         else:
-            info(f"[{stage}] running -> {stage_dir}")
+            log.info(f"[{stage}] running -> {stage_dir}")
             state.invalidate(stage_dir)
             stage_dir.mkdir(parents=True, exist_ok=True)
             started = time.time()

@@ -7,12 +7,14 @@ last epoch checkpoint, evaluation reuses cached embeddings.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from agebias.errors import UserError
 from agebias.pipeline.schema import Experiment
-from agebias.progress import info
+
+log = logging.getLogger(__name__)
 
 GENERATED_DIR = "data"
 
@@ -25,7 +27,7 @@ def generated_data_dir(out: Path) -> Path:
 def run_generate_stage(exp: Experiment, out: Path, summaries: dict[str, Any]) -> dict[str, Any]:
     gen = exp.section("generate")
     if not gen["enabled"]:
-        info(f"[generate] disabled: training on {gen['dataset']}")
+        log.info(f"[generate] disabled: training on {gen['dataset']}")
         return {"enabled": False, "dataset": gen["dataset"]}
     from generators.api import run_generate
 

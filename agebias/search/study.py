@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import logging
 import json
 import math
 import os
@@ -30,9 +31,10 @@ from typing import Any, Callable
 
 from agebias.atomic import atomic_path, write_json, write_text
 from agebias.errors import UserError
-from agebias.progress import info
 from agebias.search.experiment import SearchExperiment
 from agebias.search.objectives import Objective
+
+log = logging.getLogger(__name__)
 
 TrialFn = Callable[[SearchExperiment, dict[str, Any], Path], dict[str, float]]
 SQLITE_TIMEOUT_S = 60
@@ -250,7 +252,7 @@ def _move_aside_foreign(trial_dir: Path, study: str, url: str, trial_id: int) ->
         return
     aside = trial_dir.with_name(f"{trial_dir.name}.old-{int(time.time())}")
     os.replace(trial_dir, aside)
-    info(f"search: {trial_dir} held another study's trial; moved to {aside.name}")
+    log.info(f"search: {trial_dir} held another study's trial; moved to {aside.name}")
 
 
 # ---- the search loop ----------------------------------------------------------------------------------------------
@@ -280,7 +282,7 @@ def run_search(exp: SearchExperiment, trials: int | None = None, *, storage: str
     study = open_study(rdb, name, len(exp.objectives), make_sampler(sampler or exp.sampler, seed, exp.population))
     if beat > 0:
         optuna.storages.fail_stale_trials(study)
-    info(f"search: study '{name}' in {url} ({len(study.get_trials(deepcopy=False))} trials so far); "
+    log.info(f"search: study '{name}' in {url} ({len(study.get_trials(deepcopy=False))} trials so far); "
          f"running {n_trials} here, outputs in {out}")
     write_pareto(study, exp, out)
     names = [o.name for o in exp.objectives]
@@ -297,7 +299,7 @@ def run_search(exp: SearchExperiment, trials: int | None = None, *, storage: str
         trial.set_user_attr("dir", os.path.relpath(trial_dir, out))
         write_json(trial_dir / "params.json", {"number": trial.number, "study": name, "storage": url,
                                                "trial_id": trial._trial_id, "params": params})
-        info(f"search: trial {trial.number} {json.dumps(params, default=str)}")
+        log.info(f"search: trial {trial.number} {json.dumps(params, default=str)}")
         try:
             result = trial_fn(exp, params, trial_dir)
             values = [float(result[n]) for n in names]
@@ -309,10 +311,10 @@ def run_search(exp: SearchExperiment, trials: int | None = None, *, storage: str
             reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
             trial.set_user_attr("error", reason)
             write_text(trial_dir / "error.txt", reason + "\n\n" + traceback.format_exc())
-            info(f"search: trial {trial.number} failed: {reason}")
+            log.info(f"search: trial {trial.number} failed: {reason}")
             raise
         write_json(trial_dir / "objectives.json", dict(zip(names, values)))
-        info(f"search: trial {trial.number} done: " + ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values)))
+        log.info(f"search: trial {trial.number} done: " + ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values)))
         return values
 
     def after_trial(study, _trial) -> None:
