@@ -32,6 +32,12 @@ class SettingsError(UserError, ValueError):
         prefix = f"{stage} setting '{field}': " if field and stage else f"setting '{field}': " if field else ""
         super().__init__(prefix + self.detail)
 
+    def reworded(self, message: str) -> "SettingsError":
+        """The same error (field, stage) with another one-line message, e.g. one that names the flag or file."""
+        new = SettingsError(message)
+        new.field, new.stage, new.detail = self.field, self.stage, self.detail
+        return new
+
 
 class DataError(UserError):
     """A dataset, image, manifest or results file that cannot be used."""

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agebias.models.embedder import TorchEmbedder, resolve_device
-from agebias.models.onnx import OnnxEmbedder, export_onnx
+from agebias.devices import resolve_device
+from agebias.models.embedder import OnnxEmbedder, TorchEmbedder
+from agebias.models.onnx_export import export_onnx
 from agebias.models.registry import create_backbone
 
 MIN_COSINE = 0.999

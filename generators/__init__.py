@@ -9,7 +9,7 @@ Public entry points::
 ``run_generate`` is the whole ``agebias generate`` job (validation, identities, writing, QC).
 """
 
-from generators.ages import AgePlan, parse_age_bins, parse_ages
+from generators.ages import AgePlan, parse_age_intervals, parse_ages
 from generators.base import Generator, Identity, Sample
 from generators.registry import available_generators, create_generator, get_generator_class, register_generator
 from generators.writer import GenerateResult, generate_to
@@ -23,5 +23,5 @@ def run_generate(*args, **kwargs):
 
 
 __all__ = ["AgePlan", "GenerateResult", "Generator", "Identity", "Sample", "available_generators",
-           "create_generator", "generate_to", "get_generator_class", "parse_age_bins", "parse_ages",
+           "create_generator", "generate_to", "get_generator_class", "parse_age_intervals", "parse_ages",
            "register_generator", "run_generate"]

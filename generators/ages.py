@@ -1,8 +1,11 @@
-"""Target ages: fixed lists (``--ages 5,10,15``) or random ages drawn per identity from bins (``--age-bins``).
+"""Target ages: fixed lists (``--ages 5,10,15``) or random ages drawn per identity from sampling intervals
+(``--age-intervals``).
 
-Conventions: ages are whole years. A bin ``lo-hi`` covers ``lo <= age < hi``, except the last bin, which also
-includes ``hi`` (so ``0-5,5-10,...,50-70`` covers 0..70 without overlaps, as in the MSc thesis pipeline
-(MSc_FR_Bias), which drew one random age per bin 0-5, 5-10, 10-15, 15-20, 20-30, 30-40, 40-50, 50-70).
+Conventions: ages are whole years. An interval ``lo-hi`` is half-open, ``lo <= age < hi``, except the last one,
+which also includes ``hi`` (so ``0-5,5-10,...,50-70`` covers 0..70 without overlaps, as in the MSc thesis pipeline
+(MSc_FR_Bias), which drew one random age per interval 0-5, 5-10, 10-15, 15-20, 20-30, 30-40, 40-50, 50-70).
+These are sampling intervals for target ages, not the inclusive age *groups* of evaluation (``--age-intervals
+0-12,13-19``, :mod:`agebias.data.ages`).
 Random draws are seeded per identity (``seed`` and the identity id), so a rerun or a resumed run draws the
 same ages, and adding identities does not change the ages of the others.
 """
@@ -39,12 +42,12 @@ def parse_ages(text: str | Sequence[int]) -> list[int]:
     return sorted(set(values))
 
 
-def parse_age_bins(text: str | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``"0-5,5-10"`` -> ``[(0, 5), (5, 10)]``. Bins must be increasing and non-overlapping."""
+def parse_age_intervals(text: str | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``"0-5,5-10"`` -> ``[(0, 5), (5, 10)]``. Intervals must be increasing and non-overlapping."""
     if not isinstance(text, str):
-        bins = [(int(lo), int(hi)) for lo, hi in text]
+        intervals = [(int(lo), int(hi)) for lo, hi in text]
     else:
-        bins = []
+        intervals = []
         for part in text.replace(" ", "").split(","):
             if not part:
                 continue
@@ -54,22 +57,22 @@ def parse_age_bins(text: str | Sequence[tuple[int, int]]) -> list[tuple[int, int
             except ValueError:
                 lo = hi = None
             if lo is None or hi is None:
-                raise UserError(f"--age-bins: '{part}' is not a range like 20-30")
-            bins.append((lo, hi))
-    if not bins:
-        raise UserError("--age-bins: no bins given (expected e.g. 0-5,5-10,10-15)")
-    for i, (lo, hi) in enumerate(bins):
+                raise UserError(f"--age-intervals: '{part}' is not a range like 20-30")
+            intervals.append((lo, hi))
+    if not intervals:
+        raise UserError("--age-intervals: no intervals given (expected e.g. 0-5,5-10,10-15)")
+    for i, (lo, hi) in enumerate(intervals):
         if lo < 0 or hi <= lo:
-            raise UserError(f"--age-bins: bad range {lo}-{hi} (need 0 <= low < high)")
-        if i and lo < bins[i - 1][1]:
-            raise UserError(f"--age-bins: bins overlap or are not increasing at {lo}-{hi}")
-    return bins
+            raise UserError(f"--age-intervals: bad range {lo}-{hi} (need 0 <= low < high)")
+        if i and lo < intervals[i - 1][1]:
+            raise UserError(f"--age-intervals: intervals overlap or are not increasing at {lo}-{hi}")
+    return intervals
 
 
-def bin_values(bins: Sequence[tuple[int, int]], index: int) -> list[int]:
-    """The whole-year ages a bin covers (the last bin includes its upper end)."""
-    lo, hi = bins[index]
-    return list(range(lo, hi + 1 if index == len(bins) - 1 else hi))
+def interval_values(intervals: Sequence[tuple[int, int]], index: int) -> list[int]:
+    """The whole-year ages an interval covers (the last one includes its upper end)."""
+    lo, hi = intervals[index]
+    return list(range(lo, hi + 1 if index == len(intervals) - 1 else hi))
 
 
 def _identity_rng(seed: int, identity_id: str) -> np.random.Generator:
@@ -79,37 +82,38 @@ def _identity_rng(seed: int, identity_id: str) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class AgePlan:
-    """Which ages each identity gets: a fixed list for everyone, or ``per_bin`` random ages per bin."""
+    """Which ages each identity gets: a fixed list for everyone, or ``per_interval`` random ages per interval."""
 
     ages: tuple[int, ...] | None = None
-    bins: tuple[tuple[int, int], ...] | None = None
-    per_bin: int = 1
+    intervals: tuple[tuple[int, int], ...] | None = None
+    per_interval: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if (self.ages is None) == (self.bins is None):
-            raise UserError("give either --ages or --age-bins (exactly one)")
-        if self.bins is not None:
-            if self.per_bin < 1:
-                raise UserError("--per-bin must be at least 1")
-            for i in range(len(self.bins)):
-                width = len(bin_values(self.bins, i))
-                if self.per_bin > width:
-                    lo, hi = self.bins[i]
-                    raise UserError(f"--per-bin {self.per_bin} is more than the {width} distinct ages in bin {lo}-{hi}")
+        if (self.ages is None) == (self.intervals is None):
+            raise UserError("give either --ages or --age-intervals (exactly one)")
+        if self.intervals is not None:
+            if self.per_interval < 1:
+                raise UserError("--per-interval must be at least 1")
+            for i in range(len(self.intervals)):
+                width = len(interval_values(self.intervals, i))
+                if self.per_interval > width:
+                    lo, hi = self.intervals[i]
+                    raise UserError(f"--per-interval {self.per_interval} is more than the {width} distinct ages in "
+                                    f"interval {lo}-{hi}")
 
     @classmethod
-    def from_options(cls, ages: str | None = None, age_bins: str | None = None, per_bin: int = 1,
+    def from_options(cls, ages: str | None = None, age_intervals: str | None = None, per_interval: int = 1,
                      seed: int = 0) -> "AgePlan":
-        if ages and age_bins:
-            raise UserError("give either --ages or --age-bins, not both")
+        if ages and age_intervals:
+            raise UserError("give either --ages or --age-intervals, not both")
         if ages:
-            if per_bin != 1:
-                raise UserError("--per-bin goes with --age-bins (random ages per bin), not with --ages")
+            if per_interval != 1:
+                raise UserError("--per-interval goes with --age-intervals (random ages per interval), not with --ages")
             return cls(ages=tuple(parse_ages(ages)), seed=seed)
-        if age_bins:
-            return cls(bins=tuple(parse_age_bins(age_bins)), per_bin=per_bin, seed=seed)
-        raise UserError("give --ages (e.g. 5,10,15) or --age-bins (e.g. 0-5,5-10,10-15)")
+        if age_intervals:
+            return cls(intervals=tuple(parse_age_intervals(age_intervals)), per_interval=per_interval, seed=seed)
+        raise UserError("give --ages (e.g. 5,10,15) or --age-intervals (e.g. 0-5,5-10,10-15)")
 
     def ages_for(self, identity_id: str) -> list[int]:
         """Sorted target ages of one identity (deterministic given ``seed`` and the id)."""
@@ -117,22 +121,23 @@ class AgePlan:
             return list(self.ages)
         rng = _identity_rng(self.seed, identity_id)
         out: list[int] = []
-        for i in range(len(self.bins)):
-            values = bin_values(self.bins, i)
-            out.extend(int(v) for v in rng.choice(values, size=self.per_bin, replace=False))
+        for i in range(len(self.intervals)):
+            values = interval_values(self.intervals, i)
+            out.extend(int(v) for v in rng.choice(values, size=self.per_interval, replace=False))
         return sorted(set(out))
 
     def all_ages(self) -> list[int]:
         """Every age this plan can produce (for range checks before any work starts)."""
         if self.ages is not None:
             return list(self.ages)
-        lo, hi = self.bins[0][0], self.bins[-1][1]
+        lo, hi = self.intervals[0][0], self.intervals[-1][1]
         return [lo, hi]
 
     def describe(self) -> dict:
         if self.ages is not None:
             return {"ages": list(self.ages)}
-        return {"age_bins": [list(b) for b in self.bins], "per_bin": self.per_bin, "seed": self.seed}
+        return {"age_intervals": [list(b) for b in self.intervals], "per_interval": self.per_interval,
+                "seed": self.seed}
 
 
 AgesArg = Sequence[int] | Mapping[str, Sequence[int]] | AgePlan

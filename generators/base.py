@@ -90,6 +90,11 @@ class Generator:
         """Caveats to record with the run (e.g. missing training options)."""
         return []
 
+    def output_aligned(self) -> bool:
+        """True when every output is a 112x112 crop aligned to the ArcFace template, so evaluation and fine-tuning
+        use the images as given (recorded as ``aligned_crops`` in generation.json)."""
+        return False
+
     def generate_one(self, identity: Identity, age: int) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError
 

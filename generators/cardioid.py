@@ -124,6 +124,9 @@ class CardioidGenerator(Generator):
         self.age_range = (int(age_range[0]), int(age_range[1]))
         self.batch_size = batch_size
 
+    def output_aligned(self) -> bool:
+        return True
+
     def parameters(self) -> dict[str, Any]:
         return {"model": "cardioidal strain R'=R(1+k(1-cos theta))", "geometry_only": True,
                 "source_age": self.source_age, "k_adult": self.k_adult, "adult_drift": self.adult_drift,

@@ -1,4 +1,5 @@
-"""``eg3d``: EG3D-Age (github johndoe133/eg3d-age), a 3D-aware GAN with age appended to its conditioning.
+"""``eg3d``: EG3D-Age (github johndoe133/eg3d-age), a 3D-aware GAN with age appended to its conditioning, run as
+its authors generate (``eg3d/plot_progressive.py --trunc 0.75 --calibrated True``, ``Evaluation/run_evaluation.py``).
 
 Identity = seed: ``z = RandomState(seed).randn(1, G.z_dim)``. Conditioning ``c`` = 16 cam2world values + 9
 normalised intrinsics + the age code, used for both ``G.mapping`` and ``G.synthesis`` (frontal view):
@@ -6,34 +7,51 @@ normalised intrinsics + the age code, used for both ``G.mapping`` and ``G.synthe
 - camera: EG3D's ``LookAtPoseSampler.sample(pi/2, pi/2, pivot, radius)``: a camera on the +z axis looking at
   ``pivot``, where ``pivot = G.rendering_kwargs['avg_camera_pivot']`` (default (0, 0, 0); (0, 0, 0.2) in the FFHQ
   models) and ``radius = G.rendering_kwargs['avg_camera_radius']`` (default 2.7); y up, no roll;
-- intrinsics: ``FOV_to_intrinsics(18.837)``: ``f = 1 / (tan(fov/2) * 1.414)``, ``[[f, 0, 0.5], [0, f, 0.5], [0, 0, 1]]``;
-- age: read from the checkpoint's ``training_options.json`` (beside the pickle, or ``training_options=PATH``):
-  scalar models get ``2 (age - age_min) / (age_max - age_min) - 1`` (rounded to 4 decimals as upstream);
-  categorical models (``categories`` = bin edges in years) get a one-hot over the bins
-  (``edges[i] <= age < edges[i+1]``, the last bin inclusive); a 101-wide age code is a one-hot of the whole
-  age 0..100. Without the file the age range 0-100 (scalar) is assumed, a warning is printed and recorded.
+- intrinsics: ``FOV_to_intrinsics(18.837)``: ``f = 1 / (tan(fov/2) * 1.414)``,
+  ``[[f, 0, 0.5], [0, f, 0.5], [0, 0, 1]]``;
+- age: first calibrated, then coded. *Calibration*: ``calibrate-{psi}.npy`` (the authors' ``calibrate_network.py``)
+  holds ``(a, b)``, a linear fit ``estimated = a * target + b`` of apparent against target age at truncation psi;
+  the age fed is ``(age - b) / a``. The file is found beside the checkpoint (``calibrate-0.75.npy`` for psi 0.75,
+  the name formatted as Python prints the float) or given (``calibration=PATH``; ``calibration=none`` turns it off).
+  *Code*: read from the checkpoint's ``training_options.json`` (beside the pickle, or ``training_options=PATH``):
+  ``age_loss_fn`` ``MSE`` (scalar, one entry) gets ``2 (age - age_min) / (age_max - age_min) - 1`` rounded to 4
+  decimals (``age_min``/``age_max`` of the training options; train.py's defaults 0-100, the thesis model 0-75);
+  ``CAT`` gets a 101-way one-hot of the age's whole part (0..100, clamped), as upstream's ``l[int(age)] = 1``;
+  older runs with ``categories`` (bin edges in years) get a one-hot over the bins (``edges[i] <= age <
+  edges[i+1]``). Without the file the scalar range 0-100 is assumed, and a warning is recorded.
 
-``ws = G.mapping(z, c, truncation_psi=psi, truncation_cutoff=cutoff)`` with ``cutoff=None`` meaning *all layers*
-(cutoff 0 would disable truncation entirely, as the MSc thesis pipeline did by mistake: that value is accepted
-but warned about); ``G.synthesis(ws, c, noise_mode=...)['image']`` in [-1, 1] -> uint8 by ``x * 127.5 + 128``.
+The network must be age-conditioned: ``TriPlaneGenerator.mapping`` zeroes ``c`` (age included) when
+``rendering_kwargs['c_gen_conditioning_zero']`` is set (train.py ``--gen_pose_cond False``, its default) and
+multiplies it by ``rendering_kwargs['c_scale']`` (0 when missing): such networks are refused.
+
+``ws = G.mapping(z, c, truncation_psi=psi, truncation_cutoff=cutoff)`` with the authors' defaults psi 0.75 and
+cutoff 14 (every layer of the 14-w backbone); cutoff 0 disables truncation entirely (the MSc thesis pipeline did
+this by mistake, with age normalised over 0-100 instead of 0-75): accepted but warned about.
+``G.synthesis(ws, c, noise_mode=...)['image']`` in [-1, 1] -> uint8 by ``x * 127.5 + 128``. Rendering draws random
+depth samples (stratified and importance sampling) from torch's generator, which is seeded from the identity seeds
+of each call (in a forked RNG state): with ``batch_size`` 1 (the default) an image depends only on its seed and
+age; larger batches are reproducible for the same plan and batch size. ``noise_mode`` is ``const`` (the network's
+stored noise; upstream's scripts leave StyleGAN's default ``random``).
 ``align=True`` re-aligns each 512 px output to the ArcFace 112x112 template with MTCNN (data API).
 The pickle needs the checkout's ``dnnlib``/``torch_utils``/``legacy`` and ``trust_checkpoint``.
 """
 
 from __future__ import annotations
 
-import logging
+import hashlib
 import json
+import logging
 import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
-from agebias.errors import UserError
+from agebias.errors import ModelError, SettingsError
 from generators.ages import AgesArg, ages_for
 from generators.base import Generator, Identity, Sample, to_uint8_image
-from generators.checkout import (doctor_rows, find_code_dir, file_sha256, import_from_checkout, pick_device,
+from generators.checkout import (doctor_rows, file_sha256, find_code_dir, import_from_checkout, pick_device,
                                  require_checkpoint)
 
 log = logging.getLogger(__name__)
@@ -41,6 +59,10 @@ log = logging.getLogger(__name__)
 FOV_DEG = 18.837
 CAM_RADIUS = 2.7
 CHECKOUT_NAME = "eg3d-age"
+DEFAULT_PSI = 0.75  # the authors' scripts: --trunc 0.75
+DEFAULT_CUTOFF = 14  # plot_progressive.py / run_evaluation.py click default
+ONEHOT_WIDTH = 101  # age_loss_fn CAT: ages 0..100
+_OFF = ("none", "off", "false", "no")
 
 
 def fov_to_intrinsics(fov_deg: float = FOV_DEG) -> np.ndarray:
@@ -72,7 +94,8 @@ def look_at_cam2world(horizontal: float = math.pi / 2, vertical: float = math.pi
     return m
 
 
-def read_training_options(checkpoint: Path, explicit: str | Path | None = None) -> tuple[dict[str, Any] | None, Path | None]:
+def read_training_options(checkpoint: Path, explicit: str | Path | None = None
+                          ) -> tuple[dict[str, Any] | None, Path | None]:
     """``training_options.json`` beside the checkpoint (or ``explicit``); (None, None) when absent."""
     candidates = [Path(explicit)] if explicit else [checkpoint.parent / "training_options.json",
                                                     checkpoint.with_name(checkpoint.stem + "_training_options.json")]
@@ -81,58 +104,92 @@ def read_training_options(checkpoint: Path, explicit: str | Path | None = None) 
             try:
                 return json.loads(path.read_text()), path
             except json.JSONDecodeError as err:
-                raise UserError(f"{path}: not valid JSON ({err})") from None
+                raise ModelError(f"eg3d: {path} is not valid JSON ({err})") from None
     if explicit:
-        raise UserError(f"training options {explicit} not found")
+        raise SettingsError(f"eg3d: training options {explicit} not found", field="training_options")
     return None, None
 
 
-class AgeCode:
-    """Turns an age in years into EG3D-Age's conditioning entries (scalar or one-hot)."""
+def calibration_file(checkpoint: Path, psi: float) -> Path:
+    """Where the authors' scripts look for the calibration at truncation ``psi``: ``calibrate-{psi}.npy`` beside
+    the checkpoint, ``psi`` printed as a Python float (``calibrate-0.75.npy``, ``calibrate-1.0.npy``)."""
+    return checkpoint.parent / f"calibrate-{float(psi)}.npy"
 
-    def __init__(self, width: int, options: dict[str, Any] | None):
+
+def read_calibration(path: Path) -> tuple[float, float]:
+    """``(a, b)`` from a ``calibrate-{psi}.npy`` file (``np.save(path, [a, b])``); ``ModelError`` when unusable."""
+    try:
+        ab = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"eg3d: cannot read calibration file {path}: {err}") from None
+    ab = np.asarray(ab, dtype=np.float64).reshape(-1)
+    if ab.shape != (2,) or not np.all(np.isfinite(ab)) or abs(ab[0]) < 1e-9:
+        raise ModelError(f"eg3d: calibration file {path} must hold two finite numbers (a, b) with a != 0, "
+                         f"got {ab.tolist()[:4]}")
+    return float(ab[0]), float(ab[1])
+
+
+class AgeCode:
+    """Turns a target age in years into EG3D-Age's conditioning entries: calibration, then scalar or one-hot."""
+
+    def __init__(self, width: int, options: dict[str, Any] | None, calibration: tuple[float, float] | None = None):
         opts = options or {}
         self.width = int(width)
         self.age_min = float(opts.get("age_min", 0))
         self.age_max = float(opts.get("age_max", 100))
+        self.calibration = calibration
         cats = opts.get("categories")
         self.categories = [float(c) for c in cats] if cats and len(cats) > 1 else None
+        loss = opts.get("age_loss_fn")
+        if loss == "MSE" and self.width != 1:
+            raise ModelError(f"eg3d: training options say age_loss_fn MSE (one scalar age entry) but the network's "
+                             f"age code has {self.width} entries")
+        if loss == "CAT" and self.width == 1:
+            raise ModelError("eg3d: training options say age_loss_fn CAT (a 101-way one-hot) but the network's age "
+                             "code has 1 entry")
         if self.width == 1:
             self.kind = "scalar"
             if self.age_max <= self.age_min:
-                raise UserError(f"eg3d: training options age_min {self.age_min} >= age_max {self.age_max}")
-            self.range = (int(math.ceil(self.age_min)), int(math.floor(self.age_max)))
+                raise ModelError(f"eg3d: training options age_min {self.age_min} >= age_max {self.age_max}")
+            self.range = (math.ceil(self.age_min), math.floor(self.age_max))
         elif self.categories is not None:
             if len(self.categories) - 1 != self.width:
-                raise UserError(f"eg3d: training options list {len(self.categories) - 1} age categories but the "
-                                f"network's age code has {self.width} entries")
+                raise ModelError(f"eg3d: training options list {len(self.categories) - 1} age categories but the "
+                                 f"network's age code has {self.width} entries")
             self.kind = "categories"
-            self.range = (int(math.ceil(self.categories[0])), int(math.floor(self.categories[-1])))
-        elif self.width == 101:
-            self.kind = "onehot101"
-            self.range = (0, 100)
+            self.range = (math.ceil(self.categories[0]), math.floor(self.categories[-1]))
+        elif self.width == ONEHOT_WIDTH:
+            self.kind = "onehot101"  # trained on randint(age_min, age_max + 1)
+            self.range = (max(0, math.ceil(self.age_min)), min(ONEHOT_WIDTH - 1, math.floor(self.age_max)))
         else:
-            raise UserError(f"eg3d: the network's age code has {self.width} entries but training_options.json gives "
-                            f"no matching 'categories'")
+            raise ModelError(f"eg3d: the network's age code has {self.width} entries but training_options.json "
+                             f"gives no matching 'categories'")
+
+    def fed_age(self, age: float) -> float:
+        """The age handed to the code: ``(age - b) / a`` with a calibration, else ``age``."""
+        if self.calibration is None:
+            return float(age)
+        a, b = self.calibration
+        return (float(age) - b) / a
 
     def __call__(self, age: float) -> np.ndarray:
+        fed = self.fed_age(age)
         if self.kind == "scalar":
-            z = (age - self.age_min) / (self.age_max - self.age_min) * 2.0 - 1.0
+            z = (fed - self.age_min) / (self.age_max - self.age_min) * 2.0 - 1.0
             return np.array([round(z, 4)], dtype=np.float64)
         vec = np.zeros(self.width, dtype=np.float64)
         if self.kind == "onehot101":
-            vec[int(round(age))] = 1.0
+            vec[min(max(int(fed), 0), self.width - 1)] = 1.0
             return vec
-        edges = self.categories
-        idx = int(np.searchsorted(edges, age, side="right") - 1)
+        idx = int(np.searchsorted(self.categories, fed, side="right") - 1)
         vec[min(max(idx, 0), self.width - 1)] = 1.0
         return vec
 
-    def describe(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"age_code": self.kind, "age_min": self.age_min, "age_max": self.age_max}
-        if self.categories:
-            d["categories"] = self.categories
-        return d
+
+def render_seed(seeds: Iterable[int]) -> int:
+    """The torch seed of one rendering call: a hash of its identity seeds (63 bits)."""
+    text = ",".join(str(int(s)) for s in seeds)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 class EG3DAgeGenerator(Generator):
@@ -143,18 +200,24 @@ class EG3DAgeGenerator(Generator):
     description = "EG3D-Age 3D-aware GAN (needs the eg3d-age checkout and a network pickle; CUDA advised)"
 
     def __init__(self, checkpoint: str | Path | None = None, repo: str | Path | None = None,
-                 trust_checkpoint: bool = False, truncation_psi: float = 0.7, truncation_cutoff: int | None = None,
-                 device: str | None = None, batch_size: int = 4, training_options: str | Path | None = None,
+                 trust_checkpoint: bool = False, truncation_psi: float | None = None,
+                 truncation_cutoff: int | None = None, calibration: str | Path | bool | None = None,
+                 device: str | None = None, batch_size: int = 1, training_options: str | Path | None = None,
                  fov_deg: float = FOV_DEG, noise_mode: str = "const", align: bool = False) -> None:
         self.checkpoint = require_checkpoint("eg3d", checkpoint, True, "an EG3D-Age network pickle (G_ema)")
         self.code_dir = find_code_dir(CHECKOUT_NAME, repo, subdirs=("eg3d", ""))
         require_checkpoint("eg3d", self.checkpoint, bool(trust_checkpoint), "an EG3D-Age network pickle (G_ema)")
-        self.truncation_psi = float(truncation_psi)
-        self.truncation_cutoff = None if truncation_cutoff is None else int(truncation_cutoff)
+        self.truncation_psi = DEFAULT_PSI if truncation_psi is None else float(truncation_psi)
+        self.truncation_cutoff = DEFAULT_CUTOFF if truncation_cutoff is None else int(truncation_cutoff)
+        if self.truncation_cutoff < 0:
+            raise SettingsError(f"eg3d: truncation_cutoff {self.truncation_cutoff} must be 0 or more",
+                                field="truncation_cutoff")
+        if noise_mode not in ("const", "random", "none"):
+            raise SettingsError(f"eg3d: noise_mode {noise_mode!r} must be const, random or none", field="noise_mode")
         self._warnings: list[str] = []
         if self.truncation_cutoff == 0:
             self._warn("truncation_cutoff 0 disables truncation entirely (the MSc thesis pipeline did this by "
-                       "mistake); use None for all layers")
+                       f"mistake); the authors generate with cutoff {DEFAULT_CUTOFF}")
         self.device_request = device
         self.batch_size = max(1, int(batch_size))
         self.fov_deg = float(fov_deg)
@@ -164,6 +227,7 @@ class EG3DAgeGenerator(Generator):
         if self.options is None:
             self._warn(f"training_options.json not found beside {self.checkpoint.name}: assuming scalar age "
                        f"conditioning over 0-100; outputs may not match the intended ages")
+        self.calibration_path, self.calibration = self._calibration(calibration)
         self.age_range = self._declared_range()
         self.G = None
         self.device = None
@@ -171,17 +235,37 @@ class EG3DAgeGenerator(Generator):
 
     # --- setup ------------------------------------------------------------------------------------------
     def _warn(self, msg: str) -> None:
-        self._warnings.append(msg)
-        log.warning(f"{msg}")
+        self._warnings.append(msg)  # the writer logs every generator warning once and records it
+
+    def _calibration(self, choice: str | Path | bool | None) -> tuple[Path | None, tuple[float, float] | None]:
+        """The calibration file and its (a, b): given, found beside the checkpoint, or none."""
+        if choice is False or (isinstance(choice, str) and choice.strip().lower() in _OFF):
+            return None, None
+        if choice is None or choice is True:
+            path = calibration_file(self.checkpoint, self.truncation_psi)
+            if not path.is_file():
+                if choice is True:
+                    raise SettingsError(f"eg3d: no calibration file {path.name} beside {self.checkpoint.name}",
+                                        field="calibration")
+                self._warn(f"no {path.name} beside {self.checkpoint.name}: target ages are fed uncalibrated (the "
+                           f"authors calibrate with eg3d/calibrate_network.py)")
+                return None, None
+        else:
+            path = Path(choice).expanduser()
+            if not path.is_file():
+                raise SettingsError(f"eg3d: calibration file {path} not found", field="calibration")
+        ab = read_calibration(path)
+        log.info(f"eg3d: calibration {path.name}: age fed = (age - {ab[1]:.4g}) / {ab[0]:.4g}")
+        return path, ab
 
     def _declared_range(self) -> tuple[int, int]:
         opts = self.options or {}
         cats = opts.get("categories")
         if cats and len(cats) > 1:
-            return int(math.ceil(cats[0])), int(math.floor(cats[-1]))
+            return math.ceil(cats[0]), math.floor(cats[-1])
         return int(opts.get("age_min", 0)), int(opts.get("age_max", 100))
 
-    def load(self) -> "EG3DAgeGenerator":
+    def load(self) -> EG3DAgeGenerator:
         """Load ``G_ema`` through the checkout's ``legacy.load_network_pkl`` (runs pickled code: trusted only)."""
         if self.G is not None:
             return self
@@ -192,39 +276,53 @@ class EG3DAgeGenerator(Generator):
             log.info("eg3d: running on CPU (very slow; CUDA strongly advised)")
         import_from_checkout(self.code_dir, "dnnlib")
         legacy = import_from_checkout(self.code_dir, "legacy")
-        with open(self.checkpoint, "rb") as fh:
-            data = legacy.load_network_pkl(fh)
+        try:
+            with open(self.checkpoint, "rb") as fh:
+                data = legacy.load_network_pkl(fh)
+        except ImportError as err:  # the pickle's embedded code imports the checkout's requirements
+            raise ModelError(f"eg3d: loading {self.checkpoint.name} needs {err.name or err} (install the checkout's "
+                             f"requirements, eg3d/environment.yml)") from None
         if not isinstance(data, dict) or "G_ema" not in data:
-            raise UserError(f"eg3d: {self.checkpoint} holds no 'G_ema' network")
+            raise ModelError(f"eg3d: {self.checkpoint} holds no 'G_ema' network")
         G = data["G_ema"]
         for attr in ("z_dim", "c_dim", "mapping", "synthesis"):
             if not hasattr(G, attr):
-                raise UserError(f"eg3d: the pickled G_ema has no '{attr}' (not an EG3D generator?)")
-        self.G = G.to(self.device).eval().requires_grad_(False)
+                raise ModelError(f"eg3d: the pickled G_ema has no '{attr}' (not an EG3D generator?)")
+        check_age_conditioning(G)
         width = int(G.c_dim) - 25
         if width < 1:
-            raise UserError(f"eg3d: the network's conditioning has {G.c_dim} entries (25 camera + age expected); "
-                            f"this is plain EG3D, not EG3D-Age")
-        self.age_code = AgeCode(width, self.options)
+            raise ModelError(f"eg3d: the network's conditioning has {G.c_dim} entries (25 camera + age expected); "
+                             f"this is plain EG3D, not EG3D-Age")
+        self.age_code = AgeCode(width, self.options, self.calibration)
         self.age_range = self.age_code.range
+        self.G = G.to(self.device).eval().requires_grad_(False)
         self._torch = torch
         return self
 
     def parameters(self) -> dict[str, Any]:
         if not getattr(self, "_ckpt_sha", None):
             self._ckpt_sha = file_sha256(self.checkpoint)
-        p = {"checkpoint": str(self.checkpoint), "checkpoint_sha256": self._ckpt_sha, "truncation_psi": self.truncation_psi,
-             "truncation_cutoff": self.truncation_cutoff, "fov_deg": self.fov_deg, "noise_mode": self.noise_mode,
+        p = {"checkpoint": str(self.checkpoint), "checkpoint_sha256": self._ckpt_sha,
+             "truncation_psi": self.truncation_psi, "truncation_cutoff": self.truncation_cutoff,
+             "fov_deg": self.fov_deg, "noise_mode": self.noise_mode,
              "align_112": self.align, "training_options": str(self.options_path) if self.options_path else None,
-             "pose": "frontal"}
-        p.update({k: v for k, v in (self.options or {}).items() if k in ("age_min", "age_max", "categories")})
+             "pose": "frontal", "calibrated": self.calibration is not None,
+             "calibration": str(self.calibration_path) if self.calibration_path else None,
+             "calibration_ab": list(self.calibration) if self.calibration else None}
+        p.update({k: v for k, v in (self.options or {}).items() if k in ("age_min", "age_max", "categories",
+                                                                          "age_loss_fn")})
         return p
 
     def warnings(self) -> list[str]:
         return list(self._warnings)
 
     def check_ages(self, ages) -> None:
+        """Load the network (its age code sets the range), then check ``ages`` against the range."""
+        self.load()
         super().check_ages(ages)
+
+    def output_aligned(self) -> bool:
+        return self.align
 
     def conditioning(self, age: float) -> np.ndarray:
         """The full conditioning vector (25 camera entries + age code) for a frontal view at ``age``."""
@@ -236,28 +334,36 @@ class EG3DAgeGenerator(Generator):
     # --- generation -------------------------------------------------------------------------------------
     def __call__(self, identities: Iterable[Identity], ages: AgesArg) -> Iterator[Sample]:
         self.load()
-        torch = self._torch
         jobs = [(ident, int(a)) for ident in identities for a in ages_for(ages, ident.id)]
         self.check_ages(sorted({a for _, a in jobs}))
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start:start + self.batch_size]
-            z = np.concatenate([np.random.RandomState(ident.seed).randn(1, self.G.z_dim) for ident, _ in chunk])
-            c = np.stack([self.conditioning(a) for _, a in chunk])
-            z_t = torch.from_numpy(z).float().to(self.device)
-            c_t = torch.from_numpy(c).float().to(self.device)
-            with torch.no_grad():
-                ws = self.G.mapping(z_t, c_t, truncation_psi=self.truncation_psi,
-                                    truncation_cutoff=self.truncation_cutoff)
-                img = self.G.synthesis(ws, c_t, noise_mode=self.noise_mode)["image"]
+            img = self._render(chunk)
             for k, (ident, age) in enumerate(chunk):
                 image = to_uint8_image(img[k:k + 1])
-                info_d = {"seed": ident.seed, "age_code": [round(float(v), 4) for v in self.age_code(age)]
-                          if self.age_code.kind == "scalar" else int(np.argmax(self.age_code(age)))}
+                code = self.age_code(age)
+                info_d = {"seed": ident.seed, "age_fed": round(self.age_code.fed_age(age), 4),
+                          "age_code": [round(float(v), 4) for v in code] if self.age_code.kind == "scalar"
+                          else int(np.argmax(code))}
                 if self.align:
                     image = self._align(image)
                     if image is None:
                         info_d["error"] = "no face found in the generated image (alignment to 112x112)"
                 yield Sample(ident, age, image, info_d)
+
+    def _render(self, chunk: list[tuple[Identity, int]]):
+        """One mapping + synthesis pass over ``chunk``; torch's RNG is seeded from its identity seeds."""
+        torch = self._torch
+        z = np.concatenate([np.random.RandomState(ident.seed).randn(1, self.G.z_dim) for ident, _ in chunk])
+        c = np.stack([self.conditioning(a) for _, a in chunk])
+        z_t = torch.from_numpy(z).float().to(self.device)
+        c_t = torch.from_numpy(c).float().to(self.device)
+        dev = torch.device(self.device)
+        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []), torch.no_grad():
+            torch.manual_seed(render_seed(ident.seed for ident, _ in chunk))
+            ws = self.G.mapping(z_t, c_t, truncation_psi=self.truncation_psi,
+                                truncation_cutoff=self.truncation_cutoff)
+            return self.G.synthesis(ws, c_t, noise_mode=self.noise_mode)["image"]
 
     def _align(self, image: np.ndarray) -> np.ndarray | None:
         from agebias.data.align import align_face
@@ -270,7 +376,28 @@ class EG3DAgeGenerator(Generator):
         self.G = None
 
     @classmethod
-    def doctor(cls, repo=None, checkpoint=None, **_: Any) -> list[tuple[str, bool, str]]:
+    def doctor(cls, repo=None, checkpoint=None, truncation_psi=None, **_: Any) -> list[tuple[str, bool, str]]:
         rows, _code = doctor_rows(CHECKOUT_NAME, repo, checkpoint, ("eg3d", ""),
                                   "pass --checkpoint NET.pkl (EG3D-Age G_ema) and --trust-checkpoint")
+        if checkpoint and Path(checkpoint).is_file():
+            ckpt = Path(checkpoint)
+            opts = ckpt.parent / "training_options.json"
+            rows.append(("training options", opts.is_file(), str(opts) if opts.is_file() else
+                         f"no training_options.json beside {ckpt.name}: age range 0-100 (scalar) would be assumed"))
+            cal = calibration_file(ckpt, DEFAULT_PSI if truncation_psi is None else truncation_psi)
+            rows.append(("calibration", cal.is_file(), str(cal) if cal.is_file() else
+                         f"no {cal.name} beside {ckpt.name}: ages would be fed uncalibrated"))
         return rows
+
+
+def check_age_conditioning(G: Any) -> None:
+    """Refuse a network whose mapping cannot see the age: ``c_gen_conditioning_zero`` set, or ``c_scale`` missing
+    or 0 (``TriPlaneGenerator.mapping`` zeroes c, or multiplies it by ``rendering_kwargs.get('c_scale', 0)``)."""
+    rk = getattr(G, "rendering_kwargs", None) or {}
+    if rk.get("c_gen_conditioning_zero"):
+        raise ModelError("eg3d: this network was trained without generator pose conditioning "
+                         "(rendering_kwargs c_gen_conditioning_zero, train.py --gen_pose_cond False): its mapping "
+                         "zeroes the conditioning, age included, so it cannot be age-conditioned")
+    if not rk.get("c_scale"):
+        raise ModelError(f"eg3d: the network's rendering_kwargs c_scale is {rk.get('c_scale', 'missing')}: its mapping "
+                         f"multiplies the conditioning by it, so the age would not reach the network")

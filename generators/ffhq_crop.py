@@ -2,23 +2,31 @@
 
 FFHQ's own alignment (Karras et al. 2019, ``align_images.py``) builds an oriented square from the eyes and mouth:
 with ``e2e`` = eye-to-eye vector and ``e2m`` = eye-centre-to-mouth-centre vector, the square's half side is
-``max(2.0 |e2e|, 1.8 |e2m|)``, its x axis follows ``e2e - rot90(e2m)``, and its centre is
-``eye_centre + 0.1 e2m``. We apply that rule once to the ArcFace 5-point template to obtain a fixed 5-point
-*FFHQ template* (in a unit square), then align each face with a least-squares similarity transform
-(Umeyama) from its detected points to that template scaled to ``size`` (224 or 256 for CUSP). Pixels outside
-the photo are filled by reflection (FFHQ pads by reflection and blurs; we only reflect). This is an
-approximation of FFHQ's crop (it uses all five points, FFHQ uses 68-point eye/mouth centres).
+``max(2.0 |e2e|, mouth_factor |e2m|)``, its x axis follows ``e2e - rot90(e2m)``, and its centre is
+``eye_centre + 0.1 e2m``. ``mouth_factor`` is 1.8 for FFHQ (:data:`FFHQ_MOUTH_FACTOR`) and 2.2 for FFHQ-Aging
+(:data:`FFHQ_AGING_MOUTH_FACTOR`, a larger crop showing more hair and neck). We apply that rule once to the ArcFace
+5-point template to obtain a fixed 5-point *FFHQ template* (in a unit square), then align each face with a
+least-squares similarity transform (Umeyama) from its detected points to that template scaled to ``size`` (224 or
+256 for CUSP). Pixels outside the photo are filled by reflection (FFHQ pads by reflection and blurs; we only
+reflect). This is an approximation of FFHQ's crop (it uses all five points, FFHQ uses 68-point eye/mouth centres).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
+FFHQ_MOUTH_FACTOR = 1.8
+FFHQ_AGING_MOUTH_FACTOR = 2.2
 
-def _ffhq_unit_template() -> np.ndarray:
+
+@lru_cache(maxsize=8)
+def ffhq_unit_template(mouth_factor: float = FFHQ_MOUTH_FACTOR) -> np.ndarray:
+    """The five ArcFace-order points in FFHQ-style crop coordinates, as fractions of the side (x, y), for the crop
+    whose half side is ``max(2.0 |e2e|, mouth_factor |e2m|)`` (read-only array)."""
     from agebias.data.align import ARCFACE_TEMPLATE
 
     pts = ARCFACE_TEMPLATE.astype(np.float64)
@@ -28,17 +36,19 @@ def _ffhq_unit_template() -> np.ndarray:
     e2m = (mouth_l + mouth_r) / 2 - eye_avg
     x = e2e - np.flipud(e2m) * np.array([-1.0, 1.0])
     x /= np.hypot(*x)
-    half = max(np.hypot(*e2e) * 2.0, np.hypot(*e2m) * 1.8)
+    half = max(np.hypot(*e2e) * 2.0, np.hypot(*e2m) * float(mouth_factor))
     x *= half
     y = np.flipud(x) * np.array([-1.0, 1.0])
     c = eye_avg + e2m * 0.1
     origin = c - x - y  # top-left corner of the square
     basis = np.stack([2 * x, 2 * y], axis=1)  # columns: unit square axes in template pixels
-    return np.linalg.solve(basis, (pts - origin).T).T  # template points in [0, 1]^2
+    unit = np.linalg.solve(basis, (pts - origin).T).T  # template points in [0, 1]^2
+    unit.setflags(write=False)
+    return unit
 
 
-FFHQ_UNIT_TEMPLATE = _ffhq_unit_template()
-"""The five ArcFace-order points in FFHQ-style crop coordinates, as fractions of the side (x, y)."""
+FFHQ_UNIT_TEMPLATE = ffhq_unit_template(FFHQ_MOUTH_FACTOR)
+"""The five ArcFace-order points in FFHQ crop coordinates (factor 1.8), as fractions of the side (x, y)."""
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -55,10 +65,12 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
-def ffhq_crop(image: np.ndarray, landmarks5: Sequence[Sequence[float]] | np.ndarray, size: int) -> np.ndarray:
-    """uint8 (size, size, 3) FFHQ-style crop of ``image`` (uint8 RGB) given its five landmarks."""
+def ffhq_crop(image: np.ndarray, landmarks5: Sequence[Sequence[float]] | np.ndarray, size: int,
+              mouth_factor: float = FFHQ_MOUTH_FACTOR) -> np.ndarray:
+    """uint8 (size, size, 3) FFHQ-style crop of ``image`` (uint8 RGB) given its five landmarks (ArcFace order);
+    ``mouth_factor`` 1.8 = FFHQ, 2.2 = FFHQ-Aging."""
     src = np.asarray(landmarks5, dtype=np.float64).reshape(5, 2)
-    m = similarity(src, FFHQ_UNIT_TEMPLATE * size)
+    m = similarity(src, ffhq_unit_template(float(mouth_factor)) * size)
     out = cv2.warpAffine(np.ascontiguousarray(image), m, (size, size), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REFLECT101)
     return np.ascontiguousarray(out, dtype=np.uint8)

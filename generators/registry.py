@@ -4,75 +4,49 @@ declares in the ``agebias.generators`` entry-point group, e.g. in its pyproject.
     [project.entry-points."agebias.generators"]
     mygen = "mypkg.gen:MyGenerator"
 
-Built-ins are imported lazily so that listing names does not import torch or diffusers.
+Built-ins are imported lazily so that listing names does not import torch or diffusers. Names are case-insensitive;
+``eg3d-age``/``eg3d_age`` and ``img2img`` are aliases. Classes registered with :func:`register_generator` take
+precedence over built-ins of the same name, and both over entry points.
 """
 
 from __future__ import annotations
 
-import importlib
-from importlib import metadata
 from typing import Any
 
 from agebias.errors import UserError
+from agebias.registry import Registry
 from generators.base import Generator
 
 ENTRY_POINT_GROUP = "agebias.generators"
 
-_BUILTINS: dict[str, str] = {
-    "cardioid": "generators.cardioid:CardioidGenerator",
-    "eg3d": "generators.eg3d_age:EG3DAgeGenerator",
-    "cusp": "generators.cusp:CUSPGenerator",
-    "diffusion": "generators.diffusion:DiffusionGenerator",
-}
-_ALIASES = {"eg3d-age": "eg3d", "eg3d_age": "eg3d", "img2img": "diffusion"}
-_registered: dict[str, type[Generator] | str] = {}
+GENERATORS: Registry[type[Generator]] = Registry(
+    "generator", field="generator", entry_point_group=ENTRY_POINT_GROUP, normalise=str.lower,
+    aliases={"eg3d-age": "eg3d", "eg3d_age": "eg3d", "img2img": "diffusion"})
+GENERATORS.register_lazy("cardioid", "generators.cardioid:CardioidGenerator")
+GENERATORS.register_lazy("eg3d", "generators.eg3d_age:EG3DAgeGenerator")
+GENERATORS.register_lazy("cusp", "generators.cusp:CUSPGenerator")
+GENERATORS.register_lazy("diffusion", "generators.diffusion:DiffusionGenerator")
 
 
 def register_generator(name: str, target: type[Generator] | str) -> None:
-    """Register a class (or a lazy ``"module:Class"`` string) under ``name``."""
-    _registered[name] = target
-
-
-def _entry_points() -> dict[str, Any]:
-    try:
-        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)  # Python >= 3.10
-    except TypeError:  # pragma: no cover
-        eps = metadata.entry_points().get(ENTRY_POINT_GROUP, [])
-    return {ep.name: ep for ep in eps}
+    """Register a class (or a lazy ``"module:Class"`` string) under ``name``, replacing any earlier one."""
+    if isinstance(target, str):
+        GENERATORS.register_lazy(name, target, replace=True)
+    else:
+        GENERATORS.register(name, target, replace=True)
 
 
 def available_generators() -> list[str]:
-    """Every generator name: built-ins, registered ones and entry points."""
-    return sorted(set(_BUILTINS) | set(_registered) | set(_entry_points()))
-
-
-def _load(target: Any, name: str) -> type[Generator]:
-    if isinstance(target, str):
-        module_name, _, attr = target.partition(":")
-        obj = getattr(importlib.import_module(module_name), attr)
-    elif hasattr(target, "load"):  # an importlib.metadata.EntryPoint
-        try:
-            obj = target.load()
-        except Exception as err:
-            raise UserError(f"generator '{name}' (entry point {target.value}) failed to load: {err}") from err
-    else:
-        obj = target
-    if not (isinstance(obj, type) and issubclass(obj, Generator)) and not callable(getattr(obj, "from_config", None)):
-        raise UserError(f"generator '{name}' is not a generators.base.Generator class")
-    return obj
+    """Every generator name: built-ins, registered ones and entry points (sorted)."""
+    return sorted(GENERATORS.names())
 
 
 def get_generator_class(name: str) -> type[Generator]:
-    """The class registered under ``name`` (aliases: eg3d-age, img2img). ``UserError`` for unknown names."""
-    key = _ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
-    if key in _registered:
-        return _load(_registered[key], key)
-    if key in _BUILTINS:
-        return _load(_BUILTINS[key], key)
-    eps = _entry_points()
-    if key in eps:
-        return _load(eps[key], key)
-    raise UserError(f"unknown generator '{name}'; available: {', '.join(available_generators())}")
+    """The class registered under ``name``; :class:`agebias.errors.SettingsError` for unknown names."""
+    obj = GENERATORS.get(name)
+    if not (isinstance(obj, type) and issubclass(obj, Generator)) and not callable(getattr(obj, "from_config", None)):
+        raise UserError(f"generator '{name}' is not a generators.base.Generator class")
+    return obj
 
 
 def create_generator(name: str, **options: Any) -> Generator:

@@ -133,6 +133,8 @@ def generate_to(out: str | Path, generator: Generator, identities: Sequence[Iden
         del manifest_rows[key]
 
     result = GenerateResult(out=out, manifest=out / MANIFEST, skipped=list(skipped), warnings=generator.warnings())
+    for w in result.warnings:
+        log.warning(f"{method}: {w}")
     pending: dict[str, list[int]] = {}
     for ident in identities:
         todo = []
@@ -184,6 +186,7 @@ def generate_to(out: str | Path, generator: Generator, identities: Sequence[Iden
                                                    sources=refs)
     write_json(out / RUN_INFO, {
         "method": method, "parameters": params, "config": cfg, "warnings": result.warnings,
+        "aligned_crops": bool(generator.output_aligned()),
         "identities": len(identities), "ages": {k: v for k, v in list(plan.items())[:1000]},
         "written": result.written, "reused": result.reused,
         "skipped": [p.as_dict() for p in result.skipped], **(extra_info or {}),

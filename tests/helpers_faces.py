@@ -77,6 +77,31 @@ def landmarks68_for(five: np.ndarray, seed: int = 0) -> np.ndarray:
     return pts
 
 
+def landmarks68_xm2vts_for(five: np.ndarray) -> np.ndarray:
+    """A 68-point set in FG-NET's own markup (Cootes's XM2VTS style: eye outlines 27-30 / 32-35 around the pupils
+    31 / 36, nose 37-47, mouth 48-66 with corners 48 and 54, nose tip 67) whose pupils, nose tip and mouth corners
+    equal ``five`` (ArcFace order)."""
+    five = np.asarray(five, float)
+    d = float(np.linalg.norm(five[1] - five[0]))
+    pts = np.zeros((68, 2))
+    centre = five[:2].mean(0)
+    angles = np.linspace(0, np.pi, 15)
+    pts[0:15] = centre + np.stack([-1.2 * d * np.cos(angles), 0.3 * d + 1.1 * d * np.sin(angles)], 1)  # jaw
+    pts[15:27] = centre + np.stack([np.linspace(-0.9 * d, 0.9 * d, 12), np.full(12, -0.35 * d)], 1)  # brows
+    w, h = 0.22 * d, 0.08 * d
+    pts[27:31] = five[0] + [[-w, 0], [0, -h], [w, 0], [0, h]]  # outer corner, upper lid, inner corner, lower lid
+    pts[31] = five[0]
+    pts[32:36] = five[1] + [[w, 0], [0, -h], [-w, 0], [0, h]]
+    pts[36] = five[1]
+    pts[37:48] = five[2] + np.stack([np.linspace(-0.15 * d, 0.15 * d, 11), np.linspace(-0.4 * d, 0.05 * d, 11)], 1)
+    mouth_mid = (five[3] + five[4]) / 2
+    pts[48:66] = mouth_mid + np.stack([np.linspace(-0.35 * d, 0.35 * d, 18), np.zeros(18)], 1)
+    pts[48], pts[54] = five[3], five[4]
+    pts[66] = mouth_mid
+    pts[67] = five[2]
+    return pts
+
+
 def write_pts(path: str | os.PathLike, points: np.ndarray) -> Path:
     """Write points in the standard ``.pts`` text format."""
     path = Path(path)
@@ -113,8 +138,9 @@ FGNET_BAD_NAMES = ("01A02.JPG", "001B02.JPG", "001A2.JPG", "001A02ab.JPG")
 def make_fgnet_tree(root: str | os.PathLike, *, regrouped: bool = False, with_pts: bool = True,
                     bad_names: bool = True) -> dict[str, tuple[str, int, np.ndarray]]:
     """Build a small FG-NET tree under ``root`` from synthetic images; returns ``{file path: (subject, age, five
-    landmarks)}`` for the good files. Original layout: ``images/`` + ``points/``; regrouped: ``<sss>/<sss>_<aa>.jpg``
-    (no .pts). With ``bad_names`` a few non-parsing names are added (they must be reported, not read)."""
+    landmarks)}`` for the good files. Original layout: ``images/`` + ``points/`` (``.pts`` in FG-NET's own
+    XM2VTS-style markup); regrouped: ``<sss>/<sss>_<aa>.jpg`` (no .pts). With ``bad_names`` a few non-parsing names
+    are added (they must be reported, not read)."""
     root = Path(root)
     out: dict[str, tuple[str, int, np.ndarray]] = {}
     for i, (name, (subject, age)) in enumerate(sorted(FGNET_QUIRK_NAMES.items())):
@@ -127,7 +153,7 @@ def make_fgnet_tree(root: str | os.PathLike, *, regrouped: bool = False, with_pt
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(synthetic_face(five, seed=i)).save(path, format="JPEG", quality=95)
         if with_pts and not regrouped:
-            write_pts(root / "points" / (Path(name).stem + ".pts"), landmarks68_for(five, seed=i))
+            write_pts(root / "points" / (Path(name).stem + ".pts"), landmarks68_xm2vts_for(five))
         out[str(path)] = (subject, age, five)
     if bad_names:
         folder = root / ("001" if regrouped else "images")

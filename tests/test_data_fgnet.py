@@ -13,7 +13,8 @@ from agebias.data.faces import load_aligned_faces
 from agebias.data.fgnet import five_from_68, parse_fgnet_name, read_pts, scan_fgnet
 from agebias.data.sources import detect_kind, open_dataset
 from agebias.errors import UserError
-from helpers_faces import FGNET_BAD_NAMES, FGNET_QUIRK_NAMES, landmarks68_for, make_fgnet_tree, write_pts
+from helpers_faces import (FGNET_BAD_NAMES, FGNET_QUIRK_NAMES, landmarks68_for, landmarks68_xm2vts_for,
+                           make_fgnet_tree, write_pts)
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -56,9 +57,9 @@ def test_original_layout_with_every_quirk(tmp_path):
     assert dup.extra["duplicate"] == "a" and dup.age == 7
     # names that do not parse are listed, never guessed
     assert sorted(Path(p.path).name for p in scan.problems) == sorted(FGNET_BAD_NAMES)
-    # landmarks from .pts (eye centres, nose tip, mouth corners)
+    # landmarks from .pts in FG-NET's own markup (pupils, nose tip, mouth corners)
     for r in scan.records:
-        assert r.landmarks is not None
+        assert r.landmarks is not None and r.extra["landmarks_markup"] == "xm2vts"
         assert np.allclose(r.landmarks, truth[str(r.path)][2], atol=1e-2)
 
 
@@ -121,48 +122,70 @@ def test_datasets_check_json(tmp_path, capsys):
     assert summary["per_age_bin"]["0-5"] == 2 and summary["per_age_bin"]["41-50"] == 2
 
 
-def test_pts_in_another_68_point_convention_falls_back_to_a_detector(tmp_path):
-    """A .pts file whose points 36-47 / 30 are not the eyes / nose tip (e.g. a pupil-based 68-point markup) was
-    used as is, warping the face with wrong points; it is now reported and the image left to a detector."""
+def _ibug68(five: np.ndarray) -> np.ndarray:
+    """A structured 68-point set in iBUG 300-W order (eyes 36-41 / 42-47 around the eye centres, nose bridge 27-30
+    ending at the tip 30, nostrils 31-35, mouth 48-67 with corners 48 and 54)."""
+    five = np.asarray(five, float)
+    d = float(np.linalg.norm(five[1] - five[0]))
+    pts = np.zeros((68, 2))
+    centre = five[:2].mean(0)
+    a = np.linspace(0, np.pi, 17)
+    pts[0:17] = centre + np.stack([-1.1 * d * np.cos(a), 0.2 * d + 1.1 * d * np.sin(a)], 1)  # jaw
+    pts[17:27] = centre + np.stack([np.linspace(-0.9 * d, 0.9 * d, 10), np.full(10, -0.35 * d)], 1)  # brows
+    pts[27:31] = np.linspace(centre, five[2], 4)  # nose bridge down to the tip (30)
+    pts[31:36] = five[2] + np.stack([np.linspace(-0.2 * d, 0.2 * d, 5), np.full(5, 0.1 * d)], 1)  # nostrils
+    ring = np.stack([0.2 * d * np.cos(np.linspace(0, 2 * np.pi, 6, endpoint=False)),
+                     0.07 * d * np.sin(np.linspace(0, 2 * np.pi, 6, endpoint=False))], 1)
+    pts[36:42], pts[42:48] = five[0] + ring, five[1] + ring
+    mouth_mid = (five[3] + five[4]) / 2
+    pts[48:68] = mouth_mid + np.stack([np.linspace(-0.3 * d, 0.3 * d, 20), np.zeros(20)], 1)
+    pts[48], pts[54] = five[3], five[4]
+    return pts
+
+
+def test_fgnet_pts_are_read_in_fgnets_own_markup_first():
+    """FG-NET's .pts files follow Cootes's XM2VTS-style markup (pupils 31 and 36, nose tip 67, mouth corners 48 and
+    54): that markup is tried first, and its points read as iBUG (eyes 36-47, tip 30) are not a face."""
+    from agebias.data.fgnet import FGNET_MARKUPS, landmarks_from_68
+
+    assert FGNET_MARKUPS == ("xm2vts", "ibug")
+    five = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
+    pts = landmarks68_xm2vts_for(five)
+    assert np.allclose(pts[[31, 36, 67, 48, 54]], five)
+    got, markup = landmarks_from_68(pts)
+    assert markup == "xm2vts" and np.allclose(got, five, atol=1e-6)
+    assert landmarks_from_68(pts, markups=("ibug",))[0] is None
+    # the eyes listed right-to-left are still put in ArcFace order (image-left eye first)
+    swapped = pts.copy()
+    swapped[[27, 28, 29, 30, 31, 32, 33, 34, 35, 36]] = pts[[32, 33, 34, 35, 36, 27, 28, 29, 30, 31]]
+    assert np.allclose(landmarks_from_68(swapped)[0], five, atol=1e-6)
+
+
+def test_ibug_pts_fall_back_and_other_layouts_go_to_a_detector(tmp_path):
+    """iBUG-order files (re-annotated sets) are read by the fallback; a file that fits neither markup (here "eyes"
+    taken from the mouth) is reported and its image left to a detector instead of being warped with wrong points."""
     from PIL import Image
 
-    from agebias.data.fgnet import face_layout_problem
+    from agebias.data.fgnet import face_layout_problem, landmarks_from_68
 
     assert face_layout_problem(ARCFACE_TEMPLATE) is None
     rotated = ARCFACE_TEMPLATE @ np.array([[0.9, 0.3], [-0.3, 0.9]])  # a tilted face is still a face
     assert face_layout_problem(rotated) is None
+    five = ARCFACE_TEMPLATE.astype(float)
+    ibug = _ibug68(five)
+    assert landmarks_from_68(ibug, markups=("xm2vts",))[0] is None  # iBUG points are not read as XM2VTS
     (tmp_path / "images").mkdir()
-    for name in ("001A02.JPG", "001A05.JPG"):
+    for name in ("001A02.JPG", "001A05.JPG", "001A09.JPG"):
         Image.fromarray(np.full((120, 120, 3), 128, np.uint8)).save(tmp_path / "images" / name)
-    good = landmarks68_for(ARCFACE_TEMPLATE)
-    wrong = good.copy()
-    wrong[36:48] = good[[48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59]]  # "eyes" read from the mouth
-    write_pts(tmp_path / "points" / "001A02.pts", good)
+    wrong = ibug.copy()
+    wrong[36:48] = ibug[48:60]  # iBUG "eyes" read from the mouth
+    write_pts(tmp_path / "points" / "001A02.pts", ibug)
     write_pts(tmp_path / "points" / "001A05.pts", wrong)
+    write_pts(tmp_path / "points" / "001A09.pts", landmarks68_xm2vts_for(five))
     scan = scan_fgnet(tmp_path)
     by_age = {r.age: r for r in scan.records}
-    assert by_age[2].landmarks is not None and by_age[5].landmarks is None
+    assert by_age[2].extra["landmarks_markup"] == "ibug" and np.allclose(by_age[2].landmarks, five, atol=1e-3)
+    assert by_age[9].extra["landmarks_markup"] == "xm2vts" and np.allclose(by_age[9].landmarks, five, atol=1e-3)
+    assert by_age[5].landmarks is None
     assert len(scan.problems) == 1 and scan.problems[0].path.endswith("001A05.pts")
     assert "fit no known 68-point markup" in scan.problems[0].reason
-    assert by_age[2].extra["landmarks_markup"] == "ibug"
-
-
-def test_xm2vts_markup_pts_is_recognised(tmp_path):
-    """Older Manchester annotations use Cootes's XM2VTS/MUCT 68-point markup (pupils 31 and 36, nose tip 67)."""
-    five = np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]])
-    pts = np.zeros((68, 2))
-    pts[0:15] = np.stack([np.linspace(20, 92, 15), 60 + 40 * np.sin(np.linspace(0, np.pi, 15))], 1)  # jaw
-    pts[27:31] = five[0] + [[-8, 0], [0, -3], [8, 0], [0, 3]]  # eye corners and lids around the pupil
-    pts[31] = five[0]
-    pts[32:36] = five[1] + [[8, 0], [0, -3], [-8, 0], [0, 3]]
-    pts[36] = five[1]
-    pts[37:48] = five[2] + np.stack([np.linspace(-6, 6, 11), np.linspace(-15, 2, 11)], 1)  # nose
-    pts[48:66] = (five[3] + five[4]) / 2 + np.stack([np.linspace(-14, 14, 18), np.zeros(18)], 1)
-    pts[48], pts[54] = five[3], five[4]
-    pts[66] = (five[3] + five[4]) / 2
-    pts[67] = five[2]
-    from agebias.data.fgnet import landmarks_from_68
-
-    got, markup = landmarks_from_68(pts)
-    assert markup == "xm2vts"
-    assert np.allclose(got, five, atol=1e-6)

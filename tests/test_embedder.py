@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from agebias.devices import resolve_device
 from agebias.errors import UserError
 from agebias.models.checkpoints import save_backbone
-from agebias.models.embedder import Embedder, TorchEmbedder, build_embedder, l2_normalise, resolve_device
+from agebias.models.embedder import Embedder, TorchEmbedder, build_embedder, l2_normalise
 from agebias.models.preprocess import to_tensor
 from agebias.models.registry import create_backbone
 

@@ -43,17 +43,19 @@ def test_evaluate_dataset_embeddings_every_output(tmp_path, monkeypatch):
                "--target-fmr", "0.01"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["model_order"] == ["emb", "emb2"] and res["model"] == "emb"
-    o = res["overall"]
+    assert res["schema"] == "agebias.evaluate/2" and res["model_order"] == ["emb", "emb2"]
+    assert "overall" not in res  # schema 2: each model once, under models
+    sec = res["models"]["emb"]
+    o = sec["overall"]
     for k in ("threshold", "fmr", "fnmr", "eer", "eer_threshold", "auc", "d_prime"):
         assert k in o
     assert set(o["fnmr_at_fmr"]) >= {"0.01", "0.001", "0.0001"}
     assert o["fmr"] <= 0.01
-    g = res["groups"]["0-12"]
+    g = sec["groups"]["0-12"]
     for k in ("n_genuine", "n_impostor", "fmr", "fnmr", "fmr_ci", "fnmr_ci"):
         assert k in g
     for k in ("garbe", "fdr", "ir", "alpha"):
-        assert k in res["fairness"]
+        assert k in sec["fairness"]
     assert res["models"]["emb2"]["overall"]["eer"] > res["models"]["emb"]["overall"]["eer"]
     for stem in ("score_distributions", "genuine_vs_age_gap", "det", "fairness_vs_fmr", "group_rates",
                  "impostor_heatmap"):
@@ -106,6 +108,7 @@ def test_msc_protocol(tmp_path, monkeypatch):
     assert main(["evaluate", "dataset", str(manifest), "--embeddings", str(npz), "--out", str(out),
                  "--protocol", "msc", "--format", "png,pdf"]) == 0
     res = json.loads((out / "results.json").read_text())
+    res = res["models"][res["model_order"][0]]
     assert res["legacy"] is True and set(res["columns"]) == {"mated_young", "mated_middle", "mated_old",
                                                              "young_vs_old", "non_mated"}
     sw = res["garbe_sweep"]
@@ -172,8 +175,9 @@ def test_embedding_cache_follows_image_content(tmp_path, monkeypatch):
     import torch
     from PIL import Image
 
-    from agebias.data.records import FaceRecord
+    from agebias.data.records import DatasetScan, FaceRecord
     from agebias.evaluate.runner import embed_records
+    from agebias.evaluate.settings import EmbedSettings
     from agebias.models.checkpoints import save_backbone
     from agebias.models.registry import create_backbone
 
@@ -187,9 +191,10 @@ def test_embedding_cache_follows_image_content(tmp_path, monkeypatch):
         Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(p)
         recs.append(FaceRecord(path=p, subject=str(i), age=10))
     cache = tmp_path / "cache"
-    _, first, _ = embed_records(recs, [str(ckpt)], cache, aligned=True)
+    scan = DatasetScan("faces", tmp_path, recs)
+    first = embed_records(scan, [str(ckpt)], EmbedSettings(aligned=True), cache).by_model
     Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(recs[0].path)
-    _, second, _ = embed_records(recs, [str(ckpt)], cache, aligned=True)
+    second = embed_records(scan, [str(ckpt)], EmbedSettings(aligned=True), cache).by_model
     name = next(iter(first))
     assert not np.allclose(first[name][0], second[name][0])
     np.testing.assert_allclose(first[name][1], second[name][1], rtol=1e-5, atol=1e-6)
@@ -224,4 +229,4 @@ def test_nan_or_zero_embedding_rows_are_skipped_not_fatal(tmp_path, monkeypatch)
     res = json.loads((out / "results.json").read_text())
     reasons = sorted(s["reason"] for s in res["dataset"]["skipped"])
     assert len(reasons) == 2 and "all zeros" in reasons[0] and "not finite" in reasons[1]
-    assert res["data"]["n_images"] == len(z["paths"]) - 2
+    assert res["models"]["bad"]["data"]["n_images"] == len(z["paths"]) - 2

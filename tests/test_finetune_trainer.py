@@ -104,7 +104,7 @@ def test_cached_prefix_equals_recomputing(dataset, tmp_path):
     a, b, c = load(cached.backbone_path), load(recomputed.backbone_path), load(disk.backbone_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(a[k], c[k]) for k in a)
-    assert [r["loss"] for r in cached.history] == [r["loss"] for r in recomputed.history]
+    assert [r["loss"] for r in cached.rows] == [r["loss"] for r in recomputed.rows]
     assert not (tmp_path / "disk" / "cache").exists()  # the disk memmap is removed at the end
 
 
@@ -118,10 +118,10 @@ def test_resume_equals_uninterrupted(dataset, tmp_path):
     with pytest.raises(UserError, match="--resume"):
         run_finetune(config(dataset, tmp_path / "part", **kw))
     resumed = run_finetune(config(dataset, tmp_path / "part", resume=True, **kw))
-    assert [r["lr"] for r in full.history] == [r["lr"] for r in resumed.history]
+    assert [r["lr"] for r in full.rows] == [r["lr"] for r in resumed.rows]
     a, b = load(full.backbone_path), load(resumed.backbone_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
+    assert [r["loss"] for r in full.rows] == [r["loss"] for r in resumed.rows]
     assert len((tmp_path / "part" / "metrics.csv").read_text().strip().splitlines()) == 4
 
 
@@ -144,7 +144,7 @@ def test_export_has_exactly_arcface_keys_and_loads(dataset, tmp_path):
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert np.allclose(got, expected, atol=1e-3)
     # the exported ONNX is itself a valid --backbone; the frozen layers come through unchanged
-    from agebias.models.onnx import import_iresnet_onnx
+    from agebias.models.onnx_import import import_iresnet_onnx
 
     imported = import_iresnet_onnx(res.onnx_path).state_dict()
     again = run_finetune(config(dataset, tmp_path / "from_onnx", backbone=str(res.onnx_path), init="pretrained",
@@ -157,14 +157,14 @@ def test_thesis_settings_loss_falls_and_eer_logged(tmp_path):
     data = make_generated_set(tmp_path / "synth", n_ids=10, per_id=5, seed=3)
     res = run_finetune(config(data, tmp_path / "run", lr=0.01, momentum=0.9, batch_size=25, epochs=4,
                               optimizer="sgd", frozen_layers="1,2,3"))
-    losses = [r["loss"] for r in res.history]
+    losses = [r["loss"] for r in res.rows]
     assert losses[-1] < losses[0]
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert header[:6] == ["epoch", "loss", "lr", "val_eer", "val_fnmr_at_fmr_1e-3", "time"]
     assert len(rows) == 5 and all(r.split(",")[3] != "" for r in rows[1:])
-    assert all(0.0 <= r["val_eer"] <= 1.0 for r in res.history)
-    keys = [(r["val_eer"], r["val_fnmr_at_fmr_1e-3"]) for r in res.history]
+    assert all(0.0 <= r["val_eer"] <= 1.0 for r in res.rows)
+    keys = [(r["val_eer"], r["val_fnmr_at_fmr_1e-3"]) for r in res.rows]
     assert res.best_epoch == max(i for i, k in enumerate(keys) if k == min(keys)) + 1  # ties: the later epoch
     assert json.loads((tmp_path / "run" / "best" / "epoch.json").read_text())["epoch"] == res.best_epoch
     summary = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -177,7 +177,7 @@ def test_same_config_returns_finished_run_and_other_config_is_refused(dataset, t
     stamp = first.backbone_path.stat().st_mtime_ns
     again = run_finetune(config(dataset, tmp_path / "run", epochs=1))
     assert again.completed and again.backbone_path.stat().st_mtime_ns == stamp
-    assert again.history == first.history
+    assert again.rows == first.rows
     with pytest.raises(UserError, match="another run.*lr"):
         run_finetune(config(dataset, tmp_path / "run", epochs=1, lr=0.5))
     assert first.backbone_path.stat().st_mtime_ns == stamp
@@ -195,7 +195,7 @@ def test_mixed_sources_with_weights_and_bf16(dataset, tmp_path):
     summary = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
     assert [s["weight"] for s in summary["sources"]] == [1.0, 0.5]
     assert summary["identities"] == 12
-    assert np.isfinite(res.history[0]["loss"])
+    assert np.isfinite(res.rows[0]["loss"])
 
 
 @pytest.mark.slow
@@ -212,4 +212,80 @@ def test_eval_fgnet_every_k_epochs_writes_evaluator_reports(dataset, tmp_path, m
     res = run_finetune(config(dataset, tmp_path / "run", epochs=2, eval_fgnet=str(dataset), eval_every=2))
     assert (tmp_path / "run" / "fgnet" / "epoch_002" / "results.json").is_file()
     assert not (tmp_path / "run" / "fgnet" / "epoch_001").exists()
-    assert 0.0 <= res.history[-1]["fgnet_eer"] <= 1.0 and "fgnet_eer" not in res.history[0]
+    assert 0.0 <= res.rows[-1]["fgnet_eer"] <= 1.0 and "fgnet_eer" not in res.rows[0]
+
+
+def test_resume_with_more_epochs_continues_a_finished_run_exactly(dataset, tmp_path):
+    full = run_finetune(config(dataset, tmp_path / "full", epochs=3))
+    short = run_finetune(config(dataset, tmp_path / "ext", epochs=1))
+    assert short.completed and short.epochs_done == 1
+    with pytest.raises(UserError, match="holds a 1-epoch run; pass --resume to continue it to 3 epochs"):
+        run_finetune(config(dataset, tmp_path / "ext", epochs=3))
+    # interrupted after epoch 2: the run is unfinished again (no done.json, no final backbone) ...
+    part = run_finetune(config(dataset, tmp_path / "ext", epochs=3, resume=True, stop_after_epochs=1))
+    assert not part.completed and part.epochs_done == 2
+    assert not (tmp_path / "ext" / "done.json").exists() and not (tmp_path / "ext" / "backbone.pth").exists()
+    with pytest.raises(UserError, match="--epochs 2 cannot shorten this 3-epoch run"):
+        run_finetune(config(dataset, tmp_path / "ext", epochs=2, resume=True))
+    # ... and continues to the same weights and history as the uninterrupted 3-epoch run
+    extended = run_finetune(config(dataset, tmp_path / "ext", epochs=3, resume=True))
+    a, b = load(full.backbone_path), load(extended.backbone_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in extended.rows] == [r["loss"] for r in full.rows]
+    assert [r["epoch"] for r in extended.rows] == [1, 2, 3]
+    assert len((tmp_path / "ext" / "metrics.csv").read_text().strip().splitlines()) == 4
+    recorded = json.loads((tmp_path / "ext" / "config.json").read_text())
+    assert recorded["config"]["epochs"] == 3 and recorded["config_hash"] == full.config_hash
+    # nothing changed now: the finished run is returned, not trained again
+    stamp = extended.backbone_path.stat().st_mtime_ns
+    again = run_finetune(config(dataset, tmp_path / "ext", epochs=3, resume=True))
+    assert again.rows == extended.rows and extended.backbone_path.stat().st_mtime_ns == stamp
+
+
+def _recorded_run(run_dir: Path, cfg: FinetuneConfig, finished: bool = True) -> None:
+    """A run directory as a run with ``cfg`` leaves it (checkpoint contents are not read by check_run_dir)."""
+    from agebias.finetune.run_dir import RUN_KIND
+
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    (run_dir / "config.json").write_text(json.dumps({"kind": RUN_KIND, "config_hash": cfg.config_hash(),
+                                                     "config": cfg.to_dict()}))
+    if finished:
+        (run_dir / "done.json").write_text("{}")
+
+
+@pytest.mark.parametrize("schedule, reason", [
+    (dict(scheduler="cosine"), "its cosine schedule depends on the total number of epochs"),
+    (dict(scheduler="step"), "its step schedule's default milestones are fractions of the total number of epochs"),
+])
+def test_more_epochs_refused_when_the_schedule_depends_on_the_total(dataset, tmp_path, schedule, reason):
+    from agebias.finetune.run_dir import check_run_dir
+
+    _recorded_run(tmp_path / "run", config(dataset, tmp_path / "run", epochs=2, **schedule))
+    with pytest.raises(UserError) as err:
+        check_run_dir(tmp_path / "run", config(dataset, tmp_path / "run", epochs=5, resume=True, **schedule))
+    assert str(err.value) == f"--epochs 5 cannot extend this run: {reason}; start a new --out"
+
+
+def test_which_runs_may_be_extended(dataset, tmp_path):
+    from agebias.finetune.run_dir import RunDirState, check_checkpoint, check_run_dir
+
+    old = config(dataset, tmp_path / "run", epochs=2, scheduler="step", step_epochs=[1], warmup_epochs=0.5)
+    _recorded_run(tmp_path / "run", old, finished=False)
+    more = config(dataset, tmp_path / "run", epochs=6, scheduler="step", step_epochs=[1], warmup_epochs=0.5,
+                  resume=True)
+    assert check_run_dir(tmp_path / "run", more) == RunDirState("resume", extends_from=2)
+    assert check_run_dir(tmp_path / "run", config(dataset, tmp_path / "run", epochs=2, scheduler="step",
+                                                  step_epochs=[1], warmup_epochs=0.5, resume=True)) \
+        == RunDirState("resume")
+    with pytest.raises(UserError, match=r"another run \(different epochs, lr\)"):
+        check_run_dir(tmp_path / "run", config(dataset, tmp_path / "run", epochs=6, lr=0.5, scheduler="step",
+                                               step_epochs=[1], warmup_epochs=0.5, resume=True))
+    # a checkpoint written before the extension belongs to the extended run; one of other settings does not
+    checkpoint = {"config_hash": old.config_hash(), "config": old.training_dict()}
+    check_checkpoint(checkpoint, more, tmp_path / "last.pt")
+    with pytest.raises(UserError, match="belongs to a run with other settings"):
+        check_checkpoint(checkpoint, config(dataset, tmp_path / "run", epochs=6, scheduler="cosine"),
+                         tmp_path / "last.pt")
+    with pytest.raises(UserError, match="belongs to a run with other settings"):
+        check_checkpoint({"config_hash": old.config_hash()}, more, tmp_path / "last.pt")

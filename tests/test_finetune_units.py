@@ -13,8 +13,9 @@ from agebias.finetune.config import FinetuneConfig, diff_keys
 from agebias.data.ages import AgeBins
 from agebias.finetune.data import epoch_batches, epoch_order, parse_source, split_identities
 from agebias.finetune.freeze import freeze, parse_frozen_layers, prefix_depth, set_train_mode
-from agebias.finetune.hooks import TrainingHooks, create_hooks, register_hooks
-from agebias.finetune.validation import local_eer, local_fnmr_at_fmr, pair_scores, verification_metrics
+from agebias.finetune.hooks import TrainingHooks, create_hooks
+from agebias.finetune.validation import validate_embeddings
+from agebias.mitigation.registry import Param, register_mitigation
 from agebias.models.iresnet import IResNet
 
 
@@ -86,25 +87,27 @@ def test_epoch_order_weights_and_ddp_batches():
     assert all(len(b) >= 2 for b in epoch_batches(np.arange(9), 4))  # a batch of 1 is dropped
 
 
-def test_local_metrics_follow_pinned_conventions():
-    gen = np.array([0.9, 0.8, 0.7, 0.3])
-    imp = np.array([0.1, 0.2, 0.4, 0.6])
-    # tau in (0.6, 0.7): FMR 0, FNMR 1/4 ; tau in (0.4, 0.6): FMR 1/4, FNMR 1/4 -> EER 0.25
-    assert local_eer(gen, imp) == pytest.approx(0.25)
-    fnmr, fmr = local_fnmr_at_fmr(gen, imp, 1e-3)
-    assert fmr == 0.0 and fnmr == pytest.approx(0.25)
-    assert math.isnan(local_eer(gen, np.array([])))
-    res = verification_metrics(gen, imp)
-    assert res.eer == pytest.approx(0.25) and res.fnmr_at_fmr == pytest.approx(0.25)
+def test_validation_follows_the_pinned_conventions():
+    # a, b, c: genuine scores 1, 1, 0.8; impostors 0 x2, 0.6 x6, 0.8 x2, 1 x2 (12 pairs)
+    emb = np.array([[1, 0], [1, 0], [0.6, 0.8], [0.6, 0.8], [0, 1], [0.6, 0.8]])
+    res = validate_embeddings(emb, ["a", "a", "b", "b", "c", "c"])
+    # tau in (0.8, 1): FMR 2/12, FNMR 1/3 -> |FMR - FNMR| = 1/6, the smallest -> EER (1/6 + 1/3) / 2
+    assert res.eer == pytest.approx(0.25)
+    # FMR 1e-3 of 12 impostors allows no false match: tau just above the top impostor (1.0) rejects every genuine
+    assert res.fnmr_at_fmr == 1.0 and res.fmr_realised == 0.0
+    assert res.as_dict() == {"val_eer": res.eer, "val_fnmr_at_fmr_1e-3": 1.0, "val_fmr_realised": 0.0,
+                             "val_genuine_pairs": 3, "val_impostor_pairs": 12}
 
 
-def test_pair_scores_counts():
+def test_validation_counts_every_pair_and_undefined_cases():
     emb = np.eye(4)[[0, 0, 1, 2, 2, 2]] + 0.01
-    gen, imp = pair_scores(emb, ["a", "a", "b", "c", "c", "c"])
-    assert len(gen) == 1 + 3 and len(imp) == 15 - 4
-    assert gen.min() > 0.99 and imp.max() < 0.1
-    _, few = pair_scores(emb, ["a", "a", "b", "c", "c", "c"], max_impostors=5)
-    assert len(few) == 5
+    res = validate_embeddings(emb, ["a", "a", "b", "c", "c", "c"])
+    assert (res.n_genuine, res.n_impostor) == (1 + 3, 15 - 4)  # all impostor pairs, none sampled away
+    assert res.eer == 0.0 and res.fnmr_at_fmr == 0.0  # genuine ~1, impostors ~0
+    alone = validate_embeddings(emb[:2], ["a", "a"])  # one identity: no impostor pair
+    assert alone.n_impostor == 0 and math.isnan(alone.eer) and math.isnan(alone.fnmr_at_fmr)
+    diverged = validate_embeddings(np.full((4, 3), np.nan), ["a", "a", "b", "b"])
+    assert math.isnan(diverged.eer) and (diverged.n_genuine, diverged.n_impostor) == (2, 4)
 
 
 def test_config_roundtrip_hash_and_validation():
@@ -118,7 +121,7 @@ def test_config_roundtrip_hash_and_validation():
     assert diff_keys(cfg.to_dict(), other.to_dict()) == ["lr"]
     with pytest.raises(UserError, match="unknown finetune setting"):
         FinetuneConfig.from_dict({**cfg.to_dict(), "bogus": 1})
-    with pytest.raises(UserError, match="--head"):
+    with pytest.raises(UserError, match="'head': unknown value 'softmax'"):
         FinetuneConfig(data=["x"], backbone="b", out="o", head="softmax")
     assert FinetuneConfig(data=["x"], backbone="b", out="o", head="combined", margin="1.0,0.3,0.2").head_kwargs() \
         == {"scale": 64.0, "m1": 1.0, "m2": 0.3, "m3": 0.2}
@@ -128,13 +131,13 @@ def test_config_checks_late_parsed_settings_and_types_up_front():
     # these used to fail only after the data had been read and aligned (or with a TypeError traceback)
     base = dict(data=["x"], backbone="b.pth", out="o")
     for bad, words in [({"mitigation": "label-flip:q=1"}, "no parameter 'q'"), ({"mitigation": "nope"}, "unknown"),
-                       ({"frozen_layers": "5"}, "--frozen-layers"), ({"margin": "abc"}, "--margin"),
-                       ({"age_bins": "old"}, "age bin"), ({"epochs": "2"}, "'epochs' must be a whole number"),
-                       ({"lr": "0.1"}, "'lr' must be a number"), ({"aligned": 1}, "'aligned' must be true or false"),
-                       ({"head": 3}, "'head' must be a string")]:
+                       ({"frozen_layers": "5"}, "--frozen-layers"), ({"margin": "abc"}, "'margin'"),
+                       ({"age_bins": "old"}, "age bin"), ({"epochs": "2"}, "'epochs': must be a whole number"),
+                       ({"lr": "0.1"}, "'lr': must be a number"), ({"aligned": 1}, "'aligned': must be true or false"),
+                       ({"head": 3}, "'head': must be a string")]:
         with pytest.raises(UserError, match=words):
             FinetuneConfig(**{**base, **bad})
-    with pytest.raises(UserError, match="missing: backbone"):
+    with pytest.raises(UserError, match="missing required setting.*: backbone"):
         FinetuneConfig.from_dict({"data": ["x"], "out": "o"})
     ok = FinetuneConfig(**base, epochs=3, lr=1, warmup_epochs=0, mitigation="ddl:bins=10")  # ints for floats are fine
     assert ok.lr == 1 and ok.mitigation == "ddl:bins=10"
@@ -149,7 +152,7 @@ def test_hook_registry():
         def extra_loss(self, ctx):
             return {"double": ctx.loss * 1.0}
 
-    register_hooks("test-doubler")(lambda spec: Doubler())
+    register_mitigation("test-doubler", "doubles the loss", (Param("x", "int", 0, "unused"),))(lambda spec: Doubler())
     assert isinstance(create_hooks("test-doubler:x=1"), Doubler)
     with pytest.raises(UserError, match="unknown mitigation"):
         create_hooks("no-such-method")

@@ -68,7 +68,7 @@ def test_cli_aligned_sources(tmp_path, capsys):
     src.mkdir()
     shutil.copy(TOM, src / "Tom Hanks (1).png")  # id gets sanitised
     out = tmp_path / "out"
-    rc = main(["-q", "generate", "--method", "cardioid", "--sources", str(src), "--aligned", "--ages", "3,8,14",
+    rc = main(["-q", "generate", "--method", "cardioid", "--sources", str(src), "--aligned-sources", "--ages", "3,8,14",
                "--out", str(out)])
     assert rc == 0
     ident = "Tom_Hanks_1"
@@ -79,7 +79,7 @@ def test_cli_aligned_sources(tmp_path, capsys):
     assert (out / "contact_sheet.png").is_file()
     # rerun: nothing regenerated
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.png") if p.parent != out}
-    assert main(["-q", "generate", "--method", "cardioid", "--sources", str(src), "--aligned", "--ages", "3,8,14",
+    assert main(["-q", "generate", "--method", "cardioid", "--sources", str(src), "--aligned-sources", "--ages", "3,8,14",
                  "--out", str(out)]) == 0
     assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*.png") if p.parent != out}
 
@@ -93,12 +93,12 @@ def _err_line(capsys) -> str:
 def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["generate", "--method", "nope", "--identities", "2", "--ages", "5", "--out", str(out)]) == 2
-    assert "unknown generator 'nope'" in _err_line(capsys)
+    assert "--method: unknown value 'nope'" in _err_line(capsys)
     assert main(["generate", "--method", "eg3d", "--identities", "2", "--ages", "5", "--out", str(out)]) == 2
     line = _err_line(capsys)
     assert "eg3d" in line and "--checkpoint" in line
     assert main(["generate", "--method", "cardioid", "--identities", "2", "--ages", "5", "--out", str(out)]) == 2
-    assert "--sources" in _err_line(capsys)
+    assert "--identities: cardioid edits real faces: use sources" in _err_line(capsys)
     assert main(["generate", "--method", "cardioid", "--sources", str(tmp_path), "--ages", "5,130",
                  "--out", str(out)]) == 2
     assert "outside" in _err_line(capsys)

@@ -83,7 +83,7 @@ def test_cli_generate_with_qc(tmp_path):
     src.mkdir()
     shutil.copy(TOM, src / "tom.png")
     out = tmp_path / "out"
-    assert main(["-q", "generate", "--sources", str(src), "--aligned", "--ages", "3,14", "--out", str(out),
+    assert main(["-q", "generate", "--sources", str(src), "--aligned-sources", "--ages", "3,14", "--out", str(out),
                  "--qc", "--qc-min-similarity", "0.2"]) == 0
     qc_rows = list(csv.DictReader(open(out / "qc" / "qc.csv")))
     assert len(qc_rows) == 2 and all(r["accepted"] == "True" for r in qc_rows)
@@ -100,9 +100,9 @@ def test_cli_bad_qc_settings_fail_before_generating(tmp_path, capsys):
     src.mkdir()
     Image.fromarray(np.full((112, 112, 3), 128, np.uint8)).save(src / "a.png")
     out = tmp_path / "out"
-    base = ["generate", "--sources", str(src), "--aligned", "--ages", "3", "--out", str(out), "--qc"]
+    base = ["generate", "--sources", str(src), "--aligned-sources", "--ages", "3", "--out", str(out), "--qc"]
     assert main(base + ["--qc-model", "nope"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
     assert main(base + ["--qc-min-similarity", "5"]) == 2
-    assert "between -1 and 1" in capsys.readouterr().err
+    assert "--qc-min-similarity: must lie in [-1, 1]" in capsys.readouterr().err
     assert not out.exists()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from agebias.errors import BadInputFile, UserError
 from generators import registry
-from generators.ages import AgePlan, bin_values, parse_age_bins, parse_ages
+from generators.ages import AgePlan, interval_values, parse_age_intervals, parse_ages
 from generators.base import Generator, Identity, Sample
 from generators.writer import CONTACT_SHEET, MANIFEST, generate_to
 
@@ -56,32 +56,32 @@ def _rows(out: Path):
 # --- ages -------------------------------------------------------------------------------------------------
 def test_parse_ages_and_bins():
     assert parse_ages("14, 3,8,8") == [3, 8, 14]
-    assert parse_age_bins("0-5,5-10,50-70") == [(0, 5), (5, 10), (50, 70)]
-    assert bin_values([(0, 5), (5, 10)], 0) == [0, 1, 2, 3, 4]
-    assert bin_values([(0, 5), (5, 10)], 1) == [5, 6, 7, 8, 9, 10]  # last bin includes its upper end
+    assert parse_age_intervals("0-5,5-10,50-70") == [(0, 5), (5, 10), (50, 70)]
+    assert interval_values([(0, 5), (5, 10)], 0) == [0, 1, 2, 3, 4]
+    assert interval_values([(0, 5), (5, 10)], 1) == [5, 6, 7, 8, 9, 10]  # last bin includes its upper end
     for bad in ("a,b", "", "-3"):
         with pytest.raises(UserError):
             parse_ages(bad)
     for bad in ("5-0", "0-5,3-8", "x"):
         with pytest.raises(UserError):
-            parse_age_bins(bad)
+            parse_age_intervals(bad)
 
 
 def test_age_plan_bins_seeded_one_per_bin():
-    plan = AgePlan.from_options(age_bins="0-5,5-10,10-15,15-20,20-30,30-40,40-50,50-70", seed=3)
+    plan = AgePlan.from_options(age_intervals="0-5,5-10,10-15,15-20,20-30,30-40,40-50,50-70", seed=3)
     a = plan.ages_for("seed0001")
     assert len(a) == 8
-    for age, (lo, hi) in zip(a, plan.bins):
+    for age, (lo, hi) in zip(a, plan.intervals):
         assert lo <= age <= hi
     assert plan.ages_for("seed0001") == a  # deterministic
     others = {tuple(plan.ages_for(f"seed{i:04d}")) for i in range(20)}
     assert len(others) > 1  # drawn per identity
-    two = AgePlan.from_options(age_bins="0-5,20-30", per_bin=2, seed=1).ages_for("x")
+    two = AgePlan.from_options(age_intervals="0-5,20-30", per_interval=2, seed=1).ages_for("x")
     assert len(two) == 4
     with pytest.raises(UserError):
-        AgePlan.from_options(age_bins="0-2", per_bin=5)
+        AgePlan.from_options(age_intervals="0-2", per_interval=5)
     with pytest.raises(UserError):
-        AgePlan.from_options(ages="5", age_bins="0-5")
+        AgePlan.from_options(ages="5", age_intervals="0-5")
 
 
 # --- registry ---------------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_registry_builtins_unknown_and_entry_points(monkeypatch):
         def load(self):
             return CountingGenerator
 
-    monkeypatch.setattr(registry, "_entry_points", lambda: {"counting_ep": FakeEP()})
+    monkeypatch.setattr(registry.GENERATORS, "entry_points", lambda: {"counting_ep": FakeEP()})
     assert "counting_ep" in registry.available_generators()
     gen = registry.create_generator("counting_ep", level=3)
     assert isinstance(gen, CountingGenerator) and gen.level == 3
@@ -184,7 +184,7 @@ def test_age_range_checked_before_writing(tmp_path):
 
 
 def test_per_identity_ages_in_sheet(tmp_path):
-    plan = AgePlan.from_options(age_bins="0-10,10-20,20-40", seed=0)
+    plan = AgePlan.from_options(age_intervals="0-10,10-20,20-40", seed=0)
     res = generate_to(tmp_path, CountingGenerator(), _ids(4), plan)
     assert res.written == 12
     for i in range(4):
@@ -193,6 +193,6 @@ def test_per_identity_ages_in_sheet(tmp_path):
 
 
 def test_per_bin_with_fixed_ages_is_refused():
-    with pytest.raises(UserError, match="--per-bin goes with --age-bins"):
-        AgePlan.from_options(ages="5,10", per_bin=3)
+    with pytest.raises(UserError, match="--per-interval goes with --age-intervals"):
+        AgePlan.from_options(ages="5,10", per_interval=3)
     assert AgePlan.from_options(ages="5,10").all_ages() == [5, 10]

@@ -38,7 +38,7 @@ def test_arcface_non_monotonic_region_uses_insightface_fix():
     thetas = [2.5, 2.7, 2.9, 3.1]
     head, emb, y = head_at_angles(ArcFaceHead, thetas, margin=m)
     vals = head(emb, y)[:, 0].tolist()
-    assert all(a > b for a, b in zip(vals, vals[1:]))
+    assert all(a > b for a, b in zip(vals, vals[1:], strict=False))
 
 
 def test_cosface_and_combined_formulas():

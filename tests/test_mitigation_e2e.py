@@ -55,7 +55,7 @@ def test_every_method_trains_and_moves_the_group_metrics(tmp_path):
     faces = load_aligned_faces(open_dataset(data, "generated").records, aligned=True)
     plain = _train(data, tmp_path / "none", None)
     plain_metrics = _group_metrics(plain, faces)
-    plain_head = plain.history[-1]["head_loss"]
+    plain_head = plain.rows[-1]["head_loss"]
     cases = {
         "label-flip:p=1.0,group=0": (),
         "group-margin:margins=0.0/0.0/0.6": (),
@@ -70,9 +70,9 @@ def test_every_method_trains_and_moves_the_group_metrics(tmp_path):
         cfg = json.loads((res.run_dir / "config.json").read_text())
         assert json.dumps(cfg).count(name) >= 1  # the method is recorded with the run
         assert res.backbone_path.is_file()
-        assert all(math.isfinite(row["loss"]) for row in res.history)
+        assert all(math.isfinite(row["loss"]) for row in res.rows)
         for term in terms:
-            assert all(term in row and math.isfinite(row[term]) for row in res.history), term
+            assert all(term in row and math.isfinite(row[term]) for row in res.rows), term
         metrics = _group_metrics(res, faces)
         table[name] = metrics.round(3).tolist()
         assert not np.allclose(metrics, plain_metrics, atol=1e-4), f"{name} left the group metrics unchanged"
@@ -81,9 +81,9 @@ def test_every_method_trains_and_moves_the_group_metrics(tmp_path):
             assert drop[0] > drop[1] and drop[0] > drop[2]
         if name in ("label-flip", "group-margin"):
             # flipped labels / larger margins in one group keep the head's loss above the plain run's
-            assert res.history[-1]["head_loss"] > plain_head
+            assert res.rows[-1]["head_loss"] > plain_head
         if name == "adversarial":
-            assert res.history[-1]["adv_penalty"] > 0  # the penalty is active after the warm-up
+            assert res.rows[-1]["adv_penalty"] > 0  # the penalty is active after the warm-up
     print("\nper group (FMR, FNMR) x 3, then mean genuine cosine x 3:")
     for k, v in table.items():
         print(f"  {k:14s} {v}")

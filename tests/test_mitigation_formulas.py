@@ -94,7 +94,8 @@ def test_adversary_gradients_go_where_they_should():
     adv.zero_grad()
     after = adv.losses(emb, groups, step=3)
     probs = adv.discriminator(emb[groups >= 0]).softmax(1)
-    assert float(after["adv_penalty"].detach()) == pytest.approx(2.0 * float(adversarial_penalty(probs).detach()), rel=1e-6)
+    expected = 2.0 * float(adversarial_penalty(probs).detach())
+    assert float(after["adv_penalty"].detach()) == pytest.approx(expected, rel=1e-6)
     after["adv_penalty"].backward()
     assert emb.grad is not None and float(emb.grad.abs().sum()) > 0
     assert emb.grad[4].abs().sum() == 0  # ungrouped sample left out
@@ -163,7 +164,7 @@ def test_ddl_loss_hand_values_and_teacher_detached():
     out = ddl_loss(emb, labels, groups, bins=2, sigma=0.25, topk=0, order_weight=1.0, entropy_weight=0.5)
     assert int(out["teacher"]) == 0
     assert float(out["ddl_order"]) == pytest.approx(-(1.0 + 0.2) / 2)
-    kl = lambda p, q: sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q))  # noqa: E731
+    kl = lambda p, q: sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q, strict=True))  # noqa: E731
     ent = lambda p: -sum(a * math.log(a) for a in p)  # noqa: E731
     hp_t, hn_t = _hist([1.0], 2, 0.25), _hist([0.0, 0.0], 2, 0.25)
     hp_s, hn_s = _hist([0.6], 2, 0.25), _hist([0.0, 0.8], 2, 0.25)

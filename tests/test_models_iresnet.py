@@ -36,7 +36,7 @@ def expected_layout(depths, widths=WIDTHS, num_features=512) -> dict[str, tuple[
     bn("bn1", widths[0])
     out["prelu.weight"] = (widths[0],)
     cin = widths[0]
-    for s, (depth, w) in enumerate(zip(depths, widths), start=1):
+    for s, (depth, w) in enumerate(zip(depths, widths, strict=True), start=1):
         for b in range(depth):
             p = f"layer{s}.{b}"
             bn(f"{p}.bn1", cin)

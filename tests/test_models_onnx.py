@@ -9,8 +9,11 @@ import torch
 from torch import nn
 
 from agebias.errors import UserError
-from agebias.models.embedder import TorchEmbedder
-from agebias.models.onnx import OnnxEmbedder, export_onnx, import_iresnet_onnx, insightface_input_normalisation
+from agebias.models.onnx_embedder import OnnxEmbedder
+from agebias.models.onnx_export import export_onnx
+from agebias.models.onnx_file import insightface_input_normalisation
+from agebias.models.onnx_import import import_iresnet_onnx
+from agebias.models.torch_embedder import TorchEmbedder
 from agebias.models.registry import create_backbone
 
 TINY = "iresnet:1,2,1,1@8,8,16,16"

@@ -39,11 +39,11 @@ def test_defaults_filled_and_types_kept(tmp_path):
 
 @pytest.mark.parametrize("edit, words", [
     (("[finetune]\n", "[finetune]\nlearning_rate = 0.1\n"), "unknown key 'learning_rate' in [finetune]"),
-    (("epochs = 1", 'epochs = "ten"'), "[finetune] epochs must be int"),
-    (("[experiment]", "[experiments]"), "unknown section [experiments]"),
+    (("epochs = 1", 'epochs = "ten"'), "[finetune]: finetune setting 'epochs': must be a whole number"),
+    (("[experiment]", "[experiments]"), "unknown table [experiments]"),
     (('init = "random"', 'init = "pretrained"\n'), "does not exist"),
     (("ages = [5, 30]", "ages = [5, 30]\ncheckpoint = 'nowhere.pkl'"), "checkpoint = 'nowhere.pkl' does not exist"),
-    (("epochs = 1", "epochs = true"), "[finetune] epochs must be int"),
+    (("epochs = 1", "epochs = true"), "[finetune]: finetune setting 'epochs': must be a whole number"),
 ])
 def test_bad_files_give_one_clear_line(tmp_path, edit, words):
     text = MINIMAL.replace(*edit)

@@ -183,10 +183,11 @@ def test_baseline_from_values_and_from_evaluator_results(tmp_path):
 
     exp = _experiment(tmp_path)
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({"models": {"sface": {"overall": {"eer": 0.2}, "fairness": {"fdr": 0.75}}},
-                                   "overall": {"eer": 0.1}, "fairness": {"fdr": 0.9}}))
+    results.write_text(json.dumps({"schema": "agebias.evaluate/2", "model_order": ["ft", "sface"], "models": {
+        "ft": {"overall": {"eer": 0.1}, "fairness": {"fdr": 0.9}},
+        "sface": {"overall": {"eer": 0.2}, "fairness": {"fdr": 0.75}}}}))
     exp.objectives = [o.__class__(o.name, o.metric, "eval") for o in exp.objectives]
-    exp.baseline = {"results": str(results), "label": "SFace"}
+    exp.baseline = {"results": str(results), "label": "SFace"}  # no model named: the first one
     assert baseline_values(exp) == {"label": "SFace", "values": {"error": 0.1, "fairness": pytest.approx(0.1)}}
     exp.baseline["model"] = "sface"
     assert baseline_values(exp)["values"] == {"error": 0.2, "fairness": pytest.approx(0.25)}

@@ -59,14 +59,15 @@ def test_one_real_trial_scores_val_and_eval(tmp_path):
     cfg = json.loads((tdir / "finetune" / "config.json").read_text())
     assert cfg["config"]["mitigation"].startswith("ddl:") and cfg["config"]["init"] == "random"
     assert cfg["config"]["arch"] == "timm:resnet10t" and cfg["config"]["frozen_layers"] == ""  # no iresnet stages
-    results = json.loads((tdir / "eval" / "results.json").read_text())  # the evaluator's report
+    report = json.loads((tdir / "eval" / "results.json").read_text())  # the evaluator's report
+    results = report["models"][report["model_order"][0]]
     objectives = json.loads((tdir / "objectives.json").read_text())
     assert objectives["fairness"] == pytest.approx(1.0 - results["fairness"]["fdr"])
     metrics = json.loads((tdir / "metrics.json").read_text())
     assert [m["on"] for m in metrics["metrics"]] == ["val", "eval"]
     assert objectives["error"] == pytest.approx(metrics["metrics"][0]["eer"])
-    # the in-memory scorer used for '@val' agrees with the evaluator on the same embeddings (up to a pair or two
-    # whose float64 score here and float32 score there fall on different sides of a threshold)
+    # '@val' objectives come from the evaluator's own engine and metric functions: the same numbers on the same
+    # embeddings (the tolerance covers only re-embedding the faces here)
     from agebias.data.faces import load_aligned_faces
     from agebias.data.sources import open_dataset
     from agebias.models.embedder import build_embedder

@@ -30,6 +30,7 @@ def make_generated_set(root: Path, n_ids: int = 6, ages=(4, 8, 12, 16, 30, 45), 
             img = np.kron(small, np.ones((16, 16, 1)))
             img = np.clip(128 + 40 * img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(root / ident / f"{ident}_{a}.png")
+    (root / "generation.json").write_text('{"aligned_crops": true}')  # as agebias writes for aligned crops
     return root
 
 
@@ -37,11 +38,12 @@ def make_generated_set(root: Path, n_ids: int = 6, ages=(4, 8, 12, 16, 30, 45), 
 def test_two_workers_share_one_sqlite_study(tmp_path):
     data = make_generated_set(tmp_path / "data")
     text = (REPO / "experiments" / "search_demo.toml").read_text()
-    assert 'synthetic = "runs/demo/generate/data"' in text
-    (tmp_path / "search_demo.toml").write_text(text.replace('synthetic = "runs/demo/generate/data"',
-                                                            f'synthetic = "{data}"'))
+    assert 'synthetic = "../runs/demo/generate/data"' in text
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "search_demo.toml").write_text(
+        text.replace('synthetic = "../runs/demo/generate/data"', f'synthetic = "{data}"'))
     env = {**os.environ, "AGEBIAS_QUIET": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "agebias", "search", "search_demo.toml", "--trials", "2"]
+    cmd = [sys.executable, "-m", "agebias", "search", "experiments/search_demo.toml", "--trials", "2"]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=540)[0] for p in procs]

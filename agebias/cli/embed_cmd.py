@@ -1,67 +1,51 @@
 """`agebias embed`: face images -> L2-normalised embeddings in an ``.npz`` (arrays ``paths``, ``embeddings``).
 
-Without ``--aligned`` faces are found and aligned with MTCNN (see :mod:`agebias.data.faces`); with it every input
-must already be a 112x112 aligned RGB crop. Files that cannot be used are listed as skipped (exit code 1).
+Faces are prepared as in ``agebias evaluate`` (:func:`agebias.evaluate.runner.prepare_faces`): a set generated as
+aligned crops is used as given, other images are detected and aligned (``--detector``), ``--aligned`` / ``--no-aligned``
+decide explicitly. Files that cannot be used are listed as skipped (exit code 1, the first few shown).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import typer
 
 from agebias.atomic import atomic_path
-from agebias.data.records import FaceRecord, Problem
-from agebias.errors import BadInputFile, UserError
+from agebias.cli.messages import report_skipped
+from agebias.cli.options import with_settings
+from agebias.data.records import DatasetScan, FaceRecord, Problem
+from agebias.errors import DataError, SettingsError
+from agebias.evaluate.settings import EmbedSettings
 from agebias.progress import bar
 
 log = logging.getLogger(__name__)
 
-CROP = 112
 
-
-def collect_records(inputs: list[Path]) -> tuple[list[FaceRecord], list[Problem]]:
-    """Files as given, folders scanned recursively (sorted); missing inputs are a user error."""
-    from agebias.data.folder import record_for_file, scan_folder
+def collect_records(inputs: list[Path]) -> DatasetScan:
+    """Files as given; folders read as datasets (a generated set by its layout and manifest, so the contact sheet
+    is not a face and its aligned crops are known as such; any other folder searched recursively, sorted).
+    Missing inputs are a user error."""
+    from agebias.data.folder import record_for_file
+    from agebias.data.sources import open_dataset
 
     records: list[FaceRecord] = []
     problems: list[Problem] = []
+    aligned: set[bool | None] = set()
     for item in inputs:
         if item.is_dir():
-            scan = scan_folder(item)
+            scan = open_dataset(item)
             records.extend(scan.records)
             problems.extend(scan.problems)
+            aligned.add(scan.aligned)
         elif item.exists():
             records.append(record_for_file(item))
+            aligned.add(None)
         else:
-            raise UserError(f"input not found: {item}")
-    return records, problems
-
-
-def load_aligned_crops(records: list[FaceRecord]) -> tuple[list[FaceRecord], np.ndarray, list[Problem]]:
-    """Read 112x112 aligned crops as they are; other sizes and unreadable files are skipped with the reason."""
-    from agebias.data.images import load_image
-
-    kept: list[FaceRecord] = []
-    crops: list[np.ndarray] = []
-    skipped: list[Problem] = []
-    for record in records:
-        try:
-            image = load_image(record.path)
-        except BadInputFile as err:
-            skipped.append(Problem(str(record.path), err.reason))
-            continue
-        if image.shape[:2] != (CROP, CROP):
-            skipped.append(Problem(str(record.path), f"not a {CROP}x{CROP} aligned crop (got {image.shape[1]}x"
-                                                     f"{image.shape[0]}); drop --aligned to detect and align faces"))
-            continue
-        kept.append(record)
-        crops.append(image)
-    arr = np.stack(crops) if crops else np.zeros((0, CROP, CROP, 3), np.uint8)
-    return kept, arr, skipped
+            raise DataError(f"input not found: {item}")
+    return DatasetScan("inputs", Path("."), records, problems, aligned=aligned.pop() if len(aligned) == 1 else None)
 
 
 def embed_crops(embedder, crops: np.ndarray) -> np.ndarray:
@@ -84,45 +68,29 @@ def write_npz(path: Path, paths: list[str], embeddings: np.ndarray, skipped: lis
 
 def register(app: typer.Typer) -> None:
     @app.command("embed", help="Embed face images with a model; writes arrays 'paths' and 'embeddings' to an .npz.")
+    @with_settings(settings=EmbedSettings)
     def embed(
+        settings: EmbedSettings,
         inputs: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
         model: str = typer.Option(..., "--model", "-m",
                                   help="A .pth/.safetensors checkpoint, an .onnx file, sface, or random:ARCH "
                                        "(untrained)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output .npz file."),
-        arch: str | None = typer.Option(None, "--arch", help="Backbone name (default: inferred from the keys)."),
-        aligned: bool = typer.Option(False, "--aligned", help="Inputs are already 112x112 aligned crops."),
-        flip: bool = typer.Option(False, "--flip", help="Fuse with the horizontally flipped image."),
-        batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
-        device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when present)."),
-        backend: str = typer.Option("torch", "--backend",
-                                    help="torch (fp32), torch-bf16 (bf16 autocast + channels_last: fastest on "
-                                         "a modern CPU, cosine to fp32 >= 0.999), or onnxruntime (exports a "
-                                         ".pth/.safetensors model once)."),
-        trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint",
-                                              help="Allow a full pickle checkpoint (it can run code: trusted "
-                                                   "files only)."),
     ) -> int:
+        from agebias.evaluate.runner import prepare_faces
         from agebias.models.embedder import build_embedder
 
         if out.is_dir():
-            raise UserError(f"--out {out} is a folder; give a file name such as {out / 'embeddings.npz'}")
-        embedder = build_embedder(model, arch=arch, device=device, flip=flip, batch_size=batch_size,
-                                  trust_checkpoint=trust_checkpoint, backend=backend)
-        records, problems = collect_records(inputs)
-        if aligned:
-            kept, crops, skipped = load_aligned_crops(records)
-        else:
-            from agebias.data.faces import load_aligned_faces
-
-            faces = load_aligned_faces(records, detector="mtcnn")
-            kept, crops, skipped = faces.records, faces.crops, list(faces.skipped)
-        skipped = problems + skipped
+            raise SettingsError(f"--out {out} is a folder; give a file name such as {out / 'embeddings.npz'}")
+        embedder = build_embedder(model, arch=settings.arch, device=settings.device, flip=settings.flip,
+                                  batch_size=settings.batch_size, trust_checkpoint=settings.trust_checkpoint,
+                                  backend=settings.backend)
+        scan = collect_records(inputs)
+        faces, _ = prepare_faces(scan, settings)
+        kept, crops = faces.records, faces.crops
+        skipped = scan.problems + list(faces.skipped)
         embeddings = embed_crops(embedder, crops)
         paths = [str(r.path) + (f"#face{r.extra['face']}" if "face" in r.extra else "") for r in kept]
         write_npz(out, paths, embeddings, skipped, model)
-        for p in skipped:
-            print(f"skipped: {p.path}: {p.reason}", file=sys.stderr)
-        log.info(f"embedded {len(kept)} image(s) with {embedder.name} (dim {embedder.dim}) -> {out}"
-             + (f"; {len(skipped)} skipped" if skipped else ""))
-        return 1 if skipped else 0
+        log.info(f"embedded {len(kept)} image(s) with {embedder.name} (dim {embedder.dim}) -> {out}")
+        return report_skipped(skipped, f"{out} (arrays skipped_paths, skipped_reasons)")

@@ -21,6 +21,7 @@ landmarks, template, size). With ``all_faces`` the cached PNG is a vertical stri
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from agebias.data.images import decode_image, encode_png
 from agebias.data.records import FaceRecord, Problem
 from agebias.errors import BadInputFile, UserError
 from agebias.progress import track
+
+log = logging.getLogger(__name__)
 
 DETECTORS = ("auto", "mtcnn", "landmarks", "none")
 CROP_SIZE = 112
@@ -87,15 +90,39 @@ def load_aligned_faces(
         except BadInputFile as err:
             skipped.append(Problem(str(record.path), err.reason))
             continue
+        prepared = {"extra": {**record.extra, "prepared": preparation_of(record, detector, aligned)}}
         if all_faces:
             for i, crop in enumerate(faces):
-                out_records.append(record.with_(extra={**record.extra, "face": str(i)}))
+                out_records.append(record.with_(extra={**prepared["extra"], "face": str(i)}))
                 crops.append(crop)
         else:
-            out_records.append(record)
+            out_records.append(record.with_(**prepared))
             crops.append(faces[0])
     arr = np.stack(crops) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
     return AlignedFaces(records=out_records, crops=arr, skipped=skipped)
+
+
+def use_as_aligned(data_aligned: bool | None, setting: bool | None) -> bool:
+    """Whether images are used as given: the user's setting when made (warned when it contradicts the data),
+    else what the data says (unknown: detect and align)."""
+    if setting is None:
+        return bool(data_aligned)
+    if data_aligned is True and setting is False:
+        log.warning("these images are 112x112 crops that agebias generated already aligned (generation.json); "
+                    "re-detecting and re-aligning them changes every score. Leave --aligned unset to use them as "
+                    "given")
+    elif data_aligned is False and setting is True:
+        log.warning("the data says these images are not aligned 112x112 crops, but --aligned uses them as given")
+    return setting
+
+
+def preparation_of(record: FaceRecord, detector: str, aligned: bool) -> str:
+    """How a record's face is prepared: ``as given`` (an aligned crop), ``landmarks`` or ``mtcnn``."""
+    if aligned or detector == "none":
+        return "as given"
+    if detector == "landmarks" or (detector == "auto" and record.landmarks is not None):
+        return "landmarks"
+    return detector if detector != "auto" else "mtcnn"
 
 
 def align_record(record: FaceRecord, *, detector: str = "auto", all_faces: bool = False,

@@ -5,8 +5,11 @@ a lowercase ``a`` and same-age letter suffixes (``010A07a.JPG``) occur. Regroupe
 (an optional letter suffix after the age is kept apart as ``extra["duplicate"]``). Names that do not parse are
 reported as problems, never guessed.
 
-The 68-point ``.pts`` files give the five alignment points: eye centres (means of points 36-41 and 42-47),
-nose tip 30, mouth corners 48 and 54 (0-based indices).
+The 68-point ``.pts`` files give the five alignment points. FG-NET's own files follow Cootes's XM2VTS-style
+markup (0-based: image-left eye outline 27-30 around its pupil 31, image-right eye outline 32-35 around its pupil
+36, nose tip 67, mouth corners 48 and 54; checked on published FG-NET point files), so that markup is tried first;
+iBUG 300-W / dlib (eye centres = means of 36-41 and 42-47, nose tip 30, mouth corners 48 and 54) is the fallback
+for re-annotated sets.
 """
 
 from __future__ import annotations
@@ -57,13 +60,17 @@ def read_pts(path: str | os.PathLike) -> np.ndarray:
 
 
 # 68-point markups met in face data: (first-eye points, second-eye points, nose tip, mouth corners).
+# "xm2vts" (Cootes's XM2VTS / MUCT markup, FG-NET's own): pupils 31 and 36, nose tip 67, mouth corners 48 and 54;
+# which eye is on the image's left is taken from the x coordinates.
 # "ibug" (iBUG 300-W / dlib): eyes 36-41 and 42-47, nose tip 30, mouth corners 48 and 54.
-# "xm2vts" (Cootes's XM2VTS / MUCT markup, used by older Manchester annotations): pupils 31 and 36, nose tip 67,
-# mouth corners 48 and 54; which eye is on the image's left is taken from the x coordinates.
 MARKUPS_68: dict[str, tuple[tuple[int, ...], tuple[int, ...], int, tuple[int, int]]] = {
-    "ibug": (tuple(range(36, 42)), tuple(range(42, 48)), 30, (48, 54)),
     "xm2vts": ((31,), (36,), 67, (48, 54)),
+    "ibug": (tuple(range(36, 42)), tuple(range(42, 48)), 30, (48, 54)),
 }
+FGNET_MARKUPS = ("xm2vts", "ibug")
+"""The order in which FG-NET ``.pts`` files are read: FG-NET's own markup first, iBUG as the fallback."""
+# XM2VTS eye outlines (4 points each) around the pupils 31 and 36
+_XM2VTS_EYE_OUTLINES = ((tuple(range(27, 31)), 31), (tuple(range(32, 36)), 36))
 
 
 def five_from_68(points: np.ndarray, markup: str = "ibug") -> tuple[tuple[float, float], ...]:
@@ -81,17 +88,33 @@ def five_from_68(points: np.ndarray, markup: str = "ibug") -> tuple[tuple[float,
     return tuple((float(x), float(y)) for x, y in five)
 
 
-def landmarks_from_68(points: np.ndarray) -> tuple[tuple[tuple[float, float], ...] | None, str]:
-    """The five points from the first markup (ibug, then xm2vts) whose points form a face; returns
-    ``(five, markup)``, or ``(None, reason)`` when no markup fits (the image then needs a detector)."""
+def landmarks_from_68(points: np.ndarray, markups: Sequence[str] = FGNET_MARKUPS
+                      ) -> tuple[tuple[tuple[float, float], ...] | None, str]:
+    """The five points from the first of ``markups`` (default: xm2vts, then ibug) that fits the file; returns
+    ``(five, markup)``, or ``(None, reason)`` when none fits (the image then needs a detector).
+
+    A markup fits when its five points form a face (:func:`face_layout_problem`) and, for xm2vts, each pupil lies
+    within its eye outline."""
     reasons = []
-    for markup in MARKUPS_68:
+    for markup in markups:
         five = five_from_68(points, markup)
-        why = face_layout_problem(five)
+        why = face_layout_problem(five) or (_xm2vts_problem(points) if markup == "xm2vts" else None)
         if why is None:
             return five, markup
         reasons.append(f"{markup}: {why}")
     return None, "; ".join(reasons)
+
+
+def _xm2vts_problem(points: np.ndarray) -> str | None:
+    """Why ``points`` are not in XM2VTS markup (a pupil outside the box of its eye outline, widened by a quarter
+    of the box on each side), or None."""
+    p = np.asarray(points, dtype=np.float64)
+    for outline, pupil in _XM2VTS_EYE_OUTLINES:
+        lo, hi = p[list(outline)].min(0), p[list(outline)].max(0)
+        lo, hi = lo - 0.25 * (hi - lo), hi + 0.25 * (hi - lo)
+        if np.any(p[pupil] < lo) or np.any(p[pupil] > hi):
+            return f"point {pupil} is not inside its eye outline {outline[0]}-{outline[-1]}"
+    return None
 
 
 def face_layout_problem(five: Sequence[Sequence[float]]) -> str | None:
@@ -99,8 +122,8 @@ def face_layout_problem(five: Sequence[Sequence[float]]) -> str | None:
 
     In the frame of the eye line (u along it, v perpendicular, pointing down the face) the left eye must lie left
     of the right eye, the nose below the eyes, the mouth below the nose and its left corner left of its right one.
-    A ``.pts`` file in another 68-point convention (e.g. a pupil-based markup) fails this, so its image falls back
-    to a detector instead of being warped with points that are not the eyes."""
+    Points read in the wrong 68-point markup usually fail this, so the next markup is tried, and a file that fits
+    none leaves its image to a detector instead of being warped with points that are not the eyes."""
     p = np.asarray(five, dtype=np.float64).reshape(5, 2)
     le, re, nose, ml, mr = p
     d = float(np.linalg.norm(re - le))

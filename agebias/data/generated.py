@@ -115,12 +115,14 @@ def write_generated_manifest(root: str | os.PathLike, rows: Iterable[Mapping[str
     return path
 
 
-def scan_generated(root: str | os.PathLike, verify_checksums: bool = False) -> DatasetScan:
+def scan_generated(root: str | os.PathLike, verify_checksums: bool = False, check_files: bool = True) -> DatasetScan:
     """Read a generated set: from ``manifest.csv`` when present, else from the folder layout alone.
 
     Records: subject = id, age from the manifest/file name, ``extra`` = the other manifest columns (method, seed,
     source, parameters, checksum, ...). Missing files, bad ages and (with ``verify_checksums``) checksum
-    mismatches are problems; with a manifest, image files it does not list are problems too.
+    mismatches are problems; with a manifest, image files it does not list are problems too. With
+    ``check_files=False`` the manifest's paths are only keys (e.g. to match precomputed embeddings) and nothing
+    is read from the images. ``aligned`` comes from ``generation.json`` (``aligned_crops``), when present.
     """
     root = Path(root)
     if not root.is_dir():
@@ -145,7 +147,7 @@ def scan_generated(root: str | os.PathLike, verify_checksums: bool = False) -> D
             except ValueError:
                 problems.append(Problem(str(path), f"bad age {row.get('age')!r} in manifest line {line}"))
                 continue
-            if not path.is_file():
+            if check_files and not path.is_file():
                 problems.append(Problem(str(path), f"listed in manifest line {line} but not found"))
                 continue
             if verify_checksums and row.get("checksum") and file_checksum(path) != row["checksum"]:
@@ -153,7 +155,7 @@ def scan_generated(root: str | os.PathLike, verify_checksums: bool = False) -> D
                 continue
             extra = {k: v for k, v in row.items() if k not in ("path", "id", "subject", "age") and k}
             records.append(FaceRecord(path=path, subject=identity, age=age, extra=extra))
-        for path in _layout_images(root):
+        for path in _layout_images(root) if check_files else []:
             if path.resolve() not in listed:
                 problems.append(Problem(str(path), "image not listed in manifest.csv (ignored)"))
     else:
@@ -168,7 +170,17 @@ def scan_generated(root: str | os.PathLike, verify_checksums: bool = False) -> D
                 problems.append(Problem(str(path), "name does not match <id>/<id>_<age>.png"))
                 continue
             records.append(FaceRecord(path=path, subject=parsed[0], age=parsed[1], extra={}))
-    return DatasetScan(name=root.name or "generated", root=root, records=records, problems=problems)
+    return DatasetScan(name=root.name or "generated", root=root, records=records, problems=problems,
+                       aligned=generation_info(root).get("aligned_crops"))
+
+
+def generation_info(root: str | os.PathLike) -> dict[str, Any]:
+    """``<root>/generation.json`` as written by ``agebias generate`` (empty when absent or unreadable)."""
+    try:
+        info = json.loads((Path(root) / "generation.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def looks_like_generated(root: Path) -> bool:

@@ -46,6 +46,9 @@ class DatasetScan:
     root: Path
     records: list[FaceRecord]
     problems: list[Problem] = field(default_factory=list)
+    # True when the source says every image is an aligned 112x112 crop (a set agebias generated as such), False
+    # when it says they are not, None when it does not say
+    aligned: bool | None = None
 
     @property
     def subjects(self) -> list[str]:

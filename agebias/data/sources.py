@@ -25,12 +25,12 @@ from agebias.data.manifest import read_manifest
 from agebias.data.records import DatasetScan
 from agebias.errors import UserError
 
-KINDS: dict[str, Callable[[Path], DatasetScan]] = {
-    "fgnet": scan_fgnet,
-    "manifest": lambda p: read_manifest(p / MANIFEST_NAME if p.is_dir() else p),
-    "generated": scan_generated,
-    "agedb": scan_agedb,
-    "folder": scan_folder,
+KINDS: dict[str, Callable[[Path, bool], DatasetScan]] = {
+    "fgnet": lambda p, check: scan_fgnet(p),
+    "manifest": lambda p, check: read_manifest(p / MANIFEST_NAME if p.is_dir() else p, check_files=check),
+    "generated": lambda p, check: scan_generated(p, check_files=check),
+    "agedb": lambda p, check: scan_agedb(p),
+    "folder": lambda p, check: scan_folder(p),
 }
 
 
@@ -73,9 +73,10 @@ def detect_kind(source: str | os.PathLike) -> str:
     return "folder"
 
 
-def open_dataset(source: str | os.PathLike, kind: str = "auto") -> DatasetScan:
+def open_dataset(source: str | os.PathLike, kind: str = "auto", check_files: bool = True) -> DatasetScan:
     """Scan ``source`` as ``kind`` and return its records and problems. Raises ``UserError`` for a missing
-    source or an unknown kind."""
+    source or an unknown kind. ``check_files=False``: a manifest's (or generated set's) paths are only keys, the
+    images need not exist (evaluating precomputed embeddings)."""
     kind = (kind or "auto").lower()
     path = Path(source).expanduser()
     if kind not in KINDS and kind != "auto":
@@ -86,4 +87,4 @@ def open_dataset(source: str | os.PathLike, kind: str = "auto") -> DatasetScan:
         kind = detect_kind(path)
     if kind == "generated" and path.is_file():  # <root>/manifest.csv stands for <root>
         path = path.parent
-    return KINDS[kind](path)
+    return KINDS[kind](path, check_files)

@@ -1,5 +1,8 @@
 """agebias.evaluate: pinned verification metrics, fairness measures, protocols, plots and reports.
 
+The package is also callable: ``agebias.evaluate(embeddings, subjects, ages, ...)`` is :func:`agebias.api.evaluate`
+(see :mod:`agebias.callable_package`).
+
 Pure functions of arrays live in :mod:`~agebias.evaluate.metrics` (rates, thresholds, EER, AUC, d', ROC/DET,
 Clopper-Pearson) and :mod:`~agebias.evaluate.fairness` (Gini, GARBE, FDR, IR, ``GroupTable``). The library entry
 points that write results are in :mod:`~agebias.evaluate.api` (``evaluate_models``, ``evaluate_embeddings``,
@@ -9,6 +12,7 @@ points that write results are in :mod:`~agebias.evaluate.api` (``evaluate_models
 ``report``, ``runner`` (dataset -> embeddings -> results), ``settings``.
 """
 
+from agebias.callable_package import make_callable
 from agebias.evaluate.fairness import GroupTable, fairness_summary, fdr, garbe, gini, inequity_rate
 from agebias.evaluate.metrics import (ExactDist, Rates, auc, clopper_pearson, d_prime, det_curve, eer, fnmr_at_fmr,
                                       rates_at, roc_curve, summarize, threshold_at_fmr)
@@ -16,3 +20,5 @@ from agebias.evaluate.metrics import (ExactDist, Rates, auc, clopper_pearson, d_
 __all__ = ["GroupTable", "fairness_summary", "fdr", "garbe", "gini", "inequity_rate", "ExactDist", "Rates", "auc",
            "clopper_pearson", "d_prime", "det_curve", "eer", "fnmr_at_fmr", "rates_at", "roc_curve", "summarize",
            "threshold_at_fmr"]
+
+make_callable(__name__, "agebias.api:evaluate")

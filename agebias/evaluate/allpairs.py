@@ -1,8 +1,9 @@
 """The all-pairs protocol: every metric of one model's embeddings as a JSON-ready results section.
 
-Order of work: pass 1 over all pairs (:func:`agebias.evaluate.pairs.score_all_pairs`), metrics in planning mode,
-pass 2 for the bins they need (streamed engine only), metrics again (exact), then the subject bootstrap, the
-instance-level protocol and the identification metrics.
+Order of work: one pass over all pairs (:func:`agebias.evaluate.pairs.score_all_pairs`, told by :func:`exact_needs`
+what must be exact), the metrics (an extra pass only if a bin they need was not kept, see
+:func:`agebias.evaluate.pairs.exactly`), then the subject bootstrap, the instance-level protocol and the
+identification metrics.
 """
 
 from __future__ import annotations
@@ -19,14 +20,19 @@ from agebias.evaluate.fairness import GroupTable, fdr, garbe
 from agebias.evaluate.grouping import AgeBins, describe_mode, image_groups, make_grouping
 from agebias.evaluate.identification import identification_by_group, rank1_from_pairs
 from agebias.evaluate.instance import instance_level
-from agebias.evaluate.pairs import NB, PairScores, _ceil32, bin_index, normalise, score_all_pairs
+from agebias.evaluate.pairs import NB, ExactNeeds, PairScores, _tau_bin, exactly, normalise, score_all_pairs
 from agebias.evaluate.settings import EvalSettings
 
 log = logging.getLogger(__name__)
 
 
-def _tau_bin(tau: float) -> int:
-    return int(bin_index(np.array([_ceil32(tau)]))[0]) if tau == tau and abs(tau) != math.inf else 0
+def exact_needs(st: EvalSettings) -> ExactNeeds:
+    """Everything :func:`_metrics` asks of the impostor scores at exact resolution, from the settings."""
+    ops = () if st.threshold is not None else (st.target_fmr,)
+    return ExactNeeds(fmrs=(*ops, *st.fmr_targets, *st.curve_fmrs, st.instance_fpr), group_fmrs=tuple(st.fmr_targets),
+                      accept_fmrs=(*ops, st.instance_fpr),
+                      thresholds=() if st.threshold is None else (float(st.threshold),),
+                      eer=True, group_eer=True, max_accepted=st.max_accepted_pairs)
 
 
 def _metrics(ps: PairScores, st: EvalSettings) -> dict:
@@ -61,8 +67,8 @@ def _metrics(ps: PairScores, st: EvalSettings) -> dict:
         fm = [M.rate(d[1].count_ge(tt), d[1].n) for d in dists.values()]
         fn = [M.rate(d[0].count_lt(tt), d[0].n) for d in dists.values()]
         curve.append({"target_fmr": t, "threshold": tt, "fmr": rf, "garbe": garbe(fm, fn, st.alpha),
-                      "fdr": fdr(fm, fn, st.alpha), "group_fmr": dict(zip(dists, fm)),
-                      "group_fnmr": dict(zip(dists, fn))})
+                      "fdr": fdr(fm, fn, st.alpha), "group_fmr": dict(zip(dists, fm, strict=True)),
+                      "group_fnmr": dict(zip(dists, fn, strict=True))})
     # group x group impostor table ("both" mode)
     cells = {}
     for (a, b), keys in gp.cell_keys().items():
@@ -88,7 +94,7 @@ def _gap_table(ps: PairScores, ages: np.ndarray, tau: float, gap_bins: str) -> d
     known = (a >= 0) & (b >= 0)
     gap = np.abs(a - b)
     out = {}
-    for lab, (lo, hi) in zip(bins.labels, bins.edges):
+    for lab, (lo, hi) in zip(bins.labels, bins.edges, strict=True):
         m = known & (gap >= lo) & (gap <= hi)
         r = M.rates_at(ps.gen_score[m], [], tau)
         out[lab] = {"n_genuine": r.n_genuine, "false_non_matches": r.false_non_matches, "fnmr": r.fnmr,
@@ -144,24 +150,23 @@ def undefined_fairness_warnings(fmr: list[float], fnmr: list[float]) -> list[str
 
 def evaluate_embeddings_allpairs(emb: np.ndarray, subjects: Sequence, ages: Sequence[int | None],
                                  st: EvalSettings) -> dict:
-    """The all-pairs results section for one model (see :mod:`agebias.evaluate.api` for the layout)."""
-    emb = normalise(emb)
+    """The all-pairs results section for one model (see :mod:`agebias.evaluate.api` for the layout). ``emb`` as
+    given: the pair engine normalises it (once, so that every caller of the engine scores identical bits)."""
     gp = make_grouping(ages, st.pair_grouping, st.age_bins, st.gap_bins)
-    ps = score_all_pairs(emb, subjects, gp, block=st.block, keep_all_pairs=st.keep_all_pairs)
-    res = _metrics(ps, st)
-    for _ in range(4):
-        if not ps.missing:
-            break
-        bins = set(ps.missing)
-        acc_from = min(_tau_bin(res["tau"]), _tau_bin(res["instance_tau"][0]))
-        if int(ps.hist.sum(axis=0)[acc_from:].sum()) > st.max_accepted_pairs:
-            acc_from = None
-        log.info(f"exact refinement pass over {len(bins)} histogram bins")
-        ps.missing.clear()
-        ps.refine(bins, acc_from)
-        res = _metrics(ps, st)
-    if ps.missing:
-        raise RuntimeError("exact refinement did not converge")
+    ps = score_all_pairs(emb, subjects, gp, block=st.block, keep_all_pairs=st.keep_all_pairs, needs=exact_needs(st),
+                         seed=st.seed)
+
+    def accepted_from(res: dict) -> int | None:
+        """The lowest bin whose accepted pairs the bootstrap and the instance level need, if not yet listed."""
+        taus = [t for t in (res["tau"], res["instance_tau"][0]) if t == t and abs(t) != math.inf]
+        if not ps.streamed or not taus:
+            return None
+        need = min(_tau_bin(t) for t in taus)
+        if ps.accepted_from_bin is not None and ps.accepted_from_bin <= need:
+            return None
+        return need if int(ps.hist[:, need:].sum()) <= st.max_accepted_pairs else None
+
+    res = exactly(ps, lambda p: _metrics(p, st), accepted_from)
     ages_arr = np.array([-1 if a is None else int(a) for a in ages], dtype=np.int64)
     table: GroupTable = res["table"]
     gen_groups = gp.key_group[ps.genuine_keys()]
@@ -213,7 +218,7 @@ def evaluate_embeddings_allpairs(emb: np.ndarray, subjects: Sequence, ages: Sequ
     ident = None
     n = emb.shape[0]
     if st.identification == "on" or (st.identification == "auto" and n <= 20000):
-        ident = identification_by_group(emb, ps.subjects, img_groups, bin_labels)
+        ident = identification_by_group(normalise(emb), ps.subjects, img_groups, bin_labels)
     elif st.identification == "auto":
         ident = rank1_from_pairs(n, ps.gen_i, ps.gen_j, ps.gen_score, ps.max_impostor, img_groups, bin_labels)
         warnings.append("Identification: rank-1 accuracy only (more than 20,000 images); mean ranks need "
@@ -228,7 +233,7 @@ def evaluate_embeddings_allpairs(emb: np.ndarray, subjects: Sequence, ages: Sequ
                  "n_impostor": ps.n_impostor_total, "images_per_group": {
                      lab: int((img_groups == g).sum()) for g, lab in enumerate(bin_labels)},
                  "genuine_cross_group": cross_gen, "unknown_age": unknown_age,
-                 "engine": "streamed two-pass histogram" if ps.streamed else "all scores in memory",
+                 "engine": "streamed one-pass histogram" if ps.streamed else "all scores in memory",
                  "passes": ps.passes},
         "pair_grouping": {"mode": st.pair_grouping, "description": describe_mode(st.pair_grouping),
                           "labels": gp.labels},

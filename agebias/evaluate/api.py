@@ -1,17 +1,21 @@
-"""Library entry points of the evaluator (the CLI and the pipeline call these).
+"""Library entry points of the evaluator: ``evaluate_records`` (embeddings in, an
+:class:`~agebias.evaluate.result.EvaluationResult` out), ``evaluate_scores`` (any system's scores),
+``match_embeddings`` (precomputed embeddings to records). Nothing here writes files: :meth:`EvaluationResult.save`
+does (:mod:`agebias.evaluate.outputs`).
 
-``results.json`` layout (schema ``agebias.evaluate/1``)::
+``results.json`` layout (schema ``agebias.evaluate/2``)::
 
     {
-      "schema": "agebias.evaluate/1",
+      "schema": "agebias.evaluate/2",
       "settings": {...EvalSettings...},
-      "dataset": {"name", "root", "n_records", "skipped": [{"path", "reason"}]},
+      "dataset": {"name", "root", "n_records", "skipped": [{"path", "reason"}], "preparation": {...}},
       "model_order": ["baseline", "finetuned"],
-      "models": {name: SECTION, ...},
-      # the first model's SECTION keys are repeated at the top level, so single-model readers can use
-      # results["overall"]["eer"], results["groups"]["0-12"]["fmr"], results["fairness"]["garbe"] directly:
-      "model": "baseline", "overall": ..., "groups": ..., "fairness": ..., ...
+      "models": {name: SECTION, ...}
     }
+
+Schema 1 files also repeated the first model's SECTION at the top level (``results["overall"]``); schema 2 keeps
+each model once, under ``models``: read ``results["models"][results["model_order"][0]]["overall"]``, or load either
+schema with :meth:`EvaluationResult.load`.
 
 SECTION (all-pairs protocol): ``data`` (counts), ``pair_grouping``, ``overall`` {threshold, target_fmr,
 realised_fmr, fmr, fnmr, fmr_ci, fnmr_ci, eer, eer_threshold, auc, d_prime, fnmr_at_fmr {"0.01", "0.001",
@@ -26,136 +30,74 @@ the global threshold), eer, auc, d_prime, fnmr_at_fmr (each at the group's own t
 
 from __future__ import annotations
 
-import logging
 import csv
-import io
+import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from agebias.atomic import write_json, write_text
 from agebias.data.records import FaceRecord, Problem
-from agebias.errors import UserError
+from agebias.errors import DataError, SettingsError
 from agebias.evaluate.settings import EvalSettings
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "agebias.evaluate/1"
-
-
-def _settings(settings: EvalSettings | dict | None) -> EvalSettings:
-    if settings is None:
-        return EvalSettings()
-    return settings if isinstance(settings, EvalSettings) else EvalSettings.from_dict(settings)
+SCHEMA = "agebias.evaluate/2"
 
 
 def evaluate_section(records: Sequence[FaceRecord], embeddings: np.ndarray, st: EvalSettings) -> dict:
     """One model's results section (no files written)."""
     emb = np.asarray(embeddings)
-    if emb.shape[0] != len(records):
-        raise UserError(f"{emb.shape[0]} embeddings for {len(records)} images")
+    if emb.ndim != 2 or emb.shape[0] != len(records):
+        raise DataError(f"{emb.shape[0] if emb.ndim else 0} embeddings for {len(records)} images (need one (N, D) "
+                        f"row per image)")
     if len(records) < 2:
-        raise UserError("need at least two images to form pairs")
+        raise DataError("need at least two images to form pairs")
     subjects = [r.subject for r in records]
     ages = [r.age for r in records]
     if len(set(subjects)) < 2:
-        raise UserError("all images belong to one subject: impostor pairs need at least two subjects")
+        raise DataError("all images belong to one subject: impostor pairs need at least two subjects")
     if st.protocol == "msc":
         from agebias.evaluate.msc import evaluate_msc
 
         return evaluate_msc(emb, subjects, ages, st, paths=[str(r.path) for r in records])
-    if st.protocol != "all-pairs":
-        raise UserError(f"unknown protocol {st.protocol!r}; choose all-pairs or msc")
     from agebias.evaluate.allpairs import evaluate_embeddings_allpairs
 
     return evaluate_embeddings_allpairs(emb, subjects, ages, st)
 
 
-def evaluate_models(records: Sequence[FaceRecord], embeddings_by_model: dict[str, np.ndarray],
-                    out_dir: str | os.PathLike, settings: EvalSettings | dict | None = None, *,
-                    dataset_name: str = "", dataset_root: str = "", skipped: Sequence[Problem] = (),
-                    plots: bool = True) -> dict:
-    """Evaluate one or more models on the same images; write results.json, groups.csv, plots and reports.
+def evaluate_records(records: Sequence[FaceRecord], embeddings_by_model: dict[str, np.ndarray],
+                     settings: EvalSettings | None = None, *, dataset_name: str = "", dataset_root: str = "",
+                     skipped: Sequence[Problem] = (), preparation: dict[str, Any] | None = None):
+    """Evaluate one or more models on the same images (``embeddings_by_model``: name -> (N, D) array in
+    ``records`` order). Returns an :class:`~agebias.evaluate.result.EvaluationResult`; nothing is written."""
+    from agebias.evaluate.result import EvaluationResult
 
-    ``embeddings_by_model``: name -> (N, D) array in ``records`` order. Returns the results dict."""
-    st = _settings(settings)
+    st = settings or EvalSettings()
     if not embeddings_by_model:
-        raise UserError("no model to evaluate")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+        raise SettingsError("no model to evaluate")
     models = {}
     for name, emb in embeddings_by_model.items():
         log.info(f"evaluating {name} on {len(records)} images ({st.protocol})")
         models[name] = evaluate_section(records, emb, st)
-    first = next(iter(models))
-    results = {
+    return EvaluationResult({
         "schema": SCHEMA,
-        "settings": st.as_dict(),
+        "settings": st.to_dict(),
         "dataset": {"name": dataset_name, "root": str(dataset_root), "n_records": len(records),
-                    "skipped": [p.as_dict() if hasattr(p, "as_dict") else dict(p) for p in skipped]},
+                    "skipped": [p.as_dict() for p in skipped], "preparation": dict(preparation or {})},
         "model_order": list(models),
         "models": models,
-        "model": first,
-        **{k: v for k, v in models[first].items()},
-    }
-    write_outputs(results, out, plots=plots)
-    return results
+    })
 
 
 def evaluate_embeddings(records: Sequence[FaceRecord], embeddings: np.ndarray, out_dir: str | os.PathLike,
-                        settings: EvalSettings | dict | None = None, model_name: str = "model", **kw) -> dict:
-    """Single-model convenience wrapper around :func:`evaluate_models`."""
-    return evaluate_models(records, {model_name: embeddings}, out_dir, settings, **kw)
-
-
-def groups_csv(results: dict) -> str:
-    """One row per model and group (plus each model's overall row)."""
-    rows = []
-    for name in results["model_order"]:
-        sec = results["models"][name]
-        if "groups" not in sec or "overall" not in sec:
-            continue
-        for g, d in [*sec["groups"].items(), ("overall", sec["overall"])]:
-            row = {"model": name, "group": g}
-            for k in ("n_genuine", "n_impostor", "false_matches", "false_non_matches", "fmr", "fnmr"):
-                row[k] = d.get(k)
-            for k in ("fmr_ci", "fnmr_ci"):
-                ci = d.get(k) or [None, None]
-                row[f"{k}_low"], row[f"{k}_high"] = ci[0], ci[1]
-            row["threshold"] = sec["overall"].get("threshold")
-            for k in ("eer", "eer_threshold", "auc", "d_prime"):
-                row[k] = d.get(k)
-            for t, v in (d.get("fnmr_at_fmr") or {}).items():
-                row[f"fnmr_at_fmr_{t}"] = v
-            rows.append(row)
-    if not rows:
-        return ""
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if v is None or (isinstance(v, float) and v != v) else v) for k, v in r.items()})
-    return buf.getvalue()
-
-
-def write_outputs(results: dict, out: Path, plots: bool = True) -> dict:
-    """results.json, groups.csv, plots/*, report.md, report.html. Plots and reports only read ``results``."""
-    write_json(out / "results.json", results)
-    text = groups_csv(results)
-    if text:
-        write_text(out / "groups.csv", text)
-    figures = {}
-    if plots:
-        from agebias.evaluate.plots import make_plots
-
-        figures = make_plots(results, out / "plots", formats=results["settings"].get("formats") or ["png"])
-    from agebias.evaluate.report import write_reports
-
-    write_reports(results, out, figures)
-    return figures
+                        settings: EvalSettings | None = None, model_name: str = "model") -> dict:
+    """One model evaluated and its files written to ``out_dir``; returns the results dict."""
+    result = evaluate_records(records, {model_name: embeddings}, settings)
+    result.save(out_dir)
+    return result.to_dict()
 
 
 def evaluate_scores(path: str | os.PathLike, group_column: str | None = "group", target_fmr: float = 1e-3,
@@ -164,13 +106,13 @@ def evaluate_scores(path: str | os.PathLike, group_column: str | None = "group",
     """Metrics from a CSV of any system's scores: columns ``score``, ``genuine`` (1/0), optional group column."""
     p = Path(path)
     if p.is_dir():
-        raise UserError(f"score file {p} is a folder, not a CSV file")
+        raise DataError(f"score file {p} is a folder, not a CSV file")
     if not p.is_file():
-        raise UserError(f"score file {p} not found")
+        raise DataError(f"score file {p} not found")
     try:
         return _evaluate_scores_file(p, group_column, target_fmr, threshold, alpha, fmr_targets)
     except (UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"{p}: not a readable UTF-8 CSV file ({type(err).__name__}: {str(err)[:120]})") from None
+        raise DataError(f"{p}: not a readable UTF-8 CSV file ({type(err).__name__}: {str(err)[:120]})") from None
 
 
 def _evaluate_scores_file(p: Path, group_column: str | None, target_fmr: float, threshold: float | None,
@@ -183,9 +125,9 @@ def _evaluate_scores_file(p: Path, group_column: str | None, target_fmr: float, 
         cols = [c.strip() for c in (reader.fieldnames or [])]
         for need in ("score", "genuine"):
             if need not in cols:
-                raise UserError(f"{p}: column {need!r} missing (columns: {', '.join(cols) or 'none'})")
+                raise DataError(f"{p}: column {need!r} missing (columns: {', '.join(cols) or 'none'})")
         if group_column and group_column != "group" and group_column not in cols:
-            raise UserError(f"{p}: group column {group_column!r} missing (columns: {', '.join(cols)})")
+            raise DataError(f"{p}: group column {group_column!r} missing (columns: {', '.join(cols)})")
         use_group = group_column is not None and group_column in cols
         scores, gen, groups, bad = [], [], [], []
         for n, row in enumerate(reader, start=2):
@@ -211,7 +153,7 @@ def _evaluate_scores_file(p: Path, group_column: str | None, target_fmr: float, 
     gm = np.asarray(gen, dtype=bool)
     grp = np.asarray(groups, dtype=object)
     if s.size == 0:
-        raise UserError(f"{p}: no usable rows")
+        raise DataError(f"{p}: no usable rows")
     if threshold is not None:
         tau, realised = float(threshold), M.rate(int((s[~gm] >= threshold).sum()), int((~gm).sum()))
     else:
@@ -246,17 +188,17 @@ def match_embeddings(records: Sequence[FaceRecord], npz_path: str | os.PathLike,
     then file name when unique). Records without an embedding are returned as problems."""
     p = Path(npz_path)
     if not p.is_file():
-        raise UserError(f"embeddings file {p} not found")
+        raise DataError(f"embeddings file {p} not found")
     try:
         with np.load(p, allow_pickle=False) as z:
             if "paths" not in z or "embeddings" not in z:
-                raise UserError(f"{p}: needs arrays 'paths' and 'embeddings' (as written by 'agebias embed')")
+                raise DataError(f"{p}: needs arrays 'paths' and 'embeddings' (as written by 'agebias embed')")
             paths = [str(x) for x in z["paths"]]
             emb = np.asarray(z["embeddings"], dtype=np.float32)
     except (OSError, ValueError) as err:
-        raise UserError(f"{p}: not a readable .npz ({err})") from None
+        raise DataError(f"{p}: not a readable .npz ({err})") from None
     if emb.ndim != 2 or emb.shape[0] != len(paths):
-        raise UserError(f"{p}: 'embeddings' must be (N, D) with one row per path")
+        raise DataError(f"{p}: 'embeddings' must be (N, D) with one row per path")
     root = Path(root) if root else None
 
     def keys(path: str) -> list[str]:

@@ -46,9 +46,6 @@ class PairGrouping:
     def pair_keys(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         return self.key_lut[self.image_class[i], self.image_class[j]]
 
-    def pair_groups(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        return self.key_group[self.pair_keys(i, j)]
-
     def keys_of_group(self, g: int) -> np.ndarray:
         return np.flatnonzero(self.key_group == g)
 

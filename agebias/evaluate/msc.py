@@ -17,6 +17,8 @@ Its flaws, kept on purpose and stated in every output: identities without a pair
 false non-matches at every threshold; GARBE is NaN where the mean FMR is 0; scores are averaged per identity (one
 number per person, not per pair); only consecutive images are compared; there is no fixed-FMR operating point and
 no EER, ROC or DET.
+
+Figures (:data:`FIGURES`): ``msc_columns`` (KDE of each column) and ``msc_garbe`` (the GARBE sweep).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from agebias.evaluate.fairness import gini
+from agebias.evaluate.figure_style import OKABE_ITO, pyplot, save_figure, smooth
 from agebias.evaluate.settings import EvalSettings
 
 COLUMNS = {
@@ -128,12 +131,10 @@ def _legacy_gini(x: list[float]) -> float:
     return gini(a)
 
 
-def msc_plots(results: dict, out: Path, formats) -> dict:
-    from agebias.evaluate.plots import OKABE_ITO, _plt, _save, _smooth
-
-    plt = _plt()
+def columns_figure(results: dict, out: Path, formats) -> dict:
+    """``msc_columns``: smoothed densities of each column's per-identity mean scores, one panel per model."""
+    plt = pyplot()
     names = results["model_order"]
-    figs = {}
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False, layout="constrained")
     for c, name in enumerate(names):
         ax = axes[0][c]
@@ -143,16 +144,22 @@ def msc_plots(results: dict, out: Path, formats) -> dict:
                 continue
             cnt, edges = np.histogram(v, bins=60, range=(-1, 1))
             centres = (edges[1:] + edges[:-1]) / 2
-            ax.plot(centres, _smooth(cnt / (v.size * (edges[1] - edges[0])), 1.5), color=OKABE_ITO[k],
+            ax.plot(centres, smooth(cnt / (v.size * (edges[1] - edges[0])), 1.5), color=OKABE_ITO[k],
                     label=f"{col} (n={v.size})")
         ax.set_xlabel("mean cosine similarity per identity")
         ax.set_ylabel("density")
         ax.set_title(f"Legacy MSc protocol columns: {name}")
         ax.legend(fontsize=7)
-    figs["msc_columns"] = _save(fig, out, "msc_columns", formats)
+    files = save_figure(fig, out, "msc_columns", formats)
     plt.close(fig)
+    return files
+
+
+def garbe_figure(results: dict, out: Path, formats) -> dict:
+    """``msc_garbe``: the legacy GARBE against the swept threshold, one line per model."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
-    for k, name in enumerate(names):
+    for k, name in enumerate(results["model_order"]):
         sw = results["models"][name]["garbe_sweep"]
         y = np.array([np.nan if v is None else v for v in sw["garbe"]], dtype=float)
         ax.plot(sw["threshold"], y, marker="o", ms=3, color=OKABE_ITO[k], label=name)
@@ -160,6 +167,13 @@ def msc_plots(results: dict, out: Path, formats) -> dict:
     ax.set_ylabel("GARBE (legacy, young 5-20 vs old 45-70)")
     ax.set_title("Legacy MSc GARBE sweep (gaps: undefined where mean FMR is 0)")
     ax.legend(fontsize=7)
-    figs["msc_garbe"] = _save(fig, out, "msc_garbe", formats)
+    files = save_figure(fig, out, "msc_garbe", formats)
     plt.close(fig)
-    return figs
+    return files
+
+
+# this protocol's figures, {stem: (report caption, function)} (see agebias.evaluate.plots)
+FIGURES = {
+    "msc_columns": ("Legacy MSc protocol: per-identity mean scores by column", columns_figure),
+    "msc_garbe": ("Legacy MSc GARBE sweep (young 5-20 vs old 45-70)", garbe_figure),
+}

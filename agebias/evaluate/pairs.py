@@ -1,52 +1,65 @@
-"""All pairs i < j of a test set, scored by cosine in blocks, aggregated so that memory stays small.
+"""All pairs i < j of a test set, scored by cosine in blocks in one pass; memory O(N*D + block^2 + kept scores).
 
-**Scores.** Embeddings are L2-normalised (float32) and sorted by subject; the score matrix is computed one
-``block x block`` tile at a time over the upper triangle only (memory O(N*D + block^2)); a score is the float32
-dot product of the two unit vectors. Genuine pairs (same subject) lie in small rectangles near the diagonal
-(subjects are contiguous after sorting); they are kept exactly with their indices.
+**Scores.** Embeddings are L2-normalised (float32); a score is the float32 dot product of two unit vectors. Images
+are ordered by (pair class, subject) (classes: :mod:`agebias.evaluate.grouping`), so that the pair *key* (the
+pair's age-group cell) is constant on a few rectangles of each ``block x block`` tile of the upper triangle. Genuine
+pairs (same subject) are read out of the tiles exactly, with their indices, and masked there.
 
-**Impostors, small sets** (pairs <= ``keep_all_pairs``): every impostor score is kept (float32 + key + indices);
-every metric is computed from the exact arrays.
+**Impostors, small sets** (pairs <= ``keep_all_pairs``): every impostor score is kept (score, key, indices); every
+metric is computed from the exact arrays.
 
-**Impostors, large sets** (e.g. N = 30,000: 450 M pairs, 1.8 GB as float32): two streamed passes.
+**Impostors, large sets** (e.g. N = 30,000: 450 M pairs): one streamed pass. Each tile adds to a histogram of 2^16
+bins over [-1.0009765625, 1.0009765625] per key; the bin of a score is ``int(clip(float32(s * A + C)))``, a
+monotone function of the float32 score, so every count "scores in bins >= b" is exact. In the same pass the engine
+keeps exactly (as float32 scores per key, the key being the list they are in):
 
-1. Pass 1 adds each tile to a histogram of 2^16 bins over [-1.0009765625, 1.0009765625] per pair *key* (the
-   pair's age-group cell, see :mod:`agebias.evaluate.grouping`). The bin of a score is
-   ``int(clip(float32(s * A + C)))``, a monotone function of the float32 score, so every count of the form
-   "scores in bins >= b" is exact.
-2. Metrics are then evaluated in *planning mode*: a question that needs the order of scores inside one bin
-   (the (k+1)-th largest impostor for a target FMR, the count of scores >= tau inside tau's bin, the EER crossing
-   bin and its two occupied neighbours, per group and overall) records that bin instead of answering.
-3. Pass 2 recomputes the tiles and keeps exactly the impostor scores that fall in the recorded bins (with their
-   key), plus the (i, j) indices of every impostor at or above the operating threshold's bin (needed by the
-   subject bootstrap and the instance-level protocol). The metrics are evaluated again, now exactly; should a
-   new bin be needed (rare), another pass runs.
+1. *the reservoir*: per key, every score in bins >= a cut. The cut only rises during the pass (it is recomputed from
+   the counts so far, which can only place it at or below the final one) and ends at the bin of the M-th highest
+   pooled impostor, M = k + 1 of the largest FMR up to ``RESERVOIR_FMR`` = 1e-2 among those asked for
+   (:class:`ExactNeeds`: the target, ``fmr_targets``, curve FMRs, the instance-level FPR): 4.5 M scores for 450 M
+   pairs. Each group's keys are kept likewise down to the group's own M_g (its thresholds at ``fmr_targets``). So
+   these thresholds, and every key's count at them, are exact whatever the data;
+2. the pair indices of the impostors in bins >= the accepted-pairs cut (the M_A highest, M_A = k + 1 of the
+   operating point and of the instance-level FPR; or every pair at or above a fixed threshold), for the subject
+   bootstrap and the instance-level protocol;
+3. *windows*: bin ranges around the EER crossing, overall and per group (the crossing bin and its occupied
+   neighbours), and around thresholds at FMRs above 1e-2 (curve points up to 0.1). They are planned before the pass
+   from a *pilot*: a seeded sample of rows scored against all images (about 4e6 pairs, at most N / 16 rows) in 16
+   row chunks, whose spread gives a band of 6 standard deviations around the estimated impostor survival function
+   (genuine scores are scored directly, subject by subject);
+4. keys with at most ``keep_all_pairs / n_keys`` pairs whole.
 
-So thresholds, FMR/FNMR counts, EER and the FNMR at each target FMR are exact (identical to the all-in-memory
-computation on the same float32 scores). Two quantities come from the histogram in streamed mode and say so in
-the results: the impostor mean and variance for d' (bin centres with Sheppard's correction; error well below
-1e-4 for unit-vector cosines) and AUC (scores sharing a bin with a genuine score count as ties; the
-largest possible error is reported as ``auc_error_bound``). Memory: the histogram (K x 2^16 int64, K keys) plus
-the kept bins; the dense score matrix is never formed.
+Metrics then take counts from the histogram and order inside a bin from the kept scores. A question about a bin that
+was not kept is recorded (``missing``); :meth:`PairScores.refine` makes one more pass for those bins (only when the
+pilot misjudged a window; ``passes`` says how many passes were made). So thresholds, FMR/FNMR counts, EER and the
+FNMR at every target FMR are exact (identical to the all-in-memory computation on the same float32 scores). Two
+quantities come from the histogram in streamed mode and say so in the results: the impostor mean and variance for
+d' (bin centres with Sheppard's correction; error well below 1e-4 for unit-vector cosines) and AUC (scores sharing
+a bin with a genuine score count as ties; the largest possible error is reported as ``auc_error_bound``).
 
 **Threads.** Tiles are processed on a thread pool (``AGEBIAS_EVAL_THREADS``, default min(cores, 8)); BLAS is then
-limited to one thread per product so that the cores share tiles, and the binning work (numpy releases the GIL) is
-parallel too. Every tile is computed with the same shapes in both passes, so its scores are bit-identical; the
-engine checks that each refined bin holds exactly as many scores as the first pass counted.
+limited to one thread per product (and torch, when it counts the bins, to one thread) so that the cores share
+tiles; numpy and torch release the GIL, so the binning work is parallel too. Every tile is computed with the same shapes in every pass, so its scores are bit-identical;
+the engine checks that each exact bin holds as many scores as the histogram counted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
+import sys
 import threading
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 import numpy as np
 
 from agebias.evaluate.grouping import PairGrouping
-from agebias.evaluate.metrics import ExactDist, _thin_curve
+from agebias.evaluate.metrics import DEFAULT_TARGETS, ExactDist, _thin_curve, max_allowed_false_matches
 from agebias.progress import bar
 
 NB = 1 << 16
@@ -56,6 +69,16 @@ A32 = np.float32(NB / (HI - LO))
 C32 = np.float32(-LO * NB / (HI - LO))
 DEFAULT_BLOCK = 2048
 DEFAULT_KEEP_ALL = 2_000_000
+RESERVOIR_FMR = 1e-2           # thresholds at FMRs up to this are kept by the reservoir; higher ones by windows
+RESERVOIR_MAX = 1 << 26        # most scores the reservoir may be asked to hold (256 MB); thresholds beyond: windows
+PILOT_PAIRS = 4_000_000        # pairs scored by the pilot (at most 1/16 of all rows)
+PILOT_CHUNKS = 16              # row chunks of the pilot: their spread gives the band
+PILOT_MIN_PAIRS = 200          # a set with fewer pilot pairs is kept whole
+PILOT_Z = 6.0                  # half-width of the band in standard deviations
+PLAN_SUBJECT = 2048            # a bigger subject's genuine pairs are planned from a sample of its images
+EER_MARGIN = 2                 # bins added on both sides of an EER window (its occupied neighbours)
+
+T = TypeVar("T")
 
 
 def bin_index(scores: np.ndarray) -> np.ndarray:
@@ -74,18 +97,37 @@ def _bin_index_inplace(s: np.ndarray, fbuf: np.ndarray, ibuf: np.ndarray) -> np.
     return ibuf
 
 
-def _bin_low_value(b: int) -> float:
-    """The smallest float32 whose bin is b (a stand-in value used while planning)."""
-    x = np.float32((b - float(C32)) / float(A32))
-    for _ in range(64):
-        if bin_index(np.array([x]))[0] >= b:
-            y = np.nextafter(x, np.float32(-np.inf))
-            if bin_index(np.array([y]))[0] < b:
-                return float(x)
-            x = y
-        else:
-            x = np.nextafter(x, np.float32(np.inf))
-    return float(x)
+def _ordered(x: np.ndarray) -> np.ndarray:
+    """float32 -> int64 keys in the order of the values (-0.0 and 0.0 share a key)."""
+    i = np.asarray(x, dtype=np.float32).view(np.int32).astype(np.int64)
+    return np.where(i >= 0, i, -(i & 0x7FFFFFFF))
+
+
+def _from_ordered(k: np.ndarray) -> np.ndarray:
+    bits = np.where(k >= 0, k, (-k) | 0x80000000).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+@functools.cache
+def _floor_table() -> np.ndarray:
+    """``bin_floor`` of every b in 0..NB, found once by bisection over the float32 values in their order."""
+    inner = np.arange(1, NB, dtype=np.int64)
+    lo = np.full(inner.shape, _ordered(np.float32(-2.0)), dtype=np.int64)   # bin 0 < b
+    hi = np.full(inner.shape, _ordered(np.float32(2.0)), dtype=np.int64)    # bin NB - 1 >= b
+    while (hi - lo > 1).any():
+        mid = (lo + hi) // 2
+        up = bin_index(_from_ordered(mid)) >= inner
+        hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
+    out = np.empty(NB + 1, dtype=np.float32)
+    out[0], out[NB] = -np.inf, np.inf
+    out[1:NB] = _from_ordered(hi)
+    return out
+
+
+def bin_floor(bins) -> np.ndarray:
+    """The smallest float32 whose bin is >= b, for each b (-inf for b <= 0, +inf for b >= NB). A score lies in a bin
+    >= b iff it is >= bin_floor(b), so bin tests can be made on the scores themselves."""
+    return _floor_table()[np.clip(np.atleast_1d(np.asarray(bins, dtype=np.int64)), 0, NB)]
 
 
 def _ceil32(tau: float) -> np.float32:
@@ -95,24 +137,59 @@ def _ceil32(tau: float) -> np.float32:
     return t
 
 
-class BinnedDist:
-    """An impostor score multiset known by its histogram plus the exact values of some bins (see module doc)."""
+def _tau_bin(tau: float) -> int:
+    """Bin of the smallest float32 >= tau: the lowest bin a score accepted at tau can be in."""
+    return int(bin_index(np.array([_ceil32(tau)]))[0])
 
-    def __init__(self, hist: np.ndarray, refined: dict[int, np.ndarray], missing: set[int]):
+
+@dataclass(frozen=True)
+class ExactNeeds:
+    """What the streamed engine must answer exactly in its one pass (:mod:`agebias.evaluate.allpairs` derives it
+    from the settings).
+
+    ``fmrs``: target FMRs on the pooled impostors (the threshold, and every key's count at it); ``group_fmrs``:
+    target FMRs within each reported group (the group's own threshold); ``accept_fmrs``: target FMRs whose accepted
+    impostor pairs are listed with their indices; ``thresholds``: fixed thresholds (every key's count at them;
+    their accepted pairs listed); ``eer`` / ``group_eer``: exact EER overall / per group; ``max_accepted``: the
+    most pairs listed (beyond it accepted pairs are not available)."""
+
+    fmrs: tuple[float, ...] = DEFAULT_TARGETS
+    group_fmrs: tuple[float, ...] = DEFAULT_TARGETS
+    accept_fmrs: tuple[float, ...] = ()
+    thresholds: tuple[float, ...] = ()
+    eer: bool = True
+    group_eer: bool = True
+    max_accepted: int = 30_000_000
+
+
+class BinnedDist:
+    """An impostor score multiset known by its histogram plus the exact scores of some bins (see module doc).
+
+    ``exact[b]``: every score of bin b is known; ``values_of_bin(b)`` returns them sorted (float64). Asking for a
+    bin that is not exact records it in ``missing`` and answers with a stand-in (planning mode)."""
+
+    def __init__(self, hist: np.ndarray, exact: np.ndarray, values_of_bin: Callable[[int], np.ndarray],
+                 missing: set[int]):
         self.hist = np.asarray(hist, dtype=np.int64)
         self.suffix = np.zeros(NB + 1, dtype=np.int64)
         self.suffix[:NB] = np.cumsum(self.hist[::-1])[::-1]
         self.n = int(self.suffix[0])
-        self.refined = refined
+        self.exact = exact
+        self._values_of_bin = values_of_bin
+        self._cache: dict[int, np.ndarray] = {}
         self.missing = missing
         self.auc_error_bound = math.nan
 
-    def _in_bin_ge(self, b: int, tau: float) -> int | None:
-        vals = self.refined.get(b)
-        if vals is None:
-            self.missing.add(int(b))
+    def _bin_values(self, b: int) -> np.ndarray | None:
+        b = int(b)
+        if self.hist[b] == 0:
+            return np.zeros(0)
+        if not self.exact[b]:
+            self.missing.add(b)
             return None
-        return int(vals.size - np.searchsorted(vals, np.float64(tau), side="left"))
+        if b not in self._cache:
+            self._cache[b] = self._values_of_bin(b)
+        return self._cache[b]
 
     def count_ge(self, tau: float) -> int:
         if self.n == 0 or tau == math.inf or tau != tau:
@@ -124,16 +201,16 @@ class BinnedDist:
         pb = int(bin_index(np.array([np.nextafter(t32, np.float32(-np.inf))]))[0])
         if pb < b or self.hist[b] == 0:  # t32 is the lowest float32 of bin b, or the bin is empty
             return int(self.suffix[b])
-        inside = self._in_bin_ge(b, tau)
-        return int(self.suffix[b + 1] + (inside or 0))
+        vals = self._bin_values(b)
+        inside = 0 if vals is None else int(vals.size - np.searchsorted(vals, np.float64(tau), side="left"))
+        return int(self.suffix[b + 1] + inside)
 
     def kth_largest(self, k: int) -> float:
         b = int(np.searchsorted(-self.suffix, -k, side="right") - 1)
         r = k - int(self.suffix[b + 1])
-        vals = self.refined.get(b)
+        vals = self._bin_values(b)
         if vals is None:
-            self.missing.add(b)
-            return _bin_low_value(b)
+            return float(bin_floor(b)[0])
         return float(vals[vals.size - r])
 
     def moments(self) -> tuple[float, float]:
@@ -149,6 +226,7 @@ class BinnedDist:
         return bin_index(gen.values.astype(np.float32))
 
     def eer_candidates(self, gen: ExactDist):
+        """The pooled values of the crossing bin and its two occupied neighbours (where the EER minimiser lies)."""
         gb = self._gen_bins(gen)
         gh = np.bincount(gb, minlength=NB)
         gen_lt = np.concatenate([[0], np.cumsum(gh)])  # gen_lt[b] = genuine in bins < b
@@ -159,20 +237,11 @@ class BinnedDist:
         prev = int(occ[pos - 1]) if pos > 0 else None
         nxt = int(occ[pos + 1]) if pos + 1 < occ.size else None
         window = [b for b in (prev, bstar, nxt) if b is not None]
-        vals = []
-        ok = True
-        for b in window:
-            if self.hist[b] > 0:
-                v = self.refined.get(b)
-                if v is None:
-                    self.missing.add(b)
-                    ok = False
-                else:
-                    vals.append(v)
-        if not ok:
-            u = np.array([_bin_low_value(bstar)])
+        vals = [self._bin_values(b) for b in window]
+        if any(v is None for v in vals):
+            u = np.array([float(bin_floor(bstar)[0])])
             return u, np.array([self.suffix[bstar]]), math.nan, math.nan, prev is None, nxt is None
-        imp_w = np.sort(np.concatenate(vals)) if vals else np.zeros(0)
+        imp_w = np.sort(np.concatenate(vals))
         in_w = np.isin(gb, window)
         u = np.unique(np.concatenate([gen.values[in_w], imp_w]))
         above = int(self.suffix[window[-1] + 1])
@@ -202,12 +271,13 @@ class BinnedDist:
 
 @dataclass
 class PairScores:
-    """Result of scoring all pairs: genuine pairs exactly, impostors exactly (small) or binned (large)."""
+    """Result of scoring all pairs: genuine pairs exactly, impostors exactly (small sets) or binned with exact
+    reservoir and windows (large sets; see the module doc). Indices are original image indices."""
 
     n_images: int
     grouping: PairGrouping
     subjects: np.ndarray        # (N,) int subject code per image (original order)
-    gen_i: np.ndarray           # genuine pairs, original image indices, i < j in sorted order
+    gen_i: np.ndarray           # genuine pairs, gen_i < gen_j, in lexicographic order
     gen_j: np.ndarray
     gen_score: np.ndarray       # float32
     max_impostor: np.ndarray    # (N,) highest impostor score per image (-inf if none)
@@ -219,16 +289,16 @@ class PairScores:
     imp_j: np.ndarray | None = None
     # streamed mode
     hist: np.ndarray | None = None          # (K, NB) int64
-    refined_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    refined_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    refined_bins: set = field(default_factory=set)
-    accepted_from_bin: int | None = None    # pairs with bin >= this are in acc_*
+    exact: np.ndarray | None = None         # (K, NB) bool: every score of (key, bin) is in kept_values
+    kept_values: list = field(default_factory=list)  # per key: float32 scores ordered by bin
+    kept_bins: list = field(default_factory=list)    # per key: their bins (uint16, ascending)
+    accepted_from_bin: int | None = None    # every impostor pair with bin >= this is in acc_*
     acc_i: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     acc_j: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     acc_score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     missing: set = field(default_factory=set)
     passes: int = 1
-    _scorer: "_Scorer | None" = None
+    _engine: "_Engine | None" = None
 
     @property
     def n_impostor_total(self) -> int:
@@ -246,39 +316,58 @@ class PairScores:
             return ExactDist(s)
         ks = np.arange(self.hist.shape[0]) if keys is None else np.asarray(keys, dtype=np.int64)
         hist = self.hist[ks].sum(axis=0)
-        sel = np.isin(self.refined_keys, ks)
-        vals, bins = self.refined_scores[sel].astype(np.float64), bin_index(self.refined_scores[sel])
-        refined = {}
-        if vals.size:
-            order = np.lexsort((vals, bins))
-            vals, bins = vals[order], bins[order]
-            cuts = np.flatnonzero(np.diff(bins)) + 1
-            for chunk_v, chunk_b in zip(np.split(vals, cuts), np.split(bins, cuts)):
-                refined[int(chunk_b[0])] = chunk_v
-        for b in self.refined_bins:  # collected for every key: a bin with no values of these keys is empty
-            refined.setdefault(b, np.zeros(0))
-            if refined[b].size != hist[b]:
-                raise RuntimeError(f"bin {b}: {refined[b].size} scores in the exact pass but {hist[b]} in the first "
-                                   "(non-deterministic matrix products?)")
-        return BinnedDist(hist, refined, self.missing)
+        exact = self.exact[ks].all(axis=0)
+
+        def values_of_bin(b: int) -> np.ndarray:
+            parts = []
+            for k in ks:
+                bins = self.kept_bins[k]
+                lo, hi = np.searchsorted(bins, np.uint16(b), "left"), np.searchsorted(bins, np.uint16(b), "right")
+                parts.append(self.kept_values[k][lo:hi])
+            v = np.sort(np.concatenate(parts).astype(np.float64))
+            if v.size != hist[b]:
+                raise RuntimeError(f"bin {b}: {v.size} kept scores but {hist[b]} counted")
+            return v
+
+        return BinnedDist(hist, exact, values_of_bin, self.missing)
 
     def accepted_impostors(self, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(i, j, key) of every impostor pair with score >= tau (original indices)."""
         if not self.streamed:
             m = self.imp_score >= np.float64(tau)
             return self.imp_i[m], self.imp_j[m], self.imp_key[m]
-        if self.accepted_from_bin is None or int(bin_index(np.array([_ceil32(tau)]))[0]) < self.accepted_from_bin:
+        if self.accepted_from_bin is None or _tau_bin(tau) < self.accepted_from_bin:
             raise RuntimeError("accepted pairs were not collected down to this threshold")
         m = self.acc_score >= np.float64(tau)
         i, j = self.acc_i[m], self.acc_j[m]
         return i, j, self.grouping.pair_keys(i, j)
 
-    def refine(self, bins: set[int], accepted_from_bin: int | None) -> None:
-        """Second streamed pass: keep exact impostor scores in ``bins`` and pairs from ``accepted_from_bin`` up."""
+    def refine(self, bins: set[int], accepted_from_bin: int | None = None) -> None:
+        """One more streamed pass: keep the exact scores of ``bins`` (every key) and, when ``accepted_from_bin`` is
+        given, the indices of every impostor pair from that bin up."""
         if not self.streamed:
             return
-        self._scorer.collect(self, set(bins) | set(self.refined_bins), accepted_from_bin)
+        self._engine.collect(self, set(int(b) for b in bins), accepted_from_bin)
         self.passes += 1
+
+
+def exactly(ps: PairScores, compute: Callable[[PairScores], T],
+            accepted_from: Callable[[T], int | None] = lambda _: None, max_passes: int = 4) -> T:
+    """``compute(ps)`` evaluated until no bin it asked for is missing (refining the scores in between).
+
+    ``accepted_from(result)``: the lowest bin whose accepted pairs the caller still needs listed (None: none)."""
+    res = compute(ps)
+    for _ in range(max_passes):
+        acc = accepted_from(res)
+        if not ps.missing and acc is None:
+            return res
+        bins = set(ps.missing)
+        ps.missing.clear()
+        ps.refine(bins, acc)
+        res = compute(ps)
+    if ps.missing:
+        raise RuntimeError("exact refinement did not converge")
+    return res
 
 
 def _workers() -> int:
@@ -319,89 +408,523 @@ def run_tiles(tiles: list, work, make_state, description: str) -> list:
     return states
 
 
-class _Scorer:
-    def __init__(self, emb: np.ndarray, subjects: np.ndarray, grouping: PairGrouping, block: int):
-        self.order = np.argsort(subjects, kind="stable")
+def _cut(hist: np.ndarray, m: int) -> int:
+    """The highest bin b >= 1 with at least m scores in bins >= b (1 when there are fewer; NB when m <= 0)."""
+    if m <= 0:
+        return NB
+    suf = np.cumsum(hist[:0:-1])[::-1]  # suf[b - 1] = scores in bins >= b, b >= 1
+    return max(1, int(np.count_nonzero(suf >= m)))
+
+
+def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(a, b) for a, b in out]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """Float thresholds of one moment of the pass: keep a score of key k iff >= v_cut[k] or inside one of
+    windows[k] ([lo, hi) in score); list its pair iff >= v_acc. ``pre[k]``: the lowest of them (a first filter)."""
+
+    cut: np.ndarray
+    v_cut: np.ndarray
+    windows: list
+    acc_cut: int
+    v_acc: float
+    pre: np.ndarray
+
+    def select(self, k: int, v: np.ndarray) -> np.ndarray:
+        m = v >= self.v_cut[k]
+        for lo, hi in self.windows[k]:
+            m |= (v >= lo) & (v < hi)
+        return m
+
+
+class _Keep:
+    """What a streamed pass keeps exactly, per key (see the module doc); cuts rise as the counts come in."""
+
+    def __init__(self, grouping: PairGrouping, m_all: int, m_group: np.ndarray, m_acc: int, acc_fixed: int | None,
+                 windows: list[list[tuple[int, int]]], full: np.ndarray, max_accepted: int):
+        self.key_group = grouping.key_group
+        self.n_keys = grouping.n_keys
+        self.m_all, self.m_group, self.m_acc, self.acc_fixed = m_all, m_group, m_acc, acc_fixed
+        self.windows = [_merge_ranges(w) for w in windows]
+        self._win_f = [[(lo, float(bin_floor(lo)[0]), float(bin_floor(hi + 1)[0])) for lo, hi in w]
+                       for w in self.windows]
+        self.full = full
+        self.max_accepted = max_accepted
+        self.run = np.zeros((1 + m_group.size, NB), dtype=np.int64)  # counts so far: all keys, each group
+        self.lock = threading.Lock()
+        self.n_accepted = 0
+        self.overflow = False
+        self.seen = self.seen_at_rule = 0
+        self.rule = self._rule()
+
+    def _rule(self) -> _Rule:
+        cut_all = _cut(self.run[0], self.m_all)
+        cut_grp = np.array([_cut(self.run[1 + g], int(m)) for g, m in enumerate(self.m_group)], dtype=np.int64)
+        g = self.key_group
+        cut = np.where(g >= 0, np.minimum(cut_all, cut_grp[np.maximum(g, 0)] if cut_grp.size else cut_all), cut_all)
+        cut = np.where(self.full, 1, cut).astype(np.int64)
+        acc = _cut(self.run[0], self.m_acc)
+        if self.acc_fixed is not None:
+            acc = min(acc, self.acc_fixed)
+        if self.overflow:
+            acc = NB
+        v_cut = bin_floor(cut)
+        v_acc = float(bin_floor(acc)[0])
+        windows, pre = [], np.empty(self.n_keys, dtype=np.float32)
+        for k in range(self.n_keys):
+            vc = float(v_cut[k])
+            w = [(flo, min(fhi, vc)) for lo, flo, fhi in self._win_f[k] if lo < cut[k]]
+            windows.append(w)
+            pre[k] = min([vc, v_acc] + [flo for flo, _ in w])
+        return _Rule(cut, v_cut, windows, acc, v_acc, pre)
+
+    def observe(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        """Counts of one tile (rows: ``keys``); the cuts rise accordingly, recomputed whenever the counts have grown
+        by a tenth since the last time (a cut from fewer counts is lower, so always safe)."""
+        total = counts.sum(axis=0)
+        groups = self.key_group[keys]
+        n = int(total.sum())
+        with self.lock:
+            self.run[0] += total
+            for row, g in zip(counts, groups, strict=True):
+                if g >= 0:
+                    self.run[1 + g] += row
+            self.seen += n
+            if self.seen >= 1.1 * self.seen_at_rule:
+                self.seen_at_rule = self.seen
+                self.rule = self._rule()
+
+    def accepted(self, n: int) -> None:
+        """``n`` more pairs listed; above ``max_accepted`` with a fixed threshold, listing stops."""
+        if self.acc_fixed is None:
+            return
+        with self.lock:
+            self.n_accepted += n
+            if self.n_accepted > self.max_accepted and not self.overflow:
+                self.overflow = True
+                self.rule = self._rule()
+
+    def final(self, hist: np.ndarray) -> _Rule:
+        with self.lock:
+            self.run[0] = hist.sum(axis=0)
+            for g in range(self.m_group.size):
+                self.run[1 + g] = hist[self.key_group == g].sum(axis=0)
+            self.rule = self._rule()
+            return self.rule
+
+    def exact_bins(self, rule: _Rule) -> np.ndarray:
+        """(K, NB) bool: bins whose every score the pass kept."""
+        ex = np.arange(NB)[None, :] >= rule.cut[:, None]
+        for k, w in enumerate(self.windows):
+            for lo, hi in w:
+                ex[k, lo:hi + 1] = True
+        ex[:, 0] = True  # bin 0 holds no real score (|cosine| <= 1)
+        return ex
+
+
+class _Engine:
+    """One scoring job: images in (class, subject) order, the tiles of the upper triangle, genuine pairs and the
+    number of impostor pairs per key."""
+
+    def __init__(self, emb: np.ndarray, codes: np.ndarray, grouping: PairGrouping, block: int):
+        cls = grouping.image_class.astype(np.int64)
+        self.order = np.lexsort((codes, cls))
         self.emb = np.ascontiguousarray(emb[self.order], dtype=np.float32)
-        self.subj = subjects[self.order]
-        self.cls = grouping.image_class[self.order].astype(np.int64)
+        self.subj = codes[self.order]
+        self.cls = cls[self.order]
         self.grouping = grouping
-        self.block = block
-        n = self.emb.shape[0]
-        self.n = n
-        starts = np.flatnonzero(np.r_[True, self.subj[1:] != self.subj[:-1]])
-        self.seg_start = starts
-        self.seg_end = np.r_[starts[1:], n]
-        self.seg_of = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, n]))
+        self.block = b = block
+        self.n = n = self.emb.shape[0]
+        starts = np.flatnonzero(np.r_[True, self.cls[1:] != self.cls[:-1]]) if n else np.zeros(0, np.int64)
+        self.run_start, self.run_end = starts, np.r_[starts[1:], n].astype(np.int64)
+        self.tiles = [(r0, min(r0 + b, n), c0, min(c0 + b, n)) for r0 in range(0, n, b) for c0 in range(r0, n, b)]
+        self.tri = np.tril(np.ones((min(b, n), min(b, n)), dtype=bool))  # not a pair i < j (diagonal tiles)
+        p, q = self._genuine_positions()
+        nb = -(-n // b)
+        rb, cb = p // b, q // b
+        tile = rb * nb - rb * (rb - 1) // 2 + (cb - rb)  # index in self.tiles (row-major upper triangle)
+        o = np.argsort(tile, kind="stable")
+        self.gen_p, self.gen_q = p[o], q[o]
+        self.gen_bounds = np.searchsorted(tile[o], np.arange(len(self.tiles) + 1))
+        self.gen_score = np.empty(p.size, dtype=np.float32)
+        k = grouping.n_keys
+        cc = np.bincount(self.cls, minlength=grouping.n_classes).astype(np.int64)
+        a, c = np.triu_indices(grouping.n_classes, 1)
+        n_key = np.zeros(k, dtype=np.int64)
+        np.add.at(n_key, grouping.key_lut[a, c], cc[a] * cc[c])
+        d = np.arange(grouping.n_classes)
+        np.add.at(n_key, grouping.key_lut[d, d], cc * (cc - 1) // 2)
+        self.gen_key = grouping.key_lut[self.cls[self.gen_p], self.cls[self.gen_q]]
+        self.n_key = n_key - np.bincount(self.gen_key, minlength=k)
 
-    def tiles(self):
-        n, b = self.n, self.block
-        for r0 in range(0, n, b):
-            for c0 in range(r0, n, b):
-                yield r0, min(r0 + b, n), c0, min(c0 + b, n)
+    def _genuine_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every pair p < q of positions of one subject."""
+        by = np.argsort(self.subj, kind="stable")  # positions grouped by subject, ascending within
+        s = self.subj[by]
+        starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if s.size else np.zeros(0, np.int64)
+        sizes = np.diff(np.r_[starts, s.size])
+        ps, qs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for m in np.unique(sizes[sizes >= 2]):
+            pos = by[starts[sizes == m][:, None] + np.arange(m)]  # (subjects, m)
+            iu, ju = np.triu_indices(int(m), 1)
+            ps.append(pos[:, iu].ravel())
+            qs.append(pos[:, ju].ravel())
+        return np.concatenate(ps).astype(np.int64), np.concatenate(qs).astype(np.int64)
 
-    def n_tiles(self) -> int:
-        k = -(-self.n // self.block)
-        return k * (k + 1) // 2
+    def rects(self, tile) -> list[tuple[int, int, int, int, int]]:
+        """(row0, row1, col0, col1, key) in tile coordinates: the key is constant on each rectangle; rectangles
+        wholly below the diagonal are left out."""
+        r0, r1, c0, c1 = tile
+        rows = range(int(np.searchsorted(self.run_end, r0, "right")), int(np.searchsorted(self.run_start, r1, "left")))
+        cols = range(int(np.searchsorted(self.run_end, c0, "right")), int(np.searchsorted(self.run_start, c1, "left")))
+        out = []
+        for i in rows:
+            ra, rb = max(int(self.run_start[i]), r0), min(int(self.run_end[i]), r1)
+            for j in cols:
+                ca, cb = max(int(self.run_start[j]), c0), min(int(self.run_end[j]), c1)
+                if ra >= cb - 1:
+                    continue
+                key = int(self.grouping.key_lut[self.cls[ra], self.cls[ca]])
+                out.append((ra - r0, rb - r0, ca - c0, cb - c0, key))
+        return out
 
-    def genuine_rects(self, r0, r1, c0, c1):
-        s_lo = max(self.seg_of[r0], self.seg_of[c0])
-        s_hi = min(self.seg_of[r1 - 1], self.seg_of[c1 - 1])
-        for s in range(s_lo, s_hi + 1):
-            a, e = self.seg_start[s], self.seg_end[s]
-            rr0, rr1, cc0, cc1 = max(a, r0), min(e, r1), max(a, c0), min(e, c1)
-            if rr0 < rr1 and cc0 < cc1:
-                yield rr0 - r0, rr1 - r0, cc0 - c0, cc1 - c0
+    def tile_scores(self, t: int, st, record: bool) -> np.ndarray:
+        """Scores of tile t with non-pairs and genuine pairs set to -inf; with ``record`` the genuine scores and the
+        per-image highest impostor are stored."""
+        r0, r1, c0, c1 = self.tiles[t]
+        s = st.out[: r1 - r0, : c1 - c0]
+        np.matmul(self.emb[r0:r1], self.emb[c0:c1].T, out=s)
+        if r0 == c0:
+            s[self.tri[: r1 - r0, : c1 - c0]] = -np.inf
+        lo, hi = self.gen_bounds[t], self.gen_bounds[t + 1]
+        if hi > lo:
+            lp, lq = self.gen_p[lo:hi] - r0, self.gen_q[lo:hi] - c0
+            if record:
+                self.gen_score[lo:hi] = s[lp, lq]
+            s[lp, lq] = -np.inf
+        if record:
+            m = st.max
+            np.maximum(m[r0:r1], s.max(axis=1), out=m[r0:r1])
+            np.maximum(m[c0:c1], s.max(axis=0), out=m[c0:c1])
+        return s
 
-    def scores(self, r0, r1, c0, c1, out):
-        o = out[: r1 - r0, : c1 - c0]
-        np.matmul(self.emb[r0:r1], self.emb[c0:c1].T, out=o)
-        return o
+    def make_state(self, hist: bool):
+        b = min(self.block, max(self.n, 1))
+        return _State(np.empty((b, b), np.float32), np.empty((b, b), np.float32), np.empty((b, b), np.int32),
+                      np.zeros((self.grouping.n_keys, NB), np.int64) if hist else None,
+                      np.full(self.n, -np.inf, dtype=np.float32))
+
+    # ------------------------------------------------------------------ keep-all pass
+
+    def keep_all(self):
+        """Every impostor pair kept: (states, scores, p, q, keys), positions in engine order, in no set order."""
+        def work(t, st):
+            s = self.tile_scores(t, st, record=True)
+            r0, _, c0, _ = self.tiles[t]
+            for ra, rb, ca, cb, key in self.rects(self.tiles[t]):
+                sub = s[ra:rb, ca:cb]
+                idx = np.flatnonzero(sub > -np.inf)
+                rr, cc = np.divmod(idx, cb - ca)
+                st.acc_v.append(sub[rr, cc])
+                st.acc_p.append(rr + ra + r0)
+                st.acc_q.append(cc + ca + c0)
+                st.acc_k.append(np.full(idx.size, key, np.int32))
+
+        states = run_tiles(list(range(len(self.tiles))), work, lambda: self.make_state(False), "scoring pairs")
+        return (states, *(_cat([x for st in states for x in getattr(st, name)], dt) for name, dt in
+                          (("acc_v", np.float32), ("acc_p", np.int64), ("acc_q", np.int64), ("acc_k", np.int32))))
+
+    # ------------------------------------------------------------------ streamed pass
+
+    def stream(self, keep: _Keep, count: bool, description: str):
+        """One pass: histogram per key (``count``) and the scores/pairs ``keep`` asks for."""
+        bincount = _bincount()
+
+        def work(t, st):
+            s = self.tile_scores(t, st, record=count)
+            h, w = s.shape
+            r0, _, c0, _ = self.tiles[t]
+            rects = self.rects(self.tiles[t])
+            if count and rects:
+                bins = _bin_index_inplace(s, st.f[:h, :w], st.i[:h, :w])
+                slot: dict[int, int] = {}
+                for ra, rb, ca, cb, key in rects:
+                    sl = slot.setdefault(key, len(slot))
+                    if sl:
+                        bins[ra:rb, ca:cb] += sl * NB
+                keys = np.fromiter(slot, dtype=np.int64, count=len(slot))
+                counts = bincount(bins, keys.size * NB).reshape(keys.size, NB)
+                st.hist[keys] += counts
+                keep.observe(keys, counts)
+            rule = keep.rule
+            n_acc = 0
+            flat = s.reshape(-1) if s.flags.c_contiguous else None
+            for ra, rb, ca, cb, key in rects:
+                pre = rule.pre[key]
+                if pre == np.inf:
+                    continue
+                if flat is not None and ca == 0 and cb == w:  # whole rows: one flat run of the tile
+                    part = flat[ra * w:rb * w]
+                    idx = np.flatnonzero(part >= pre)
+                    v = part[idx]
+                    idx += ra * w
+                else:
+                    sub = s[ra:rb, ca:cb]
+                    idx = np.flatnonzero(sub >= pre)
+                    rr, cc = np.divmod(idx, cb - ca)
+                    v = sub[rr, cc]
+                    idx = (rr + ra) * w + cc + ca
+                if not v.size:
+                    continue
+                sel = rule.select(key, v)
+                kept = v[sel]
+                st.vals[key].append(kept)
+                st.n_vals += kept.size
+                if rule.v_acc < np.inf:
+                    a = np.flatnonzero(v >= rule.v_acc)
+                    if a.size:
+                        rr, cc = np.divmod(idx[a], w)
+                        st.acc_p.append(rr + r0)
+                        st.acc_q.append(cc + c0)
+                        st.acc_v.append(v[a])
+                        n_acc += a.size
+            if n_acc:
+                keep.accepted(n_acc)
+            if st.n_vals > st.prune_at:
+                st.prune(keep.rule)
+
+        with _torch_single_thread():
+            return run_tiles(list(range(len(self.tiles))), work, lambda: self.make_state(count), description)
+
+    def plan_windows(self, needs: ExactNeeds, n_key: np.ndarray, m_all: int, m_group: np.ndarray, full: np.ndarray,
+                     seed: int) -> list[list[tuple[int, int]]]:
+        """Bin windows per key for what the reservoir may not reach: EER crossings (overall, per group) and
+        thresholds beyond ``RESERVOIR_MAX``, planned from the pilot (see the module doc); fixed thresholds' bins."""
+        gp = self.grouping
+        k, n_groups = gp.n_keys, len(gp.labels)
+        windows: list[list[tuple[int, int]]] = [[] for _ in range(k)]
+        for tau in needs.thresholds:
+            if tau == tau and abs(tau) != math.inf:
+                b = _tau_bin(tau)
+                for w in windows:
+                    w.append((b, b))
+        n_all = int(n_key.sum())
+        sets = [(np.arange(k), n_all, [t for t in needs.fmrs if max_allowed_false_matches(t, n_all) + 1 > m_all],
+                 needs.eer)]
+        for g in range(n_groups):
+            keys = gp.keys_of_group(g)
+            n_g = int(n_key[keys].sum())
+            far = [t for t in needs.group_fmrs if max_allowed_false_matches(t, n_g) + 1 > m_group[g]]
+            sets.append((keys, n_g, far, needs.group_eer))
+        todo = [(i, s) for i, s in enumerate(sets) if s[1] > 0 and not full[s[0]].all() and (s[2] or s[3])]
+        if not todo:
+            return windows
+        counts = self._pilot_counts(seed)
+        gen_bins, gen_set = self._plan_genuine(seed)
+        for i, (keys, n_s, far, eer) in todo:
+            c = counts.sum(axis=1) if i == 0 else counts[:, i]  # (J, NB): every pair, or group i - 1
+            surv, sd, m = _survival_band(c)
+            if m < PILOT_MIN_PAIRS:
+                full[keys] = True
+                continue
+            for t in far:
+                q = (max_allowed_false_matches(t, n_s) + 1) / n_s
+                lo, hi = _last(surv - PILOT_Z * sd >= q), _last(surv + PILOT_Z * sd >= q)
+                for kk in keys:
+                    windows[kk].append((lo, max(lo, hi)))
+            gb = gen_bins if i == 0 else gen_bins[gen_set == i - 1]
+            if eer and gb.size:
+                cum = np.concatenate([[0], np.cumsum(np.bincount(gb, minlength=NB))])[:NB] / gb.size
+                sd_all = np.sqrt(sd ** 2 + cum * (1 - cum) / gb.size)
+                lo = _last(surv - PILOT_Z * sd_all - cum >= 0)
+                hi = _last(surv + PILOT_Z * sd_all - cum >= 0)
+                for kk in keys:
+                    windows[kk].append((max(1, lo - EER_MARGIN), min(NB - 1, max(lo, hi) + EER_MARGIN)))
+        return windows
+
+    def _set_lut(self) -> np.ndarray:
+        """(C, C) reported group + 1 of a pair of classes (0: none), in either order."""
+        gp = self.grouping
+        a = np.arange(gp.n_classes)
+        keys = gp.key_lut[np.minimum(a[:, None], a[None, :]), np.maximum(a[:, None], a[None, :])]
+        return gp.key_group[keys] + 1
+
+    def _pilot_counts(self, seed: int) -> np.ndarray:
+        """(J, 1 + groups, NB) impostor counts of J chunks of sampled rows against every image (set 0: pairs of no
+        group, set g + 1: group g)."""
+        n, n_sets = self.n, len(self.grouping.labels) + 1
+        r = min(n, max(64, min(PILOT_PAIRS // max(n, 1), n // 16)))
+        rows = np.sort(np.random.default_rng(seed).choice(n, r, replace=False))
+        scores = self.emb[rows] @ self.emb.T
+        scores[self.subj[rows][:, None] == self.subj[None, :]] = -np.inf
+        bins = bin_index(scores)
+        del scores
+        lut = self._set_lut()
+        for x in np.unique(self.cls[rows]):
+            rows_x = self.cls[rows] == x
+            bins[rows_x] += (lut[x, self.cls] * NB).astype(np.int32)[None, :]
+        chunks = np.array_split(np.arange(r), min(PILOT_CHUNKS, r))
+        out = np.stack([np.bincount(bins[ch].ravel(), minlength=n_sets * NB).reshape(n_sets, NB) for ch in chunks])
+        out[:, :, 0] = 0
+        return out
+
+    def _plan_genuine(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Bins and reported group (-1: none) of the genuine pairs, scored subject by subject (planning only; a
+        subject with more than ``PLAN_SUBJECT`` images is represented by a seeded sample of them)."""
+        rng = np.random.default_rng(seed + 1)
+        by = np.argsort(self.subj, kind="stable")
+        s = self.subj[by]
+        starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if s.size else np.zeros(0, np.int64)
+        sizes = np.diff(np.r_[starts, s.size])
+        lut = self._set_lut()
+        bins, sets = [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
+        for m in np.unique(sizes[sizes >= 2]):
+            pos = by[starts[sizes == m][:, None] + np.arange(m)]  # (subjects, m)
+            if m > PLAN_SUBJECT:
+                pos = np.sort(np.stack([rng.choice(row, PLAN_SUBJECT, replace=False) for row in pos]), axis=1)
+            mm = pos.shape[1]
+            iu, ju = np.triu_indices(mm, 1)
+            per = max(1, (1 << 22) // (mm * mm))
+            for a in range(0, pos.shape[0], per):
+                x = self.emb[pos[a:a + per]]
+                g = np.matmul(x, x.transpose(0, 2, 1))[:, iu, ju]
+                bins.append(bin_index(g).ravel())
+                sets.append((lut[self.cls[pos[a:a + per]][:, iu], self.cls[pos[a:a + per]][:, ju]] - 1).ravel())
+        return np.concatenate(bins), np.concatenate(sets)
 
     def collect(self, ps: PairScores, bins: set[int], acc_from: int | None) -> None:
-        lut = np.zeros(NB, dtype=np.uint8)
-        if bins:
-            lut[np.fromiter(bins, dtype=np.int64)] = 1
+        """Another pass keeping the scores of ``bins`` (every key) and the pairs from ``acc_from`` up."""
+        gp = self.grouping
+        ranges = _merge_ranges([(b, b) for b in bins if 1 <= b < NB])
+        keep = _Keep(gp, 0, np.zeros(len(gp.labels), np.int64), 0, acc_from, [list(ranges)] * gp.n_keys,
+                     np.zeros(gp.n_keys, bool), 1 << 62)
+        states = self.stream(keep, False, "scoring pairs (exact pass)")
+        wanted = np.zeros(NB, dtype=bool)
+        for lo, hi in ranges:
+            wanted[lo:hi + 1] = True
+        for k in range(gp.n_keys):
+            v = _cat([x for st in states for x in st.vals.get(k, [])], np.float32)
+            b = bin_index(v)
+            v = v[~ps.exact[k][b]]  # bins already exact are not added twice
+            vals = np.concatenate([ps.kept_values[k], v])
+            ps.kept_values[k], ps.kept_bins[k] = _by_bin(vals)
+            ps.exact[k] |= wanted
+        _check_counts(ps)
         if acc_from is not None:
-            lut[acc_from:] |= 2
-        b = self.block
-
-        def make_state():
-            return {"out": np.empty((b, b), np.float32), "f": np.empty((b, b), np.float32),
-                    "i": np.empty((b, b), np.int32), "sv": [], "sk": [], "ai": [], "aj": [], "asc": []}
-
-        def work(tile, st):
-            r0, r1, c0, c1 = tile
-            s = self.scores(r0, r1, c0, c1, st["out"])
-            h, w = s.shape
-            idx = _bin_index_inplace(s, st["f"][:h, :w], st["i"][:h, :w])
-            code = lut[idx]
-            flat = np.flatnonzero(code)
-            if flat.size == 0:
-                return
-            rr, cc = flat // w + r0, flat % w + c0
-            keep = (rr < cc) & (self.subj[rr] != self.subj[cc])
-            flat, rr, cc = flat[keep], rr[keep], cc[keep]
-            vals = s.ravel()[flat]
-            cod = code.ravel()[flat]
-            m1 = (cod & 1) > 0
-            st["sv"].append(vals[m1])
-            st["sk"].append(self.grouping.key_lut[self.cls[rr[m1]], self.cls[cc[m1]]])
-            m2 = (cod & 2) > 0
-            st["ai"].append(self.order[rr[m2]])
-            st["aj"].append(self.order[cc[m2]])
-            st["asc"].append(vals[m2])
-
-        states = run_tiles(list(self.tiles()), work, make_state, "scoring pairs (exact pass)")
-        sv, sk, ai, aj, asc = ([x for st in states for x in st[key]] for key in ("sv", "sk", "ai", "aj", "asc"))
-        ps.refined_scores = np.concatenate(sv) if sv else np.zeros(0, np.float32)
-        ps.refined_keys = np.concatenate(sk).astype(np.int32) if sk else np.zeros(0, np.int32)
-        ps.refined_bins = set(int(x) for x in bins)
-        if acc_from is not None:
+            p = _cat([x for st in states for x in st.acc_p], np.int64)
+            q = _cat([x for st in states for x in st.acc_q], np.int64)
+            v = _cat([x for st in states for x in st.acc_v], np.float32)
+            keep_acc = v >= bin_floor(acc_from)[0]
+            ps.acc_i, ps.acc_j = self.order[p[keep_acc]], self.order[q[keep_acc]]
+            ps.acc_score = v[keep_acc]
             ps.accepted_from_bin = int(acc_from)
-            ps.acc_i = np.concatenate(ai) if ai else np.zeros(0, np.int64)
-            ps.acc_j = np.concatenate(aj) if aj else np.zeros(0, np.int64)
-            ps.acc_score = np.concatenate(asc) if asc else np.zeros(0, np.float32)
+
+
+@dataclass
+class _State:
+    """Per-thread buffers and what the thread kept."""
+
+    out: np.ndarray
+    f: np.ndarray
+    i: np.ndarray
+    hist: np.ndarray | None
+    max: np.ndarray
+    vals: dict = field(default_factory=lambda: defaultdict(list))
+    n_vals: int = 0
+    prune_at: int = 1 << 23
+    acc_p: list = field(default_factory=list)
+    acc_q: list = field(default_factory=list)
+    acc_v: list = field(default_factory=list)
+    acc_k: list = field(default_factory=list)
+
+    def prune(self, rule: _Rule) -> None:
+        """Drop kept scores and pairs that the risen cuts no longer ask for."""
+        n = 0
+        for k, parts in self.vals.items():
+            v = np.concatenate(parts)
+            v = v[rule.select(k, v)]
+            self.vals[k] = [v]
+            n += v.size
+        if self.acc_v:
+            v = np.concatenate(self.acc_v)
+            a = v >= rule.v_acc
+            self.acc_p, self.acc_q = [np.concatenate(self.acc_p)[a]], [np.concatenate(self.acc_q)[a]]
+            self.acc_v = [v[a]]
+        self.n_vals = n
+        self.prune_at = max(1 << 23, 4 * n)
+
+
+def _bincount() -> Callable[[np.ndarray, int], np.ndarray]:
+    """Bin counts of an int32 array: torch's when torch is loaded already (about 3x faster than numpy's here), else
+    numpy's (importing torch would cost more than it saves). The counts are the same."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return lambda a, n: np.bincount(a.reshape(-1), minlength=n)
+    return lambda a, n: torch.bincount(torch.from_numpy(a).reshape(-1), minlength=n).numpy()
+
+
+@contextlib.contextmanager
+def _torch_single_thread():
+    """Torch (when loaded) limited to one thread: the tiles already share the cores."""
+    torch = sys.modules.get("torch")
+    n = torch.get_num_threads() if torch is not None else 0
+    if n:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(n)
+
+
+def _cat(xs: list, dtype) -> np.ndarray:
+    return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)
+
+
+def _last(cond: np.ndarray) -> int:
+    """The highest bin b >= 1 where ``cond[b]`` holds (1 when none)."""
+    idx = np.flatnonzero(cond[1:])
+    return int(idx[-1]) + 1 if idx.size else 1
+
+
+def _survival_band(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """From (J, NB) pilot counts: the estimated share of scores in bins >= b, its standard deviation (spread of the
+    J chunks, ratio estimator; at least the binomial one) and the number of pilot pairs."""
+    suf = np.cumsum(c[:, ::-1], axis=1)[:, ::-1].astype(np.float64)
+    m = suf[:, 1]
+    total = float(m.sum())
+    if total <= 0:
+        return np.zeros(NB), np.zeros(NB), 0
+    surv = suf.sum(axis=0) / total
+    j = c.shape[0]
+    var = (j / max(j - 1, 1)) * ((suf - surv[None, :] * m[:, None]) ** 2).sum(axis=0) / total ** 2
+    floor = np.maximum(surv * (1 - surv), 1.0 / total) / total
+    return surv, np.sqrt(np.maximum(var, floor)), int(total)
+
+
+def _by_bin(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores ordered by bin (a radix sort on 16-bit bins), with their bins."""
+    b = bin_index(v).astype(np.uint16)
+    o = np.argsort(b, kind="stable")
+    return np.ascontiguousarray(v[o], dtype=np.float32), b[o]
+
+
+def _check_counts(ps: PairScores) -> None:
+    for k in range(ps.hist.shape[0]):
+        cnt = np.bincount(ps.kept_bins[k], minlength=NB)
+        bad = ps.exact[k] & (cnt != ps.hist[k])
+        if bad.any():
+            b = int(np.flatnonzero(bad)[0])
+            raise RuntimeError(f"key {k}, bin {b}: {cnt[b]} kept scores but {ps.hist[k, b]} counted "
+                               "(non-deterministic matrix products?)")
 
 
 def normalise(emb: np.ndarray) -> np.ndarray:
@@ -418,94 +941,80 @@ def normalise(emb: np.ndarray) -> np.ndarray:
 
 
 def score_all_pairs(emb: np.ndarray, subjects, grouping: PairGrouping, block: int = DEFAULT_BLOCK,
-                    keep_all_pairs: int = DEFAULT_KEEP_ALL) -> PairScores:
-    """Pass 1 over all pairs i < j (see module doc). ``subjects``: one label per image (any hashable)."""
+                    keep_all_pairs: int = DEFAULT_KEEP_ALL, needs: ExactNeeds | None = None,
+                    seed: int = 0) -> PairScores:
+    """Score all pairs i < j in one pass (see module doc). ``subjects``: one label per image (any hashable);
+    ``needs``: what must be exact (streamed engine only); ``seed``: the pilot's row sample (speed only, never the
+    results)."""
+    needs = needs or ExactNeeds()
     emb = normalise(emb)
     _, codes = np.unique(np.asarray([str(s) for s in subjects]), return_inverse=True)
     codes = codes.astype(np.int64)
-    sc = _Scorer(emb, codes, grouping, block)
-    n = sc.n
-    n_pairs = n * (n - 1) // 2
-    streamed = n_pairs > keep_all_pairs
+    eng = _Engine(emb, codes, grouping, block)
+    n = eng.n
+    streamed = n * (n - 1) // 2 > keep_all_pairs
+    if not streamed:
+        states, score, p, q, key = eng.keep_all()
+        ps = _pair_scores(eng, states, codes, False)
+        ps.imp_score, ps.imp_i, ps.imp_j, ps.imp_key = score, eng.order[p], eng.order[q], key
+        return ps
     k = grouping.n_keys
-    ign = k * NB  # combined index of the ignore slot
-    b = block
-    tri = np.tril(np.ones((b, b), dtype=bool))  # lower triangle incl. diagonal: not a pair i < j
-    lut_flat = grouping.key_lut.ravel().astype(np.int32)
-    c = grouping.n_classes
-    if grouping.separable:
-        row_part = (grouping.key_lut[:, 0].astype(np.int64) * NB).astype(np.int32)
-        col_part = (grouping.key_lut[0, :].astype(np.int64) * NB).astype(np.int32)
-
-    def make_state():
-        return {"out": np.empty((b, b), np.float32), "f": np.empty((b, b), np.float32),
-                "i": np.empty((b, b), np.int32), "hist": np.zeros((k + 1) * NB, dtype=np.int64) if streamed else None,
-                "max": np.full(n, -np.inf, dtype=np.float32), "gi": [], "gj": [], "gs": [], "ki": [], "kj": [],
-                "ks": [], "kk": []}
-
-    def work(tile, st):
-        r0, r1, c0, c1 = tile
-        s = sc.scores(r0, r1, c0, c1, st["out"])
-        h, w = s.shape
-        diag = r0 == c0
-        rects = list(sc.genuine_rects(r0, r1, c0, c1))
-        for a, e, f, g in rects:  # genuine pairs: small rectangles (subjects are contiguous)
-            rr, cc = np.mgrid[a:e, f:g]
-            if diag:
-                up = rr < cc
-                rr, cc = rr[up], cc[up]
-            rr, cc = rr.ravel(), cc.ravel()
-            st["gi"].append(sc.order[rr + r0])
-            st["gj"].append(sc.order[cc + c0])
-            st["gs"].append(s[rr, cc].copy())
-        if streamed:
-            idx = _bin_index_inplace(s, st["f"][:h, :w], st["i"][:h, :w])
-            if grouping.separable:
-                idx += row_part[sc.cls[r0:r1]][:, None]
-                idx += col_part[sc.cls[c0:c1]][None, :]
-            else:
-                key = lut_flat[sc.cls[r0:r1][:, None] * c + sc.cls[c0:c1][None, :]]
-                key *= NB
-                idx += key
-            if diag:
-                idx[tri[:h, :w]] = ign
-            for a, e, f, g in rects:
-                idx[a:e, f:g] = ign
-            st["hist"] += np.bincount(idx.ravel(), minlength=(k + 1) * NB)
-        else:
-            ok = ~tri[:h, :w] if diag else np.ones((h, w), dtype=bool)
-            for a, e, f, g in rects:
-                ok[a:e, f:g] = False
-            rr, cc = np.nonzero(ok)
-            st["ks"].append(s[rr, cc].copy())
-            st["ki"].append(sc.order[rr + r0])
-            st["kj"].append(sc.order[cc + c0])
-            st["kk"].append(grouping.key_lut[sc.cls[rr + r0], sc.cls[cc + c0]])
-        if diag:
-            s[tri[:h, :w]] = -np.inf
-        for a, e, f, g in rects:
-            s[a:e, f:g] = -np.inf
-        oi, oj = sc.order[r0:r1], sc.order[c0:c1]
-        m = st["max"]
-        m[oi] = np.maximum(m[oi], s.max(axis=1))
-        m[oj] = np.maximum(m[oj], s.max(axis=0))
-
-    states = run_tiles(list(sc.tiles()), work, make_state, "scoring pairs")
-    merged = {key: [x for st in states for x in st[key]] for key in ("gi", "gj", "gs", "ki", "kj", "ks", "kk")}
-    gi, gj, gs, ki, kj, ks, kk = (merged[key] for key in ("gi", "gj", "gs", "ki", "kj", "ks", "kk"))
-    max_imp = np.full(n, -np.inf, dtype=np.float32)
-    for st in states:
-        np.maximum(max_imp, st["max"], out=max_imp)
-    hist = np.sum([st["hist"] for st in states], axis=0) if streamed else None
-    cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)
-    g_i, g_j, g_s = cat(gi, np.int64), cat(gj, np.int64), cat(gs, np.float32)
-    o = np.lexsort((g_j, g_i))  # thread order is arbitrary: sort for reproducible outputs
-    ps = PairScores(n_images=n, grouping=grouping, subjects=codes, gen_i=g_i[o], gen_j=g_j[o],
-                    gen_score=g_s[o], max_impostor=max_imp, streamed=streamed)
-    if streamed:
-        ps.hist = hist[: k * NB].reshape(k, NB)
-        ps._scorer = sc
-    else:
-        ps.imp_score, ps.imp_i, ps.imp_j = cat(ks, np.float32), cat(ki, np.int64), cat(kj, np.int64)
-        ps.imp_key = cat(kk, np.int32)
+    n_key = eng.n_key
+    n_all = int(n_key.sum())
+    full = n_key <= keep_all_pairs // max(k, 1)
+    m_all = _reservoir(needs.fmrs, n_all)
+    m_group = np.zeros(len(grouping.labels), dtype=np.int64)
+    for g in range(m_group.size):
+        n_g = int(n_key[grouping.keys_of_group(g)].sum())
+        m_group[g] = _reservoir(needs.group_fmrs, n_g)
+    m_acc = max([max_allowed_false_matches(t, n_all) + 1 for t in needs.accept_fmrs] + [0])
+    if m_acc > needs.max_accepted:
+        m_acc = 0
+    fixed = [_tau_bin(t) for t in needs.thresholds if t == t and abs(t) != math.inf]
+    acc_fixed = min(fixed) if fixed else None
+    windows = eng.plan_windows(needs, n_key, m_all, m_group, full, seed)
+    keep = _Keep(grouping, m_all, m_group, m_acc, acc_fixed, windows, full, needs.max_accepted)
+    states = eng.stream(keep, True, "scoring pairs")
+    ps = _pair_scores(eng, states, codes, True)
+    hist = np.sum([st.hist for st in states], axis=0)
+    hist[:, 0] = 0  # masked entries (not pairs, genuine pairs)
+    if not np.array_equal(hist.sum(axis=1), n_key):
+        raise RuntimeError("internal error: the histogram does not hold every impostor pair once")
+    rule = keep.final(hist)
+    ps.hist, ps.exact = hist, keep.exact_bins(rule)
+    for key in range(k):
+        v = _cat([x for st in states for x in st.vals.get(key, [])], np.float32)
+        vals, bins = _by_bin(v[rule.select(key, v)])
+        ps.kept_values.append(vals)
+        ps.kept_bins.append(bins)
+    _check_counts(ps)
+    if rule.v_acc < np.inf and not keep.overflow:
+        p = _cat([x for st in states for x in st.acc_p], np.int64)
+        q = _cat([x for st in states for x in st.acc_q], np.int64)
+        v = _cat([x for st in states for x in st.acc_v], np.float32)
+        a = v >= rule.v_acc
+        ps.acc_i, ps.acc_j, ps.acc_score = eng.order[p[a]], eng.order[q[a]], v[a]
+        ps.accepted_from_bin = rule.acc_cut
+    ps._engine = eng
     return ps
+
+
+def _reservoir(fmrs, n: int) -> int:
+    """Scores the reservoir keeps for these target FMRs on n impostors: k + 1 of the largest FMR <= RESERVOIR_FMR
+    (0 when none); beyond ``RESERVOIR_MAX`` the windows take over."""
+    ms = [max_allowed_false_matches(t, n) + 1 for t in fmrs if t <= RESERVOIR_FMR]
+    return max([m for m in ms if m <= RESERVOIR_MAX] + [0])
+
+
+def _pair_scores(eng: _Engine, states: list, codes: np.ndarray, streamed: bool) -> PairScores:
+    """Genuine pairs and highest impostor per image, in original indices."""
+    max_pos = np.full(eng.n, -np.inf, dtype=np.float32)
+    for st in states:
+        np.maximum(max_pos, st.max, out=max_pos)
+    max_imp = np.empty_like(max_pos)
+    max_imp[eng.order] = max_pos
+    i, j = eng.order[eng.gen_p], eng.order[eng.gen_q]
+    i, j = np.minimum(i, j), np.maximum(i, j)
+    o = np.lexsort((j, i))
+    return PairScores(n_images=eng.n, grouping=eng.grouping, subjects=codes, gen_i=i[o], gen_j=j[o],
+                      gen_score=eng.gen_score[o], max_impostor=max_imp, streamed=streamed)

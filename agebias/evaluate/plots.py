@@ -1,63 +1,41 @@
-"""Figures drawn from results.json (never computing metrics): matplotlib Agg, Okabe-Ito colours.
+"""Figures drawn from results.json (never computing metrics), and the figures of each protocol.
 
-Figures (each in every requested format, several models side by side):
+Each protocol module names its own figures in a ``FIGURES`` dict, ``{stem: (title, function)}``; a figure function
+takes ``(results, out, formats)`` and returns ``{format: path}`` (empty when it has nothing to draw). The
+all-pairs protocol's figures live here (several models side by side, in every requested format):
 ``score_distributions`` (genuine/impostor histograms per age group with a smoothed density and the tau line),
 ``genuine_vs_age_gap``, ``det`` (per group, normal-deviate axes), ``fairness_vs_fmr`` (GARBE and FDR),
 ``group_rates`` (per-group FMR and FNMR bars with 95 % intervals), ``impostor_heatmap`` (group x group FMR).
+The legacy ``msc`` protocol's figures are in :mod:`agebias.evaluate.msc`; the shared look in
+:mod:`agebias.evaluate.figure_style`.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-GENUINE, IMPOSTOR = "#0072B2", "#D55E00"
+from agebias.evaluate import msc
+from agebias.evaluate.figure_style import GENUINE, IMPOSTOR, OKABE_ITO, pyplot, save_figure, smooth
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3,
-                         "axes.prop_cycle": plt.cycler(color=OKABE_ITO)})
-    return plt
-
-
-def _save(fig, out: Path, stem: str, formats: Sequence[str]) -> dict[str, str]:
-    from agebias.atomic import atomic_path
-
-    files = {}
-    out.mkdir(parents=True, exist_ok=True)
-    for fmt in formats:
-        target = out / f"{stem}.{fmt}"
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=130, bbox_inches="tight")
-        files[fmt] = str(target)
-    return files
+FigureFunction = Callable[[dict, Path, Sequence[str]], dict]
 
 
 def _sections(results: dict) -> list[tuple[str, dict]]:
+    """The models with all-pairs group results and histograms, in the results' order (the figures draw these;
+    with none, every all-pairs figure has nothing to draw)."""
     return [(m, results["models"][m]) for m in results["model_order"] if "groups" in results["models"][m]
             and "histograms" in results["models"][m]]
 
 
-def _smooth(counts: np.ndarray, width_bins: float = 2.0) -> np.ndarray:
-    """Gaussian-smoothed density of a histogram (a binned KDE for display)."""
-    k = np.arange(-4 * width_bins, 4 * width_bins + 1)
-    ker = np.exp(-0.5 * (k / width_bins) ** 2)
-    ker /= ker.sum()
-    return np.convolve(counts, ker, mode="same")
-
-
 def score_distributions(results: dict, out: Path, formats) -> dict:
-    plt = _plt()
     secs = _sections(results)
+    if not secs:
+        return {}
+    plt = pyplot()
     labels = ["overall", *secs[0][1]["pair_grouping"]["labels"]]
     fig, axes = plt.subplots(len(secs), len(labels), figsize=(2.8 * len(labels), 2.3 * len(secs) + 0.6),
                              squeeze=False, layout="constrained")
@@ -81,7 +59,7 @@ def score_distributions(results: dict, out: Path, formats) -> dict:
                 ax.stairs(dens, edges, fill=True, color=col, alpha=0.35, label=f"{txt} (n={int(tot):,})")
                 sd = math.sqrt(max((cnt * (centres - (cnt * centres).sum() / tot) ** 2).sum() / tot, width ** 2))
                 bw = min(max(0.9 * sd * tot ** -0.2 / width, 1.5), 12.0)  # Silverman's rule, in bins
-                ax.plot(centres, _smooth(dens, bw), color=col, lw=1.2)
+                ax.plot(centres, smooth(dens, bw), color=col, lw=1.2)
             tau = sec["overall"].get("threshold")
             if tau is not None and math.isfinite(tau):
                 ax.axvline(tau, color="black", ls="--", lw=1, label=f"tau = {tau:.3f}")
@@ -95,15 +73,18 @@ def score_distributions(results: dict, out: Path, formats) -> dict:
                 ax.set_ylabel("density")
             ax.legend(fontsize=6, loc="upper left")
     fig.suptitle("Genuine and impostor score distributions by age group")
-    files = _save(fig, out, "score_distributions", formats)
+    files = save_figure(fig, out, "score_distributions", formats)
     plt.close(fig)
     return files
 
 
 def genuine_vs_age_gap(results: dict, out: Path, formats) -> dict:
-    plt = _plt()
+    secs = _sections(results)
+    if not secs:
+        return {}
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    for k, (name, sec) in enumerate(_sections(results)):
+    for k, (name, sec) in enumerate(secs):
         d = sec.get("genuine_vs_gap") or {}
         gap, score = np.asarray(d.get("age_gap", [])), np.asarray(d.get("score", []))
         if gap.size == 0:
@@ -122,7 +103,7 @@ def genuine_vs_age_gap(results: dict, out: Path, formats) -> dict:
         ax.legend(fontsize=7)
     else:  # no genuine pair has two known ages
         ax.text(0.5, 0.5, "no genuine pairs with known ages", ha="center", transform=ax.transAxes)
-    files = _save(fig, out, "genuine_vs_age_gap", formats)
+    files = save_figure(fig, out, "genuine_vs_age_gap", formats)
     plt.close(fig)
     return files
 
@@ -130,8 +111,10 @@ def genuine_vs_age_gap(results: dict, out: Path, formats) -> dict:
 def det(results: dict, out: Path, formats) -> dict:
     from scipy.special import ndtri  # the normal quantile (scipy.stats.norm.ppf)
 
-    plt = _plt()
     secs = _sections(results)
+    if not secs:
+        return {}
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(secs), figsize=(4.6 * len(secs), 4.2), squeeze=False, layout="constrained")
     ticks = np.array([1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8])
     for c, (name, sec) in enumerate(secs):
@@ -156,15 +139,18 @@ def det(results: dict, out: Path, formats) -> dict:
         else:
             ax.text(0.5, 0.5, "no points with 0 < FMR < 1 and 0 < FNMR < 1\n(too few pairs or errors to draw)",
                     ha="center", transform=ax.transAxes)
-    files = _save(fig, out, "det", formats)
+    files = save_figure(fig, out, "det", formats)
     plt.close(fig)
     return files
 
 
 def fairness_vs_fmr(results: dict, out: Path, formats) -> dict:
-    plt = _plt()
+    secs = _sections(results)
+    if not secs:
+        return {}
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
-    for k, (name, sec) in enumerate(_sections(results)):
+    for k, (name, sec) in enumerate(secs):
         cv = sec.get("fairness_vs_fmr") or []
         x = np.array([p["target_fmr"] for p in cv], float)
         col = OKABE_ITO[k % len(OKABE_ITO)]
@@ -178,14 +164,16 @@ def fairness_vs_fmr(results: dict, out: Path, formats) -> dict:
         ax.set_xlabel("target FMR (global threshold)")
         ax.set_ylabel(yl)
         ax.legend(fontsize=7)
-    files = _save(fig, out, "fairness_vs_fmr", formats)
+    files = save_figure(fig, out, "fairness_vs_fmr", formats)
     plt.close(fig)
     return files
 
 
 def group_rates(results: dict, out: Path, formats) -> dict:
-    plt = _plt()
     secs = _sections(results)
+    if not secs:
+        return {}
+    plt = pyplot()
     labels = secs[0][1]["pair_grouping"]["labels"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
     width = 0.8 / max(len(secs), 1)
@@ -206,17 +194,17 @@ def group_rates(results: dict, out: Path, formats) -> dict:
         ax.set_ylabel(key)
         ax.set_title(f"{key} per age group at the global threshold (95 % CI)")
         ax.legend(fontsize=7)
-    files = _save(fig, out, "group_rates", formats)
+    files = save_figure(fig, out, "group_rates", formats)
     plt.close(fig)
     return files
 
 
 def impostor_heatmap(results: dict, out: Path, formats) -> dict:
     """NIST-style group x group FMR at the global threshold (both-images grouping only)."""
-    plt = _plt()
     secs = [(n, s) for n, s in _sections(results) if s.get("impostor_table")]
     if not secs:
         return {}
+    plt = pyplot()
     labels = secs[0][1]["pair_grouping"]["labels"]
     fig, axes = plt.subplots(1, len(secs), figsize=(5.2 * len(secs), 4.0), squeeze=False, layout="constrained")
     for c, (name, sec) in enumerate(secs):
@@ -240,12 +228,12 @@ def impostor_heatmap(results: dict, out: Path, formats) -> dict:
         ax.grid(False)
         ax.set_title(f"Impostor FMR by age-group pair: {name}")
         fig.colorbar(im, ax=ax, label="log10 FMR")
-    files = _save(fig, out, "impostor_heatmap", formats)
+    files = save_figure(fig, out, "impostor_heatmap", formats)
     plt.close(fig)
     return files
 
 
-FIGURES = {
+FIGURES: dict[str, tuple[str, FigureFunction]] = {
     "score_distributions": ("Score distributions by age group", score_distributions),
     "genuine_vs_age_gap": ("Genuine score against age gap", genuine_vs_age_gap),
     "det": ("DET curves by age group", det),
@@ -254,14 +242,20 @@ FIGURES = {
     "impostor_heatmap": ("Impostor FMR by age-group pair (at the global threshold)", impostor_heatmap),
 }
 
+PROTOCOL_FIGURES: dict[str, dict[str, tuple[str, FigureFunction]]] = {"all-pairs": FIGURES, "msc": msc.FIGURES}
+
+
+def protocol_figures(results: dict) -> dict[str, tuple[str, FigureFunction]]:
+    """The figures of the protocol that produced ``results`` (``settings.protocol``; all-pairs when absent)."""
+    return PROTOCOL_FIGURES.get((results.get("settings") or {}).get("protocol") or "all-pairs", FIGURES)
+
+
+def figure_title(results: dict, stem: str) -> str:
+    """The caption of figure ``stem`` in the reports (the stem itself for a figure no protocol names)."""
+    return protocol_figures(results).get(stem, (stem,))[0]
+
 
 def make_plots(results: dict, out: Path, formats: Sequence[str] = ("png",)) -> dict[str, dict]:
-    """Every figure for an all-pairs results dict: {figure: {format: path}}; the msc protocol has its own."""
-    if results.get("settings", {}).get("protocol") == "msc":
-        from agebias.evaluate.msc import msc_plots
-
-        return msc_plots(results, out, formats)
-    if not _sections(results):
-        return {}
-    figs = {stem: fn(results, out, formats) for stem, (_, fn) in FIGURES.items()}
-    return {k: v for k, v in figs.items() if v}
+    """Every figure of the results' protocol: ``{stem: {format: path}}``; figures with nothing to draw left out."""
+    drawn = {stem: fn(results, out, formats) for stem, (_, fn) in protocol_figures(results).items()}
+    return {k: v for k, v in drawn.items() if v}

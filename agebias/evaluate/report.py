@@ -1,4 +1,5 @@
-"""report.md and a self-contained report.html (figures embedded as base64), written from results only."""
+"""report.md and a self-contained report.html (figures embedded as base64, captioned by their protocol's figure
+titles), written from results only."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 from pathlib import Path
 
 from agebias.atomic import write_text
+from agebias.evaluate.plots import figure_title
 
 
 def _f(x, digits: int = 4) -> str:
@@ -128,12 +130,10 @@ def markdown(results: dict, figures: dict, base: Path) -> str:
         parts += ["", f"## {title}", "", "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
         parts += ["| " + " | ".join(r) + " |" for r in rows]
     if figures:
-        from agebias.evaluate.plots import FIGURES
-
         parts += ["", "## Figures", ""]
         for stem, files in figures.items():
             f = files.get("png") or files.get("svg") or next(iter(files.values()))
-            parts.append(f"![{FIGURES.get(stem, (stem,))[0]}]({Path(f).relative_to(base).as_posix()})")
+            parts.append(f"![{figure_title(results, stem)}]({Path(f).relative_to(base).as_posix()})")
     sk = results["dataset"].get("skipped") or []
     if sk:
         parts += ["", "## Skipped files", ""] + [f"- {s['path']}: {s['reason']}" for s in sk]
@@ -169,11 +169,9 @@ def html_report(results: dict, figures: dict) -> str:
         out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
         out.append("</table>")
     if figures:
-        from agebias.evaluate.plots import FIGURES
-
         out.append("<h2>Figures</h2>")
         for stem, files in figures.items():
-            out.append(f"<h3>{e(FIGURES.get(stem, (stem,))[0])}</h3>{_embed(files)}")
+            out.append(f"<h3>{e(figure_title(results, stem))}</h3>{_embed(files)}")
     sk = results["dataset"].get("skipped") or []
     if sk:
         out.append("<h2>Skipped files</h2><ul>" + "".join(f"<li>{e(s['path'])}: {e(s['reason'])}</li>" for s in sk)

@@ -1,26 +1,45 @@
-"""From a dataset on disk to results: scan, align, embed (cached) and evaluate. Used by `agebias evaluate`.
+"""From a dataset on disk to results: scan, prepare faces, embed (cached) and evaluate. Used by ``agebias
+evaluate``, the pipeline and :func:`agebias.evaluate_dataset`.
 
-Embeddings are cached per model in ``<out>/embeddings/<model>.npz`` (arrays ``paths``, ``embeddings`` as written by
+Face preparation follows :class:`~agebias.evaluate.settings.EmbedSettings`. ``aligned`` unset means "ask the data":
+a set agebias generated as aligned crops (``generation.json``: ``aligned_crops``) is used as given, anything else is
+detected and aligned. A user choice that contradicts what the data says is followed, with a warning. How the faces
+were prepared is recorded (``dataset.preparation`` in results.json, and the report's first lines).
+
+Embeddings are cached per model in ``<cache_dir>/<model>.npz`` (arrays ``paths``, ``embeddings`` as written by
 ``agebias embed``, plus the model spec, its file size/mtime and a digest of the aligned crops); a rerun with the
 same aligned faces and model reuses them.
 """
 
 from __future__ import annotations
 
-import logging
 import hashlib
+import logging
 import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from agebias.atomic import atomic_path
-from agebias.data.records import FaceRecord, Problem
-from agebias.errors import UserError
-from agebias.evaluate.settings import EvalSettings
+from agebias.data.records import DatasetScan, FaceRecord, Problem
+from agebias.errors import DataError, SettingsError
+from agebias.evaluate.settings import EmbedSettings, EvalSettings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Embedded:
+    """Embedded faces: kept records (in order), one (N, D) array per model, skipped files, how faces were
+    prepared."""
+
+    records: list[FaceRecord]
+    by_model: dict[str, np.ndarray]
+    skipped: list[Problem] = field(default_factory=list)
+    preparation: dict[str, Any] = field(default_factory=dict)
 
 
 def model_names(specs: Sequence[str]) -> list[str]:
@@ -34,6 +53,38 @@ def model_names(specs: Sequence[str]) -> list[str]:
             name, k = f"{base}_{k}", k + 1
         names.append(name)
     return names
+
+
+def prepare_faces(scan: DatasetScan, settings: EmbedSettings, *, progress: str | None = "aligning"):
+    """Aligned 112x112 crops of a scan's records, and a description of how they were prepared."""
+    from agebias.data.faces import load_aligned_faces, use_as_aligned
+
+    aligned = use_as_aligned(scan.aligned, settings.aligned)
+    if aligned and settings.detector not in ("auto", "none"):
+        raise SettingsError(f"images used as given (aligned) cannot also go through the '{settings.detector}' "
+                            f"detector", field="detector", stage=settings.stage)
+    faces = load_aligned_faces(scan.records, detector=settings.detector, aligned=aligned, progress=progress)
+    methods = Counter(r.extra.get("prepared", "?") for r in faces.records)
+    preparation = {"aligned_setting": settings.aligned, "data_says_aligned": scan.aligned,
+                   "used_as_given": aligned, "detector": settings.detector, "flip": settings.flip,
+                   "methods": dict(methods), "summary": describe_preparation(dict(methods), scan.aligned,
+                                                                           settings.aligned, settings.flip)}
+    return faces, preparation
+
+
+def describe_preparation(methods: dict[str, int], data_aligned: bool | None, setting: bool | None,
+                         flip: bool) -> str:
+    """One sentence: how the faces were prepared (for reports)."""
+    names = {"as given": "used as given (112x112 aligned crops)", "landmarks": "aligned from their landmarks",
+             "mtcnn": "detected with MTCNN and aligned", "squash": "squashed whole to 112x112 (no alignment)"}
+    parts = [f"{n} {names.get(m, m)}" for m, n in sorted(methods.items(), key=lambda kv: -kv[1])]
+    why = ""
+    if setting is None and data_aligned:
+        why = " because the generated set says its images are aligned crops"
+    elif setting is not None:
+        why = f" (--{'aligned' if setting else 'no-aligned'} given)"
+    return ("Faces: " + "; ".join(parts) + why + (", each embedding fused with its mirror image" if flip else "")
+            + ".") if parts else "No faces."
 
 
 def _spec_stamp(spec: str) -> str:
@@ -52,32 +103,34 @@ def _cached(path: Path, paths: list[str], stamp: str) -> np.ndarray | None:
             if str(z["model"]) != stamp or [str(x) for x in z["paths"]] != paths:
                 return None
             return np.asarray(z["embeddings"], dtype=np.float32)
-    except Exception:  # a stale or broken cache is recomputed
+    except (OSError, ValueError, KeyError):  # a stale or broken cache is recomputed
         return None
 
 
-def embed_records(records: Sequence[FaceRecord], specs: Sequence[str], cache_dir: Path | None, *,
-                  detector: str = "auto", aligned: bool = False, flip: bool = False, device: str | None = None,
-                  batch_size: int = 64) -> tuple[list[FaceRecord], dict[str, np.ndarray], list[Problem]]:
-    """Align once, embed with every model; returns kept records, embeddings by model name, skipped files."""
-    from agebias.data.faces import load_aligned_faces
+def embed_records(scan: DatasetScan, specs: Sequence[str], settings: EmbedSettings | None = None,
+                  cache_dir: str | os.PathLike | None = None) -> Embedded:
+    """Prepare the faces once, embed them with every model (cached in ``cache_dir`` when given)."""
     from agebias.models.embedder import build_embedder
 
-    faces = load_aligned_faces(list(records), detector=detector, aligned=aligned)
+    settings = settings or EmbedSettings()
+    faces, preparation = prepare_faces(scan, settings)
     kept = list(faces.records)
     if len(kept) < 2:
-        raise UserError(f"only {len(kept)} usable face images; need at least two")
+        raise DataError(f"only {len(kept)} usable face images in {scan.root}; need at least two")
     paths = [str(r.path) for r in kept]
     crops_digest = hashlib.sha256(np.ascontiguousarray(faces.crops).tobytes()).hexdigest()[:16]
     out: dict[str, np.ndarray] = {}
     for name, spec in zip(model_names(specs), specs):
         # the crops' digest: new image content or other alignment settings must not reuse old embeddings
-        stamp = _spec_stamp(spec) + f"|flip={flip}|crops={crops_digest}"
-        cache = cache_dir / f"{name}.npz" if cache_dir else None
+        stamp = _spec_stamp(spec) + f"|flip={settings.flip}|backend={settings.backend}|crops={crops_digest}"
+        cache = Path(cache_dir) / f"{name}.npz" if cache_dir else None
         emb = _cached(cache, paths, stamp) if cache else None
         if emb is None:
             log.info(f"embedding {len(kept)} faces with {spec}")
-            emb = build_embedder(spec, device=device, flip=flip, batch_size=batch_size).embed(faces.crops)
+            embedder = build_embedder(spec, arch=settings.arch, device=settings.device, flip=settings.flip,
+                                      batch_size=settings.batch_size, trust_checkpoint=settings.trust_checkpoint,
+                                      backend=settings.backend)
+            emb = embedder.embed(faces.crops)
             if cache is not None:
                 with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
                     np.savez(fh, paths=np.asarray(paths, dtype=str), embeddings=emb.astype(np.float32),
@@ -85,40 +138,48 @@ def embed_records(records: Sequence[FaceRecord], specs: Sequence[str], cache_dir
         else:
             log.info(f"reusing cached embeddings for {name}")
         out[name] = emb
-    return kept, out, list(faces.skipped)
+    return Embedded(kept, out, list(faces.skipped), preparation)
 
 
-def evaluate_source(source: str | os.PathLike, kind: str, out_dir: str | os.PathLike, settings: EvalSettings, *,
-                    models: Sequence[str] = (), embeddings: Sequence[str] = (), detector: str = "auto",
-                    aligned: bool = False, flip: bool = False, device: str | None = None, batch_size: int = 64,
-                    plots: bool = True) -> dict:
-    """Scan a dataset, embed it (or read precomputed embeddings) and write the evaluation to ``out_dir``."""
+def read_embeddings(scan: DatasetScan, npz_files: Sequence[str | os.PathLike]) -> Embedded:
+    """Precomputed embeddings (``agebias embed`` .npz files, one per model) matched to the scan's records by path;
+    every file must cover the same images."""
+    from agebias.evaluate.api import match_embeddings
+
+    by_model: dict[str, np.ndarray] = {}
+    records: list[FaceRecord] | None = None
+    skipped: list[Problem] = []
+    for name, npz in zip(model_names([str(f) for f in npz_files]), npz_files):
+        recs, emb, probs = match_embeddings(scan.records, npz, scan.root)
+        if records is None:
+            records, skipped = recs, probs
+        elif [r.path for r in recs] != [r.path for r in records]:
+            raise DataError(f"{npz} does not cover the same images as {npz_files[0]}")
+        by_model[name] = emb
+    if not records or len(records) < 2:
+        raise DataError(f"fewer than two images of {scan.root} have an embedding in {npz_files[0]}")
+    preparation = {"summary": "Faces: precomputed embeddings (" + ", ".join(str(f) for f in npz_files) + ").",
+                   "precomputed": [str(f) for f in npz_files]}
+    return Embedded(records, by_model, skipped, preparation)
+
+
+def evaluate_source(source: str | os.PathLike, *, kind: str = "auto", models: Sequence[str] = (),
+                    embeddings: Sequence[str | os.PathLike] = (), settings: EvalSettings | None = None,
+                    embed: EmbedSettings | None = None, cache_dir: str | os.PathLike | None = None):
+    """Scan a dataset, embed it with ``models`` (or read precomputed ``embeddings``) and evaluate it. Returns an
+    :class:`~agebias.evaluate.result.EvaluationResult` (``.save(folder)`` writes the files)."""
     from agebias.data.sources import open_dataset
-    from agebias.evaluate.api import evaluate_models, match_embeddings
+    from agebias.evaluate.api import evaluate_records
 
     if bool(models) == bool(embeddings):
-        raise UserError("give either --model SPEC (one or more) or --embeddings FILE.npz (one or more)")
-    scan = open_dataset(source, kind=kind)
+        raise SettingsError("give either models (--model SPEC, one or more) or embeddings (--embeddings FILE.npz)")
+    scan = open_dataset(source, kind=kind, check_files=not embeddings)
     if not scan.records:
-        raise UserError(f"no face images found in {source}")
-    skipped: list[Problem] = list(scan.problems)
-    out = Path(out_dir)
+        raise DataError(f"no face images found in {source}")
     if models:
-        records, by_model, sk = embed_records(scan.records, models, out / "embeddings", detector=detector,
-                                              aligned=aligned, flip=flip, device=device, batch_size=batch_size)
-        skipped += sk
+        embedded = embed_records(scan, models, embed, cache_dir)
     else:
-        by_model = {}
-        records = None
-        for name, npz in zip(model_names(embeddings), embeddings):
-            recs, emb, probs = match_embeddings(scan.records, npz, scan.root)
-            if records is None:
-                records = recs
-                skipped += probs
-            elif [r.path for r in recs] != [r.path for r in records]:
-                raise UserError(f"{npz} does not cover the same images as {embeddings[0]}")
-            by_model[name] = emb
-        if not records or len(records) < 2:
-            raise UserError(f"fewer than two images of {source} have an embedding in {embeddings[0]}")
-    return evaluate_models(records, by_model, out, settings, dataset_name=scan.name, dataset_root=str(scan.root),
-                           skipped=skipped, plots=plots)
+        embedded = read_embeddings(scan, embeddings)
+    return evaluate_records(embedded.records, embedded.by_model, settings, dataset_name=scan.name,
+                            dataset_root=str(scan.root), skipped=[*scan.problems, *embedded.skipped],
+                            preparation=embedded.preparation)

@@ -1,48 +1,89 @@
-"""Evaluation settings (everything that changes a number is recorded in results.json under ``settings``)."""
+"""Evaluation settings (:class:`EvalSettings`) and face-preparation/embedding settings (:class:`EmbedSettings`).
+
+Everything that changes a number is an :class:`EvalSettings` field and is recorded in results.json under
+``settings``. ``agebias evaluate``, ``[evaluate]`` in experiment files, the search and :func:`agebias.evaluate` build
+the same dataclass; its field metadata is the only definition of each setting's default, help and checks.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from agebias.evaluate.grouping import DEFAULT_AGE_BINS, DEFAULT_GAP_BINS
+from agebias.data.ages import DEFAULT_AGE_BINS, AgeBins
+from agebias.errors import SettingsError
+from agebias.evaluate.grouping import DEFAULT_GAP_BINS
+from agebias.settings import Settings, at_least, between, each, setting
 
 CURVE_FMRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
+PROTOCOLS = ("all-pairs", "msc")
+DETECTORS = ("auto", "mtcnn", "landmarks", "none")
+
+
+def _bins(value: str) -> None:
+    AgeBins.parse(value)
+
+
+_rate = between(0, 1, low_open=True, high_open=True)
 
 
 @dataclass
-class EvalSettings:
-    protocol: str = "all-pairs"            # all-pairs | msc
-    target_fmr: float = 1e-3               # global operating point (ignored when threshold is set)
-    threshold: float | None = None         # fixed tau instead of a target FMR
-    alpha: float = 0.5                     # GARBE / FDR / IR weight of FMR
-    age_bins: str = DEFAULT_AGE_BINS
-    pair_grouping: str = "both"            # both | mean | gap
-    gap_bins: str = DEFAULT_GAP_BINS
-    fmr_targets: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
-    curve_fmrs: tuple[float, ...] = CURVE_FMRS
-    bootstrap: int = 1000                  # subject resamples (0 = off)
-    seed: int = 0
-    confidence: float = 0.95
-    instance_fpr: float = 1e-5             # MixFairFace instance-level operating point
-    identification: str = "auto"           # auto (N <= 20000) | on | off
-    block: int = 2048
-    keep_all_pairs: int = 2_000_000        # above this many pairs the streamed two-pass engine is used
-    max_accepted_pairs: int = 30_000_000   # cap on listed accepted impostor pairs (bootstrap, instance level)
-    formats: tuple[str, ...] = ("png",)
-    min_group_pairs: int = 30              # warn when a group has fewer genuine or impostor pairs
+class EvalSettings(Settings):
+    """How pairs are scored, grouped and summarised (options of ``agebias evaluate``, keys of ``[evaluate]``)."""
 
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+    stage = "evaluate"
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "EvalSettings":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        for k in ("fmr_targets", "curve_fmrs", "formats"):
-            if k in known and known[k] is not None:
-                known[k] = tuple(known[k])
-        return cls(**known)
+    protocol: str = setting("all-pairs", help="all-pairs, or msc (the MSc thesis protocol, for comparison)",
+                            choices=PROTOCOLS)
+    target_fmr: float = setting(1e-3, help="operating point: one global threshold at this FMR", check=_rate)
+    threshold: float | None = setting(None, help="a fixed threshold tau instead of target_fmr")
+    alpha: float = setting(0.5, help="weight of FMR against FNMR in GARBE, FDR and IR", check=between(0, 1))
+    age_bins: str = setting(DEFAULT_AGE_BINS, help="age groups: inclusive whole-year ranges, 70+ for an open end",
+                            check=_bins)
+    pair_grouping: str = setting("both", help="a pair's age group: both images in it, the mean age (NIST), or the "
+                                              "age gap", choices=("both", "mean", "gap"))
+    gap_bins: str = setting(DEFAULT_GAP_BINS, help="age-gap bins (years) of the gap view", check=_bins)
+    fmr_targets: tuple[float, ...] = setting(help="FMRs at which FNMR is reported", check=each(_rate),
+                                             default_factory=lambda: (1e-2, 1e-3, 1e-4))
+    curve_fmrs: tuple[float, ...] = setting(help="FMRs of the fairness-vs-FMR curves", check=each(_rate),
+                                            default_factory=lambda: CURVE_FMRS)
+    bootstrap: int = setting(1000, help="subject resamples for intervals (0 = off)", check=at_least(0))
+    seed: int = setting(0, help="seed of the bootstrap")
+    confidence: float = setting(0.95, help="level of every confidence interval", check=_rate)
+    instance_fpr: float = setting(1e-5, help="operating point of MixFairFace's instance-level protocol", check=_rate)
+    identification: str = setting("auto", help="FR-NAS rank-1 identification by group: auto (<= 20000 images), on, "
+                                               "off", choices=("auto", "on", "off"))
+    block: int = setting(2048, help="tile size of the blocked score computation", check=at_least(1))
+    keep_all_pairs: int = setting(2_000_000, help="above this many pairs scores are streamed", cli=False, toml=False,
+                                  check=at_least(0))
+    max_accepted_pairs: int = setting(30_000_000, help="cap on listed accepted impostor pairs", cli=False,
+                                      toml=False, check=at_least(0))
+    formats: tuple[str, ...] = setting(help="plot formats", flag="--format", choices=("png", "pdf", "svg"),
+                                       default_factory=lambda: ("png",))
+    min_group_pairs: int = setting(30, help="warn when a group has fewer genuine or impostor pairs",
+                                   check=at_least(0))
 
+    def check(self) -> None:
+        if not self.formats:
+            raise SettingsError("give at least one plot format", field="formats", stage=self.stage)
+
+
+@dataclass
+class EmbedSettings(Settings):
+    """How faces are prepared and embedded (``agebias embed``, the embedding step of ``agebias evaluate``)."""
+
+    stage = "embed"
+
+    aligned: bool | None = setting(None, help="images are 112x112 aligned crops, used as given; unset: decided by "
+                                              "the data (sets generated by agebias are aligned crops, other images "
+                                              "are detected and aligned)", flag="--aligned")
+    detector: str = setting("auto", help="face alignment of unaligned images: auto (landmarks when the data has "
+                                         "them, else mtcnn)", choices=DETECTORS)
+    flip: bool = setting(False, help="fuse each embedding with that of the mirrored face")
+    batch_size: int = setting(64, help="images per forward pass", check=at_least(1), toml=False)
+    device: str | None = setting(None, help="cpu, cuda or cuda:N (default: CUDA when present)", toml=False)
+    backend: str = setting("torch", help="torch (fp32), torch-bf16 (bf16 autocast + channels_last, fastest on a "
+                                         "modern CPU) or onnxruntime (for .pth/.safetensors models)",
+                           choices=("torch", "torch-bf16", "onnxruntime"))
+    arch: str | None = setting(None, help="architecture of a .pth/.safetensors model (default: inferred from its "
+                                          "keys)")
+    trust_checkpoint: bool = setting(False, help="allow a model file whose pickle runs code (trusted files only)")

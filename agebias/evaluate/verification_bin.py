@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from agebias.evaluate.settings import EmbedSettings
+
 THRESHOLDS = np.arange(0, 4, 0.01)
 
 
@@ -50,14 +52,15 @@ def pair_distances(emb: np.ndarray) -> np.ndarray:
     return ((a - b) ** 2).sum(axis=1)
 
 
-def evaluate_bin(path: str | os.PathLike, models: Sequence[str], device: str | None = None,
-                 batch_size: int = 64) -> dict:
-    """Run the protocol for each model spec on one .bin file."""
+def evaluate_bin(path: str | os.PathLike, models: Sequence[str], embed: EmbedSettings | None = None) -> dict:
+    """Run the protocol for each model spec on one .bin file (embeddings fused with the mirrored face, as
+    insightface does; ``embed`` gives the device, batch size, backend and checkpoint options)."""
     from agebias.data.verification_bin import read_bin
     from agebias.errors import UserError
     from agebias.evaluate.runner import model_names
     from agebias.models.embedder import build_embedder
 
+    embed = embed or EmbedSettings()
     images, issame = read_bin(path)
     if len(images) != 2 * len(issame):
         raise UserError(f"{path}: {len(images)} images for {len(issame)} pairs")
@@ -69,6 +72,7 @@ def evaluate_bin(path: str | os.PathLike, models: Sequence[str], device: str | N
                       for im in images]).astype(np.uint8)
     out = {"protocol": "insightface 10-fold", "file": str(path), "n_pairs": len(issame), "models": {}}
     for name, spec in zip(model_names(models), models):
-        emb = build_embedder(spec, device=device, flip=True, batch_size=batch_size).embed(crops)
+        emb = build_embedder(spec, arch=embed.arch, device=embed.device, flip=True, batch_size=embed.batch_size,
+                             trust_checkpoint=embed.trust_checkpoint, backend=embed.backend).embed(crops)
         out["models"][name] = {"spec": str(spec), **ten_fold_accuracy(pair_distances(emb), np.asarray(issame))}
     return out

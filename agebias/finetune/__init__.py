@@ -2,12 +2,15 @@
 disjoint validation, exact resume, DDP, and hooks for bias-mitigation methods.
 
 Library entry point: ``run_finetune(FinetuneConfig(...)) -> FinetuneResult`` (:mod:`agebias.finetune.trainer`);
-hook interface: :mod:`agebias.finetune.hooks`.
+hook interface: :mod:`agebias.finetune.hooks`. The package is also callable: ``agebias.finetune(config)`` is
+:func:`agebias.api.finetune` (see :mod:`agebias.callable_package`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from agebias.callable_package import make_callable
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "run_finetune"]
 
@@ -22,3 +25,6 @@ def __getattr__(name: str) -> Any:  # lazy: importing the package must not impor
 
         return getattr(trainer, name)
     raise AttributeError(name)
+
+
+make_callable(__name__, "agebias.api:finetune")

@@ -1,7 +1,8 @@
 """Training checkpoints: everything needed to continue a run exactly, written atomically after every epoch.
 
 ``RUN_DIR/checkpoints/last.pt`` holds a dict of tensors and plain Python values only (read back with
-``torch.load(weights_only=True)``): ``format``, ``config_hash``, ``epoch`` (epochs completed), the backbone,
+``torch.load(weights_only=True)``): ``format``, ``config_hash`` and ``config`` (the training settings, so that
+a run extended to more epochs still recognises its checkpoint), ``epoch`` (epochs completed), ``step``, the backbone,
 head and hook-module state dicts, optimizer, LR scheduler and grad-scaler states, the RNG states of every process
 (torch, CUDA, numpy and Python ``random``), the data-order seed, the metric history and the best epoch so far.
 The data order of epoch e is a function of (seed, e) (see :func:`agebias.finetune.data.epoch_order`), so the
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from agebias.atomic import atomic_path
-from agebias.errors import UserError
+from agebias.errors import ModelError
 
 FORMAT = "agebias-finetune-checkpoint/1"
 
@@ -55,13 +56,13 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Path, config_hash: str) -> dict[str, Any]:
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint at ``path`` (any unreadable or foreign file is a :class:`ModelError`); whether it belongs to
+    this run is :func:`agebias.finetune.run_dir.check_checkpoint`'s question."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+        raise ModelError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not an agebias fine-tuning checkpoint")
-    if state.get("config_hash") != config_hash:
-        raise UserError(f"{path} belongs to a run with other settings; use another --out")
+        raise ModelError(f"{path} is not an agebias fine-tuning checkpoint")
     return state

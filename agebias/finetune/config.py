@@ -1,175 +1,154 @@
-"""Every setting of a fine-tuning run, as one dataclass (``FinetuneConfig``) with ``from_dict``/``to_dict``.
+"""Every setting of a fine-tuning run: :class:`FinetuneConfig`, the one definition that the CLI (``agebias
+finetune``), experiment files (``[finetune]``), the search and the Python API all use.
 
-The *training* settings (everything but :data:`NON_TRAINING_KEYS`) are hashed into ``config_hash``; a run
-directory belongs to one hash: re-running with the same settings resumes or returns the finished run, other
-settings are refused. Units: learning rate per optimizer step, ``batch_size`` per process (DDP multiplies it by the
-number of processes, as arcface_torch does), ``warmup_epochs`` may be fractional, ``margin`` in radians for the
-angular heads (arcface, combined's m2) and cosine units for cosface.
+The *training* settings (fields whose metadata says ``training``) are hashed into ``config_hash``; a run directory
+belongs to one hash: re-running with the same settings resumes or returns the finished run, other settings are
+refused. Units: learning rate per optimizer step, ``batch_size`` per process (DDP multiplies it by the number of
+processes, as arcface_torch does), ``warmup_epochs`` may be fractional, ``margin`` in radians for the angular heads
+(arcface, combined's m2) and cosine units for cosface; no margin means the head's own default (arcface 0.5,
+cosface 0.35, combined 1.0,0.5,0.0), on every route.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
-from agebias.data.ages import DEFAULT_AGE_BINS
-from agebias.errors import UserError
+from agebias.data.ages import DEFAULT_AGE_BINS, AgeBins
+from agebias.errors import SettingsError
+from agebias.settings import Settings, at_least, between, each, positive, setting
 
-# Settings that do not change the trained weights (where, how fast, how often to report, when to pause).
-NON_TRAINING_KEYS = frozenset({
-    "out", "resume", "device", "stop_after_epochs", "eval_fgnet", "eval_every", "onnx", "cache", "cache_dir",
-    "quiet", "trust_checkpoint", "tensorboard", "align_cache",
-})
 
-HEADS = ("arcface", "cosface", "combined")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("none", "cosine", "step")
-PRECISIONS = ("fp32", "bf16", "fp16")
-INITS = ("pretrained", "random")
-CACHE_MODES = ("auto", "ram", "disk", "off")
-AUGMENTS = ("none", "flip")
+def _frozen_layers(value: str) -> None:
+    from agebias.finetune.freeze import parse_frozen_layers
+
+    parse_frozen_layers(value)
+
+
+def _age_bins(value: str) -> None:
+    AgeBins.parse(value)
+
+
+def _mitigation(value: str | None) -> None:
+    from agebias.mitigation.registry import parse_mitigation
+
+    parse_mitigation(value)
+
+
+def _heads() -> list[str]:
+    from agebias.models.heads import list_heads
+
+    return list_heads()
 
 
 @dataclass
-class FinetuneConfig:
-    """Settings of ``agebias finetune`` (the CLI options map 1:1 onto these fields)."""
+class FinetuneConfig(Settings):
+    """Settings of ``agebias finetune`` (options ``--field-name``), of ``[finetune]`` in experiment files and of
+    :func:`agebias.finetune`."""
 
-    data: list[str]  # sources, each "PATH[:WEIGHT]" (generated layout dir or manifest CSV); weight = epoch share
-    backbone: str  # .pth/.safetensors/.onnx file, or an architecture name with init="random"
-    out: str  # run directory
-    arch: str | None = None  # architecture of the checkpoint (checked against it) or of a random init
-    init: str = "pretrained"  # "pretrained": load `backbone`; "random": build `backbone`/`arch` from scratch
-    aligned: bool = False  # images are already 112x112 aligned crops (no detection)
-    detector: str = "auto"  # face detector for unaligned images (agebias.data.faces)
-    frozen_layers: str = "1,2,3"  # numbers 1-4 and/or "stem"; "" or "none" trains everything
-    head: str = "arcface"
-    scale: float = 64.0
-    margin: str | None = None  # head default when None; "m1,m2,m3" for the combined head
-    focal_gamma: float = 0.0
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    scheduler: str = "none"
-    warmup_epochs: float = 0.0
-    step_epochs: list[int] = field(default_factory=list)  # step scheduler milestones (default: 1/2 and 3/4 of epochs)
-    step_gamma: float = 0.1
-    epochs: int = 10
-    batch_size: int = 25
-    val_fraction: float = 0.2
-    seed: int = 0
-    augment: str = "none"  # "flip": random horizontal flips (disables the prefix cache)
-    age_bins: str = DEFAULT_AGE_BINS  # age groups for mitigation and logs, "0-12,13-19,20-39,40-69" (inclusive)
-    mitigation: str | None = None  # "NAME[:k=v,...]" (see agebias.finetune.hooks)
-    precision: str = "fp32"
-    cache_dtype: str = "fp32"  # prefix cache element type; fp16 halves memory but is not bit-exact
-    max_val_impostors: int = 1_000_000
-    # --- not part of the training identity (NON_TRAINING_KEYS) ---
-    resume: bool = False
-    device: str = "auto"
-    stop_after_epochs: int | None = None  # stop after this many epochs *in this call* (resume later)
-    eval_fgnet: str | None = None
-    eval_every: int = 1
-    onnx: bool = False
-    cache: str = "auto"  # where the frozen prefix's outputs live: auto (RAM if small) | ram | disk | off
-    cache_dir: str | None = None  # disk cache folder (default RUN_DIR/cache, removed at the end)
-    align_cache: str | None = None  # aligned-crop cache folder handed to the data loader
-    trust_checkpoint: bool = False
-    tensorboard: bool = True
+    stage = "finetune"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.data, str):
-            self.data = [self.data]
-        self.data = [str(d) for d in self.data]
-        if isinstance(self.step_epochs, str):
-            self.step_epochs = [int(v) for v in self.step_epochs.split(",") if v.strip()]
-        for name in ("arch", "margin", "mitigation", "eval_fgnet", "cache_dir", "align_cache"):
-            if getattr(self, name) in ("", None):  # empty strings from experiment files mean "not set"
-                setattr(self, name, None)
-        if self.margin is not None:
-            self.margin = str(self.margin)
-        if not str(self.age_bins or "").strip():
-            self.age_bins = DEFAULT_AGE_BINS
-        self.validate()
+    data: list[str] = setting(help="training source(s) PATH[:WEIGHT] (a generated <id>/<id>_<age>.png folder or a "
+                                   "manifest CSV); several are mixed, WEIGHT = share per epoch", repeat=True,
+                              toml=False, metavar="PATH[:WEIGHT]")
+    backbone: str = setting(help="weights (.pth, .safetensors, iresnet .onnx) or an architecture name "
+                                 "(iresnet50, iresnet:1,1,1,1@16,32,64,128) with init random")
+    out: str = setting(help="run directory (resumable; a directory holding a run with other settings is refused)",
+                       toml=False, training=False)
+    arch: str | None = setting(None, help="architecture of the checkpoint (checked against it) or of a random init")
+    init: str = setting("pretrained", help="pretrained: load the backbone's weights; random: build it untrained",
+                        choices=("pretrained", "random"))
+    aligned: bool | None = setting(None, help="images are 112x112 aligned crops; unset: decided by the data (sets "
+                                              "generated by agebias are aligned, other images are detected and "
+                                              "aligned)", flag="--aligned")
+    detector: str = setting("auto", help="face alignment of unaligned images",
+                            choices=("auto", "mtcnn", "landmarks", "none"))
+    frozen_layers: str = setting("1,2,3", help="frozen parts: 1-4 (layer1..layer4) and/or stem; '' or none trains "
+                                               "everything; freezing 1 freezes the stem too", check=_frozen_layers)
+    head: str = setting("arcface", help="margin head", choices=_heads)
+    scale: float = setting(64.0, help="logit scale s", check=positive)
+    margin: str | None = setting(None, help="margin: arcface radians (default 0.5), cosface cosine units (0.35); "
+                                            "combined m1,m2,m3 (1.0,0.5,0.0); unset = the head's default",
+                                 number_as_text=True)
+    focal_gamma: float = setting(0.0, help="focal-loss gamma on the head's logits (0 = cross-entropy)",
+                                 check=at_least(0))
+    optimizer: str = setting("sgd", help="optimizer", choices=("sgd", "adamw"))
+    lr: float = setting(0.01, help="learning rate", check=positive)
+    momentum: float = setting(0.9, help="SGD momentum", check=between(0, 1))
+    weight_decay: float = setting(5e-4, help="weight decay", check=at_least(0))
+    scheduler: str = setting("none", help="learning-rate schedule per step, after warm-up",
+                             choices=("none", "cosine", "step"))
+    warmup_epochs: float = setting(0.0, help="linear warm-up epochs (may be fractional)", check=at_least(0))
+    step_epochs: list[int] = setting(help="milestone epochs of the step schedule, e.g. 10,15 (default: 1/2 and 3/4 "
+                                          "of the epochs)", default_factory=list, check=each(at_least(1)))
+    step_gamma: float = setting(0.1, help="learning-rate factor at each step milestone", check=positive)
+    epochs: int = setting(10, help="training epochs", check=at_least(1))
+    batch_size: int = setting(25, help="batch size per process (>= 2: BatchNorm needs two samples)",
+                              check=at_least(2))
+    val_fraction: float = setting(0.2, help="share of identities held out for validation",
+                                  check=between(0, 1, high_open=True))
+    seed: int = setting(0, help="seed of the split, the data order, augmentation and the head")
+    augment: str = setting("none", help="none, or flip (random horizontal flips; disables the frozen-prefix cache)",
+                           choices=("none", "flip"))
+    age_bins: str = setting(DEFAULT_AGE_BINS, help="age groups for mitigation and logs: inclusive ranges, 70+ for an "
+                                                   "open end", check=_age_bins)
+    mitigation: str | None = setting(None, help="bias mitigation NAME[:key=value,...] using the age groups of "
+                                                "age_bins (agebias finetune --help lists the methods)",
+                                     check=_mitigation)
+    precision: str = setting("fp32", help="fp32, bf16 (autocast), fp16 (CUDA only)", choices=("fp32", "bf16", "fp16"))
+    cache_dtype: str = setting("fp32", help="element type of the frozen-prefix cache: fp32 (exact) or fp16 (half "
+                                            "the memory, not bit-exact)", choices=("fp32", "fp16"))
+    # --- not part of the training identity ---
+    resume: bool = setting(False, help="continue an unfinished run in --out (or extend a finished one to more "
+                                       "epochs)", toml=False, training=False)
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N", training=False)
+    stop_after_epochs: int | None = setting(None, help="stop after this many epochs in this call (resume later)",
+                                            cli=False, toml=False, training=False, check=at_least(1))
+    eval_fgnet: str | None = setting(None, help="FG-NET folder to evaluate on during training", training=False)
+    eval_every: int = setting(1, help="epochs between FG-NET evaluations", check=at_least(1), training=False)
+    onnx: bool = setting(False, help="also export model.onnx", training=False)
+    cache: str = setting("auto", help="where the frozen prefix's outputs live: auto (RAM if small), ram, disk, off",
+                         choices=("auto", "ram", "disk", "off"), training=False)
+    cache_dir: str | None = setting(None, help="disk cache folder (default RUN_DIR/cache, removed at the end)",
+                                    training=False)
+    align_cache: str | None = setting(None, help="aligned-crop cache folder", cli=False, toml=False, training=False)
+    trust_checkpoint: bool = setting(False, help="allow a backbone file whose pickle runs code (only for files you "
+                                                 "trust)", training=False)
+    tensorboard: bool = setting(True, help="also log to TensorBoard when it is installed", cli=False,
+                                training=False)
 
-    def _check_types(self) -> None:
-        """Settings from files (experiment TOML, dicts) must have their field's type: one clear line if not."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("backbone", "out"):
-                expected: tuple[type, ...] = (str,)
-            elif f.default is dataclasses.MISSING or f.default is None:
-                continue
-            elif isinstance(f.default, bool):
-                expected = (bool,)
-            elif isinstance(f.default, (int, float)):
-                expected = (int, float) if isinstance(f.default, float) else (int,)
-            elif isinstance(f.default, str):
-                expected = (str,)
-            else:
-                continue
-            if isinstance(value, bool) and bool not in expected or not isinstance(value, expected):
-                kind = "a number" if float in expected else {str: "a string", bool: "true or false"}.get(
-                    expected[0], "a whole number")
-                raise UserError(f"finetune setting '{f.name}' must be {kind}, got {value!r}")
-
-    def validate(self) -> None:
-        self._check_types()
-
-        def choose(name: str, value: str, options: tuple[str, ...]) -> None:
-            if value not in options:
-                raise UserError(f"bad {name} '{value}': choose one of {', '.join(options)}")
-
-        choose("--head", self.head, HEADS)
-        choose("--optimizer", self.optimizer, OPTIMIZERS)
-        choose("--scheduler", self.scheduler, SCHEDULERS)
-        choose("--precision", self.precision, PRECISIONS)
-        choose("--init", self.init, INITS)
-        choose("--cache", self.cache, CACHE_MODES)
-        choose("--augment", self.augment, AUGMENTS)
-        choose("--cache-dtype", self.cache_dtype, ("fp32", "fp16"))
+    def check(self) -> None:
         if not self.data:
-            raise UserError("no training data given (--data)")
-        if self.epochs < 1:
-            raise UserError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise UserError(f"--batch-size must be >= 2 (BatchNorm needs two samples), got {self.batch_size}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise UserError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.lr <= 0:
-            raise UserError(f"--lr must be > 0, got {self.lr}")
-        if self.eval_every < 1:
-            raise UserError(f"--eval-every must be >= 1, got {self.eval_every}")
-        if self.stop_after_epochs is not None and self.stop_after_epochs < 1:
-            raise UserError(f"stop_after_epochs must be >= 1, got {self.stop_after_epochs}")
-        # settings parsed later in the run are checked now, before any data is read or aligned
-        from agebias.data.ages import AgeBins
-        from agebias.finetune.freeze import parse_frozen_layers
-        from agebias.finetune.hooks import create_hooks
-
-        parse_frozen_layers(self.frozen_layers)
+            raise SettingsError("no training data given", field="data", stage=self.stage)
         self.head_kwargs()
-        AgeBins.parse(self.age_bins)
-        create_hooks(self.mitigation)
 
-    # ---- (de)serialisation -------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "FinetuneConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown finetune setting(s): {', '.join(unknown)}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING and f.name not in values]
-        if missing:
-            raise UserError(f"finetune setting(s) missing: {', '.join(missing)}")
-        return cls(**values)
+    # ---- derived values --------------------------------------------------------------------------------------
+    def head_kwargs(self) -> dict[str, float]:
+        """Keyword arguments of :func:`agebias.models.heads.create_head` from ``scale``/``margin``."""
+        kw: dict[str, float] = {"scale": float(self.scale)}
+        if self.margin is None:
+            return kw
+        try:
+            values = [float(v) for v in str(self.margin).split(",")]
+        except ValueError:
+            raise SettingsError(f"'{self.margin}' is not a number, or m1,m2,m3 for the combined head",
+                                field="margin", stage=self.stage) from None
+        if self.head == "combined":
+            if len(values) == 3:
+                kw.update(m1=values[0], m2=values[1], m3=values[2])
+            elif len(values) == 1:
+                kw["m2"] = values[0]
+            else:
+                raise SettingsError(f"'{self.margin}' for the combined head: give m2 or m1,m2,m3", field="margin",
+                                    stage=self.stage)
+        else:
+            if len(values) != 1:
+                raise SettingsError(f"'{self.margin}' for {self.head}: give one number", field="margin",
+                                    stage=self.stage)
+            kw["margin"] = values[0]
+        return kw
 
     def training_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.to_dict().items() if k not in NON_TRAINING_KEYS}
@@ -178,27 +157,9 @@ class FinetuneConfig:
         blob = json.dumps(self.training_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def head_kwargs(self) -> dict[str, float]:
-        """Keyword arguments of :func:`agebias.models.heads.create_head` from ``scale``/``margin``."""
-        kw: dict[str, float] = {"scale": float(self.scale)}
-        if self.margin in (None, ""):
-            return kw
-        try:
-            values = [float(v) for v in str(self.margin).split(",")]
-        except ValueError:
-            raise UserError(f"bad --margin '{self.margin}': a number, or m1,m2,m3 for the combined head") from None
-        if self.head == "combined":
-            if len(values) == 3:
-                kw.update(m1=values[0], m2=values[1], m3=values[2])
-            elif len(values) == 1:
-                kw["m2"] = values[0]
-            else:
-                raise UserError(f"bad --margin '{self.margin}' for the combined head: give m2 or m1,m2,m3")
-        else:
-            if len(values) != 1:
-                raise UserError(f"bad --margin '{self.margin}' for {self.head}: give one number")
-            kw["margin"] = values[0]
-        return kw
+
+# Settings that do not change the trained weights (where, how fast, how often to report, when to pause).
+NON_TRAINING_KEYS = frozenset(f.name for f in fields(FinetuneConfig) if not f.metadata.get("training", True))
 
 
 def diff_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from agebias.data.records import FaceRecord, Problem
 from agebias.data.ages import AgeBins
-from agebias.errors import UserError
+from agebias.data.records import FaceRecord, Problem
+from agebias.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +83,17 @@ class TrainingData:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def scan_sources(sources: list[Source]) -> tuple[list[FaceRecord], list[int], list[Problem], list[dict]]:
-    """Scan every source; returns records (subjects namespaced ``s<i>/``), their source index, problems and a
-    per-source summary."""
+def scan_sources(sources: list[Source]) -> tuple[list[FaceRecord], list[int], list[Problem], list[dict],
+                                                list[bool | None]]:
+    """Scan every source; returns records (subjects namespaced ``s<i>/``), their source index, problems, a
+    per-source summary and what each source says about alignment (``DatasetScan.aligned``)."""
     from agebias.data.sources import open_dataset
 
     records: list[FaceRecord] = []
     source_of: list[int] = []
     problems: list[Problem] = []
     per_source: list[dict] = []
+    aligned: list[bool | None] = []
     for i, src in enumerate(sources):
         scan = open_dataset(src.path)
         problems.extend(scan.problems)
@@ -99,18 +101,35 @@ def scan_sources(sources: list[Source]) -> tuple[list[FaceRecord], list[int], li
         for r in scan.records:
             records.append(r.with_(subject=prefix + r.subject))
             source_of.append(i)
+        aligned.append(scan.aligned)
         per_source.append({"path": src.path, "weight": src.weight, "kind": scan.name, "images": len(scan.records),
                            "identities": len({r.subject for r in scan.records}), "problems": len(scan.problems)})
-    return records, source_of, problems, per_source
+    return records, source_of, problems, per_source, aligned
 
 
-def load_crops(records: list[FaceRecord], *, aligned: bool, detector: str,
-               cache_dir: str | None = None) -> tuple[list[FaceRecord], np.ndarray, list[Problem]]:
-    from agebias.data.faces import load_aligned_faces
+def load_crops(records: list[FaceRecord], source_of: list[int], data_aligned: list[bool | None], *,
+               aligned: bool | None, detector: str, cache_dir: str | None = None
+               ) -> tuple[list[FaceRecord], np.ndarray, list[int], list[Problem]]:
+    """Aligned crops of every record, each source prepared as it says (``aligned`` None) or as the setting says;
+    returns kept records, crops, their source index and the skipped files."""
+    from agebias.data.faces import load_aligned_faces, use_as_aligned
 
-    faces = load_aligned_faces(records, detector=detector, aligned=aligned,
-                               cache_dir=cache_dir if cache_dir is not None else None, progress="aligning")
-    return faces.records, faces.crops, list(faces.skipped)
+    kept: list[FaceRecord] = []
+    crops: list[np.ndarray] = []
+    kept_source: list[int] = []
+    skipped: list[Problem] = []
+    for s, says in enumerate(data_aligned):
+        mine = [r for r, i in zip(records, source_of) if i == s]
+        if not mine:
+            continue
+        faces = load_aligned_faces(mine, detector=detector, aligned=use_as_aligned(says, aligned),
+                                   cache_dir=cache_dir, progress="aligning")
+        kept.extend(faces.records)
+        crops.append(faces.crops)
+        kept_source.extend([s] * len(faces.records))
+        skipped.extend(faces.skipped)
+    arr = np.concatenate(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)
+    return kept, arr, kept_source, skipped
 
 
 def split_identities(subjects: list[str], val_fraction: float, seed: int) -> tuple[set[str], set[str]]:
@@ -131,15 +150,17 @@ def split_identities(subjects: list[str], val_fraction: float, seed: int) -> tup
     return set(names) - val, val
 
 
-def prepare_data(sources: list[Source], *, aligned: bool, detector: str, val_fraction: float, seed: int,
+def prepare_data(sources: list[Source], *, aligned: bool | None, detector: str, val_fraction: float, seed: int,
                  age_bins: str, cache_dir: str | None = None) -> TrainingData:
-    """Scan, align, split and label (see the module notes); raises :class:`UserError` on unusable data."""
+    """Scan, align, split and label (see the module notes); raises :class:`UserError` on unusable data.
+    ``aligned`` None: each source is used as given when it says its images are aligned crops (a set agebias
+    generated), else detected and aligned."""
     bins = AgeBins.parse(age_bins)
-    records, source_of, problems, per_source = scan_sources(sources)
+    records, source_of, problems, per_source, data_aligned = scan_sources(sources)
     if not records:
-        raise UserError("no training images found in " + ", ".join(s.path for s in sources))
-    index_of = {id(r): i for i, r in enumerate(records)}
-    kept, crops, skipped = load_crops(records, aligned=aligned, detector=detector, cache_dir=cache_dir)
+        raise DataError("no training images found in " + ", ".join(s.path for s in sources))
+    kept, crops, kept_source, skipped = load_crops(records, source_of, data_aligned, aligned=aligned,
+                                                   detector=detector, cache_dir=cache_dir)
     problems.extend(skipped)
     if skipped:
         log.info(f"finetune: {len(skipped)} image(s) skipped (see skipped.csv); first: {skipped[0].path}: "
@@ -147,8 +168,7 @@ def prepare_data(sources: list[Source], *, aligned: bool, detector: str, val_fra
     if not kept:
         raise UserError(f"none of the {len(records)} training images could be used; first problem: "
                         f"{problems[0].path}: {problems[0].reason}" if problems else "no usable training images")
-    src_idx = np.array([source_of[index_of[id(r)]] if id(r) in index_of else _find_source(r, records, source_of)
-                        for r in kept], dtype=np.int64)
+    src_idx = np.asarray(kept_source, dtype=np.int64)
     ages = [r.age for r in kept]
     images = ImageSet(crops, [r.subject for r in kept], ages, bins.assign(ages), src_idx, [str(r.path) for r in kept])
     subjects = images.subjects
@@ -186,14 +206,6 @@ def prepare_data(sources: list[Source], *, aligned: bool, detector: str, val_fra
         "train_images_without_group": int((train.groups < 0).sum()),
     }
     return TrainingData(train, val, labels, class_names, bins.labels, sources, problems, summary)
-
-
-def _find_source(record: FaceRecord, records: list[FaceRecord], source_of: list[int]) -> int:
-    """Source of a record the aligner returned as a new object (e.g. with extra fields)."""
-    for r, s in zip(records, source_of):
-        if r.path == record.path and r.subject == record.subject:
-            return s
-    return 0
 
 
 def epoch_order(source_index: np.ndarray, weights: list[float], seed: int, epoch: int) -> np.ndarray:

@@ -56,14 +56,6 @@ def all_gather_objects(info: DistInfo, obj):
     return out
 
 
-def broadcast_object(info: DistInfo, obj):
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def mean_across(info: DistInfo, value: float, device: torch.device) -> float:
     if not info.enabled:
         return value

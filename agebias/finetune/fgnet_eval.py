@@ -5,13 +5,11 @@ reads) during training (every K epochs and after the last one), with the evaluat
 Faces are aligned once per run (the evaluator's defaults: landmarks when the dataset ships them, else MTCNN);
 each evaluation embeds them with the model in eval mode (L2-normalised, no flip) and calls
 :func:`agebias.evaluate.api.evaluate_embeddings`. The epoch's row in ``metrics.csv`` gets ``fgnet_eer``,
-``fgnet_fnmr_at_fmr_1e-3`` and ``fgnet_garbe``. When the evaluator cannot be imported the epoch gets a note and
-training goes on.
+``fgnet_fnmr_at_fmr_1e-3`` and ``fgnet_garbe``.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-
-log = logging.getLogger(__name__)
+from agebias.evaluate.api import evaluate_embeddings
+from agebias.models.preprocess import to_tensor
 
 
 class FgnetEvaluator:
+    """Aligns the faces under ``root`` on the first call; each call embeds them with ``model`` and writes the
+    evaluator's report to ``out_dir``, returning the row's ``fgnet_*`` values."""
+
     def __init__(self, root: str, align_cache: str | None = None):
         self.root = root
         self.align_cache = align_cache
@@ -39,15 +40,8 @@ class FgnetEvaluator:
         self.records, self.crops = faces.records, faces.crops
 
     def __call__(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Any]:
-        try:
-            from agebias.evaluate.api import evaluate_embeddings
-        except ImportError:
-            log.info("finetune: --eval-fgnet skipped: the evaluator (agebias.evaluate.api) is not available")
-            return {"fgnet_note": "evaluator unavailable"}
         if self.crops is None:
             self._load()
-        from agebias.models.preprocess import to_tensor
-
         was = model.training
         model.eval()
         out = []
@@ -58,9 +52,10 @@ class FgnetEvaluator:
         emb = np.concatenate(out) if out else np.zeros((0, 1), np.float32)
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         results = evaluate_embeddings(self.records, emb, out_dir, model_name=out_dir.name)
-        overall = results.get("overall", {}) or {}
+        section = results["models"][out_dir.name]
+        overall = section.get("overall") or {}
         row = {"fgnet_eer": overall.get("eer"),
                "fgnet_fnmr_at_fmr_1e-3": (overall.get("fnmr_at_fmr") or {}).get("0.001"),
-               "fgnet_garbe": (results.get("fairness") or {}).get("garbe")}
+               "fgnet_garbe": (section.get("fairness") or {}).get("garbe")}
         return {k: (float(v["fnmr"]) if isinstance(v, dict) and "fnmr" in v else v) for k, v in row.items()
                 if isinstance(v, (int, float, dict))}

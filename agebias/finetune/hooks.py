@@ -1,173 +1,19 @@
-"""Hook points of the fine-tuning loop, used by the bias-mitigation methods (``--mitigation NAME[:k=v,...]``).
+"""The fine-tuning loop's side of the bias-mitigation hooks (``--mitigation NAME[:k=v,...]``).
 
-A method is a :class:`TrainingHooks` subclass; every method of the base class is a no-op, so a subclass overrides
-only what it needs. Register a factory under a name with :func:`register_hooks`; the factory receives the whole
-spec string (``"label-flip:p=0.3"``) and parses its own parameters. :func:`create_hooks` imports
-``agebias.mitigation.hooks`` lazily (if present) so that its ``@register_hooks`` decorators run.
-
-One training step, in order (B = per-process batch size)::
-
-    batches = hooks.make_batches(epoch, rng, batch_size)        # once per epoch; None = shuffled default order
-    labels  = hooks.transform_labels(labels, groups, generator)  # e.g. label flip; groups = age group per sample
-    fmap    = trainable stages (layer4 output, B x C x 7 x 7);  emb = forward_head(fmap)
-    emb     = hooks.transform_embeddings(emb, ctx)               # e.g. an adapter MLP between backbone and head
-    offsets = hooks.margin_offsets(ctx)                          # (B,) added to the head's margin, or None
-    logits  = head(emb, labels, offsets);  loss = (focal) cross-entropy(logits, labels)
-    loss   += sum of hooks.extra_loss(ctx)                       # Tensor, {name: Tensor} or None; logged by name
-    backward; optimizer step (the hooks' ``modules()`` parameters are optimised with the model's)
-
-Conventions: age groups are int64 indices into ``HookSetup.group_names`` (from ``--age-bins``), ``-1`` for
-images without an age or outside every bin. Labels are training-class indices ``0..num_classes-1``. All
-randomness must come from the given ``generator`` (torch) or ``rng`` (numpy), which the trainer derives from
-(seed, epoch, rank): runs are then reproducible and ``--resume`` matches an uninterrupted run. State other than
-``modules()`` parameters goes through ``state_dict``/``load_state_dict`` (saved in every checkpoint).
-Under DDP, ``make_batches`` returns the *global* list of batches; process r trains on batches r, r+N, ...
-Extra modules are wrapped with the model in DDP (``find_unused_parameters`` is on when they exist, since e.g. a
-discriminator may sit idle during a warm-up).
+The hook points (:class:`TrainingHooks`, :class:`HookSetup`, :class:`StepContext`) and the order in which the trainer
+calls them are defined in :mod:`agebias.mitigation.base`, so that the methods do not depend on the trainer (the
+dependency runs finetune -> mitigation). :func:`create_hooks` builds a registered method from its spec; new methods
+are registered with :func:`agebias.mitigation.registry.register_mitigation`.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import numpy as np
 import torch
-from torch import nn
 
-from agebias.errors import UserError
+from agebias.mitigation.base import HookSetup, StepContext, TrainingHooks
+from agebias.mitigation.registry import create_hooks
 
-
-@dataclass
-class HookSetup:
-    """What a method may need to know before training starts (given once, to :meth:`TrainingHooks.setup`)."""
-
-    labels: np.ndarray  # int64 (N,) class index of every training image
-    groups: np.ndarray  # int64 (N,) age group of every training image (-1: none)
-    num_classes: int
-    group_names: list[str]  # e.g. ["0-5", "5-10", ..., "50+"]
-    embedding_dim: int
-    feature_channels: int  # channels of the layer4 feature map
-    head: nn.Module  # the margin head (agebias.models.heads.MarginHead: .scale, .margin, .num_classes)
-    device: torch.device
-    epochs: int
-    steps_per_epoch: int
-    batch_size: int
-    seed: int
-    world_size: int = 1
-    options: dict[str, Any] = field(default_factory=dict)  # the full FinetuneConfig as a dict
-
-    @property
-    def num_groups(self) -> int:
-        return len(self.group_names)
-
-
-@dataclass
-class StepContext:
-    """Everything about the current batch (built by the trainer for each step)."""
-
-    epoch: int  # 0-based epoch
-    step: int  # 0-based global optimizer step
-    labels: torch.Tensor  # int64 (B,), after transform_labels
-    original_labels: torch.Tensor  # int64 (B,), before it
-    groups: torch.Tensor  # int64 (B,)
-    feature_maps: torch.Tensor  # layer4 output (B, C, 7, 7), part of the autograd graph
-    embeddings: torch.Tensor  # (B, D) what the head sees (after transform_embeddings), not normalised
-    head: nn.Module
-    forward_head: Callable[[torch.Tensor], torch.Tensor]  # feature map -> embedding (bn2, fc, features)
-    generator: torch.Generator
-    logits: torch.Tensor | None = None  # (B, num_classes) scaled, margin applied; set before extra_loss
-    loss: torch.Tensor | None = None  # the head's loss (scalar); set before extra_loss
-
-
-class TrainingHooks:
-    """No-op base class. Override what a method needs (see the module docstring for the call order)."""
-
-    name = "none"
-
-    def setup(self, setup: HookSetup) -> None:
-        """Called once before training (and before a checkpoint's state is loaded on resume)."""
-
-    def modules(self) -> nn.Module | None:
-        """Extra trainable modules (discriminators, adapters); optimised, checkpointed and DDP-synced."""
-        return None
-
-    def make_batches(self, epoch: int, rng: np.random.Generator, batch_size: int) -> list[np.ndarray] | None:
-        """The epoch's batches as arrays of training-image indices, or None for the default shuffled order."""
-        return None
-
-    def transform_labels(self, labels: torch.Tensor, groups: torch.Tensor,
-                         generator: torch.Generator) -> torch.Tensor:
-        return labels
-
-    def transform_embeddings(self, embeddings: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        return embeddings
-
-    def margin_offsets(self, ctx: StepContext) -> torch.Tensor | None:
-        """Per-sample (B,) additive change of the head's margin (radians for arcface, cosine units for cosface)."""
-        return None
-
-    def extra_loss(self, ctx: StepContext) -> torch.Tensor | dict[str, torch.Tensor] | None:
-        """Extra loss term(s) added to the head's loss; a dict's entries are logged by name."""
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def describe(self) -> dict[str, Any]:
-        """Settings written to config.json."""
-        return {"name": self.name}
-
-
-HooksFactory = Callable[[str], TrainingHooks]
-_REGISTRY: dict[str, HooksFactory] = {"none": lambda spec: TrainingHooks()}
-_PLUGINS = ("agebias.mitigation.hooks",)
-
-
-def register_hooks(name: str) -> Callable[[HooksFactory], HooksFactory]:
-    """Register ``factory(spec: str) -> TrainingHooks`` under ``name`` (lower case, ``-`` separated)."""
-
-    def deco(factory: HooksFactory) -> HooksFactory:
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def _load_plugins() -> None:
-    for module in _PLUGINS:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name is None or not module.startswith(err.name):
-                raise
-
-
-def list_hooks() -> list[str]:
-    _load_plugins()
-    return sorted(_REGISTRY)
-
-
-def spec_name(spec: str | None) -> str:
-    return (spec or "none").partition(":")[0].strip().lower().replace("_", "-") or "none"
-
-
-def create_hooks(spec: str | None) -> TrainingHooks:
-    """``None``/``"none"`` -> no-op hooks; ``"NAME[:k=v,...]"`` -> the registered method."""
-    name = spec_name(spec)
-    if name == "none":
-        return TrainingHooks()
-    _load_plugins()
-    if name not in _REGISTRY:
-        raise UserError(f"unknown mitigation '{name}'; choose one of: {', '.join(sorted(_REGISTRY))}")
-    hooks = _REGISTRY[name](str(spec))
-    if not isinstance(hooks, TrainingHooks):
-        raise TypeError(f"mitigation factory '{name}' returned {type(hooks).__name__}, not TrainingHooks")
-    return hooks
+__all__ = ["HookSetup", "StepContext", "TrainingHooks", "as_loss_terms", "create_hooks"]
 
 
 def as_loss_terms(value: torch.Tensor | dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:

@@ -1,90 +1,67 @@
-"""Validation by verification on the held-out identities: EER and FNMR at FMR 1e-3 (REFERENCE.md section 5).
+"""Validation on the held-out identities: EER and FNMR at FMR 1e-3 over every pair of their images.
 
-Scores are cosine similarities of the embeddings; accept iff ``score >= tau``. Genuine pairs: every pair of
-images of one held-out identity; impostor pairs: every pair of images of two different held-out identities
-(a deterministic random subset of ``max_impostors`` when there are more). The metric functions of
-``agebias.evaluate.metrics`` (``eer``, ``fnmr_at_fmr``) are used when importable; otherwise the local
-implementations below, which follow the same pinned conventions:
-
-- EER: candidate thresholds at the midpoints between consecutive distinct scores and beyond both ends; the tau
-  minimising ``|FMR - FNMR|``; EER = ``(FMR + FNMR) / 2`` there.
-- FNMR at a target FMR: one tau, the smallest whose FMR does not exceed the target.
+The pairs are scored by the evaluator's all-pairs engine (:func:`agebias.evaluate.pairs.score_all_pairs`) and the
+numbers come from the evaluator's metric functions (:mod:`agebias.evaluate.metrics`), so validation follows exactly
+the conventions of ``agebias evaluate``: cosine scores of L2-normalised float32 embeddings, accept iff
+``score >= tau``; genuine pairs are all pairs of images of one identity, impostor pairs all pairs of images of two
+identities (every one of them: large sets are streamed in one pass with exact thresholds and counts); EER at the
+candidate threshold minimising |FMR - FNMR|; FNMR at the smallest tau whose FMR does not exceed 1e-3, reported with
+the FMR actually realised there.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
+
+from agebias.evaluate import metrics as M
+from agebias.evaluate.grouping import make_grouping
+from agebias.evaluate.pairs import ExactNeeds, exactly, score_all_pairs
+
+log = logging.getLogger(__name__)
 
 TARGET_FMR = 1e-3
 
 
-@dataclass
+@dataclass(frozen=True)
 class VerificationResult:
+    """Validation numbers of one epoch (NaN where a side has no pairs)."""
+
     eer: float
-    fnmr_at_fmr: float  # at TARGET_FMR
-    fmr_realised: float
+    fnmr_at_fmr: float      # at TARGET_FMR
+    fmr_realised: float     # the FMR at that threshold (<= TARGET_FMR)
     n_genuine: int
     n_impostor: int
-    source: str  # which implementation computed the metrics ("agebias.evaluate.metrics" or "local")
 
     def as_dict(self) -> dict:
         return {"val_eer": self.eer, "val_fnmr_at_fmr_1e-3": self.fnmr_at_fmr, "val_fmr_realised": self.fmr_realised,
                 "val_genuine_pairs": self.n_genuine, "val_impostor_pairs": self.n_impostor}
 
 
-def pair_scores(embeddings: np.ndarray, subjects: list[str], max_impostors: int = 1_000_000,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine scores of all genuine pairs and of (up to ``max_impostors``) impostor pairs."""
-    emb = np.asarray(embeddings, dtype=np.float64)
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    _, ids = np.unique(np.asarray(subjects), return_inverse=True)
-    iu, ju = np.triu_indices(len(ids), k=1)
-    same = ids[iu] == ids[ju]
-    gi, gj = iu[same], ju[same]
-    ii, ij = iu[~same], ju[~same]
-    if len(ii) > max_impostors:
-        pick = np.sort(np.random.default_rng(seed).choice(len(ii), size=max_impostors, replace=False))
-        ii, ij = ii[pick], ij[pick]
-    genuine = np.einsum("ij,ij->i", emb[gi], emb[gj])
-    impostor = np.einsum("ij,ij->i", emb[ii], emb[ij])
-    return genuine, impostor
+def validate_embeddings(embeddings: np.ndarray, subjects: Sequence, *, seed: int = 0) -> VerificationResult:
+    """EER and FNMR at FMR 1e-3 of all pairs of ``embeddings`` (N, D), ``subjects`` one identity label per row.
 
+    ``seed`` only steers the engine's planning sample (speed, never the numbers). Embeddings with non-finite or
+    all-zero rows (a diverged model) give NaN metrics and a warning instead of an error."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != len(subjects):
+        raise ValueError(f"need one embedding row per subject label, got {emb.shape} for {len(subjects)} labels")
+    if not np.all(np.isfinite(emb)) or np.any(~emb.any(axis=1)):
+        _, counts = np.unique(np.asarray([str(s) for s in subjects]), return_counts=True)
+        n_gen = int((counts * (counts - 1) // 2).sum())
+        n = len(subjects)
+        log.warning("validation embeddings contain NaN, infinite or all-zero rows (diverged model?): metrics are NaN")
+        return VerificationResult(math.nan, math.nan, math.nan, n_gen, n * (n - 1) // 2 - n_gen)
+    ps = score_all_pairs(emb, subjects, make_grouping([None] * len(subjects)),
+                         needs=ExactNeeds(fmrs=(TARGET_FMR,), group_fmrs=(), group_eer=False), seed=seed)
 
-def local_eer(genuine: np.ndarray, impostor: np.ndarray) -> float:
-    if len(genuine) == 0 or len(impostor) == 0:
-        return math.nan
-    g, i = np.sort(genuine), np.sort(impostor)
-    u = np.unique(np.concatenate([g, i]))
-    taus = np.concatenate([[u[0] - 1.0], (u[:-1] + u[1:]) / 2, [u[-1] + 1.0]])
-    fmr = 1.0 - np.searchsorted(i, taus, side="left") / len(i)  # impostors >= tau
-    fnmr = np.searchsorted(g, taus, side="left") / len(g)  # genuine < tau
-    k = int(np.argmin(np.abs(fmr - fnmr)))
-    return float((fmr[k] + fnmr[k]) / 2)
+    def compute(p) -> VerificationResult:
+        gen, imp = M.ExactDist(p.gen_score), p.impostor_dist(None)
+        at = M.fnmr_at_fmr(gen, imp, TARGET_FMR)
+        return VerificationResult(float(M.eer(gen, imp)[0]), float(at["fnmr"]), float(at["fmr"]), gen.n, imp.n)
 
-
-def local_fnmr_at_fmr(genuine: np.ndarray, impostor: np.ndarray, target: float = TARGET_FMR) -> tuple[float, float]:
-    """``(FNMR, realised FMR)`` at the smallest tau whose FMR <= target."""
-    if len(genuine) == 0 or len(impostor) == 0:
-        return math.nan, math.nan
-    desc = np.sort(impostor)[::-1]
-    allowed = int(math.floor(target * len(desc) + 1e-9))  # impostors that may be accepted
-    tau = -np.inf if allowed >= len(desc) else float(np.nextafter(desc[allowed], np.inf))
-    return float(np.mean(genuine < tau)), float(np.mean(impostor >= tau))
-
-
-def verification_metrics(genuine: np.ndarray, impostor: np.ndarray) -> VerificationResult:
-    """EER and FNMR at FMR 1e-3; the evaluator's functions when importable, else the local ones."""
-    try:
-        from agebias.evaluate.metrics import eer as shared_eer, fnmr_at_fmr as shared_fnmr
-    except ImportError:
-        shared_eer = shared_fnmr = None
-    if shared_eer is not None and len(genuine) and len(impostor):
-        eer_value, _tau = shared_eer(genuine, impostor)
-        at = shared_fnmr(genuine, impostor, TARGET_FMR)
-        return VerificationResult(float(eer_value), float(at["fnmr"]), float(at["fmr"]), len(genuine),
-                                  len(impostor), "agebias.evaluate.metrics")
-    fnmr, fmr = local_fnmr_at_fmr(genuine, impostor)
-    return VerificationResult(local_eer(genuine, impostor), fnmr, fmr, len(genuine), len(impostor), "local")
+    return exactly(ps, compute)

@@ -26,6 +26,9 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from agebias.mitigation.base import HookSetup, MethodHooks, StepContext
+from agebias.mitigation.registry import Param, register_mitigation
+
 
 def adversarial_penalty(probs: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
     """``mean(log(1 + |target - probs|))`` over (N, G) group posteriors; target defaults to uniform ``1/G``."""
@@ -100,3 +103,33 @@ class AgeAdversary(nn.Module):
         """The penalty of a one-hot posterior: ``((G-1) log(1 + 1/G) + log(1 + (G-1)/G)) / G``."""
         g = n_groups
         return ((g - 1) * math.log1p(1 / g) + math.log1p((g - 1) / g)) / g
+
+
+@register_mitigation("adversarial", "SensitiveNets-style age-group adversary: group classifier on detached "
+                     "embeddings, penalty mean(log(1+|1/G - P(group)|)) after warm-up", (
+                         Param("weight", "float", 1.0, "penalty weight"),
+                         Param("warmup", "int", 50, "optimiser steps before the penalty starts (classifier warm-up)",
+                               low=0),
+                         Param("hidden", "int", 64, "hidden units of the group classifier", low=1),
+                         Param("disc_weight", "float", 1.0, "weight of the classifier's own loss (its learning-rate "
+                               "factor)", low=0.0),
+                         Param("mlp", "bool", False, "insert a residual MLP between backbone and head (not exported "
+                               "with backbone.pth)"),
+                     ))
+class AdversarialHooks(MethodHooks):
+    """Hook points: ``modules`` (the adversary), ``transform_embeddings`` (the optional MLP), ``extra_loss``."""
+
+    def setup(self, setup: HookSetup) -> None:
+        self._need_groups(setup)
+        p = self.params
+        self.adversary = AgeAdversary(setup.embedding_dim, setup.num_groups, weight=p["weight"], warmup=p["warmup"],
+                                      hidden=p["hidden"], mlp=p["mlp"], disc_weight=p["disc_weight"]).to(setup.device)
+
+    def modules(self) -> nn.Module:
+        return self.adversary
+
+    def transform_embeddings(self, embeddings, ctx):
+        return self.adversary.transform(embeddings)
+
+    def extra_loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        return self.adversary.losses(ctx.embeddings, ctx.groups, ctx.step)

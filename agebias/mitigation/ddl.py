@@ -25,11 +25,18 @@ Branches without at least one positive and one negative pair are skipped; with f
 
 from __future__ import annotations
 
+import logging
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.nn import functional as F
+
+from agebias.errors import DataError, SettingsError
+from agebias.mitigation.base import HookSetup, MethodHooks, StepContext
+from agebias.mitigation.registry import Param, register_mitigation
+
+log = logging.getLogger(__name__)
 
 EPS = 1e-8
 
@@ -113,7 +120,7 @@ class GroupBranchSampler:
         self.seed = int(seed)
         self.epoch = 0
         by_group: dict[int, dict[int, list[int]]] = {}
-        for i, (y, g) in enumerate(zip(self.labels, self.groups)):
+        for i, (y, g) in enumerate(zip(self.labels, self.groups, strict=True)):
             if g >= 0:
                 by_group.setdefault(g, {}).setdefault(y, []).append(i)
         self.pools = {g: {y: idx for y, idx in ids.items() if len(idx) >= self.per_identity}
@@ -151,3 +158,53 @@ class GroupBranchSampler:
                     batch.extend(imgs[i] for i in rng.permutation(len(imgs))[: self.per_identity])
             batches.append(batch)
         return batches
+
+
+@register_mitigation("ddl", "distribution distillation: per-age-group batches, KL between soft histograms of pos/neg "
+                     "similarities (teacher group detached), order and entropy terms", (
+                         Param("weight", "float", 1.0, "weight of the DDL loss"),
+                         Param("bins", "int", 20, "histogram bins over [0, 1)", low=2),
+                         Param("sigma", "float", 0.0, "Gaussian bump width; 0 = one bin width", low=0.0),
+                         Param("topk", "int", 32, "hard negatives per branch (0 = all negative pairs)", low=0),
+                         Param("teacher", "int", -1, "teacher age group; -1 = the best separated group in each batch"),
+                         Param("order", "float", 1.0, "weight of the order loss on mean(pos) - mean(neg)"),
+                         Param("entropy", "float", 0.0, "weight of the entropy term"),
+                         Param("per_identity", "int", 2, "images per identity in each group sub-batch (>= 2: "
+                               "positive pairs are needed)", low=2),
+                     ))
+class DDLHooks(MethodHooks):
+    """Hook points: ``make_batches`` (one sub-batch per age group), ``extra_loss``."""
+
+    def setup(self, setup: HookSetup) -> None:
+        self._check_group_index(setup, "teacher")
+        self._need_groups(setup)
+        per_identity = self.params["per_identity"]
+        try:
+            # one list entry per process batch: under DDP process r takes entries r, r + N, ...
+            self.sampler = GroupBranchSampler(setup.labels, setup.groups, setup.batch_size, per_identity=per_identity,
+                                              seed=setup.seed,
+                                              n_batches=max(1, setup.steps_per_epoch * setup.world_size))
+        except ValueError as err:
+            raise DataError(f"mitigation 'ddl': {err}") from None
+        if len(self.sampler.pools) < 2:
+            raise DataError(f"mitigation 'ddl' needs identities with >= {per_identity} images in at least 2 age "
+                            "groups")
+        teacher = int(self.params["teacher"])
+        if teacher >= 0 and teacher not in self.sampler.pools:
+            raise SettingsError(f"ddl: teacher group {teacher} ({setup.group_names[teacher]}) has no identity with >= "
+                                f"{per_identity} images, so it has no branch; choose another teacher or -1",
+                                field="mitigation")
+        if self.sampler.skipped_groups:
+            names = ", ".join(setup.group_names[g] for g in self.sampler.skipped_groups)
+            log.info(f"ddl: age groups without an identity of >= {per_identity} images are left out of the "
+                     f"branches: {names}")
+
+    def make_batches(self, epoch: int, rng: np.random.Generator, batch_size: int) -> list[np.ndarray]:
+        return [np.asarray(b, dtype=np.int64) for b in self.sampler.epoch_batches(rng)]
+
+    def extra_loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        p = self.params
+        out = ddl_loss(ctx.embeddings.float(), ctx.labels, ctx.groups, bins=p["bins"], sigma=p["sigma"] or None,
+                       topk=p["topk"], teacher=p["teacher"], weight=p["weight"], order_weight=p["order"],
+                       entropy_weight=p["entropy"])
+        return {"ddl": out["ddl"]}

@@ -15,11 +15,18 @@ With the trainer's margin heads the method is applied as per-sample margin offse
 
 from __future__ import annotations
 
-from typing import Sequence
+import logging
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from agebias.errors import SettingsError
+from agebias.mitigation.base import HookSetup, MethodHooks, StepContext
+from agebias.mitigation.registry import Param, register_mitigation
+
+log = logging.getLogger(__name__)
 
 
 def resolve_margins(margins: Sequence[float], n_groups: int, head_margin: float, step: float = 0.05,
@@ -47,17 +54,44 @@ def group_margin_logits(cos: torch.Tensor, labels: torch.Tensor, groups: torch.T
     return scale * (cos - onehot * m[:, None])
 
 
-class GroupMarginHead(nn.Module):
-    """A CosFace classifier (its own ``weight``: (C, D)) whose margin depends on the sample's group."""
+def head_margin(head: nn.Module) -> float:
+    """The head's own target margin: ``margin`` (arcface/cosface), else combined's ``m2`` (or ``m3`` if m2 = 0)."""
+    if hasattr(head, "margin"):
+        return float(head.margin)
+    if getattr(head, "m2", 0.0):
+        return float(head.m2)
+    return float(getattr(head, "m3", 0.0))
 
-    def __init__(self, embedding_size: int, num_classes: int, margins: Sequence[float], scale: float = 64.0,
-                 default: float = 0.35):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_size).normal_(0, 0.01))
-        self.register_buffer("margins", torch.tensor([float(m) for m in margins]))
-        self.scale = float(scale)
-        self.default = float(default)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        cos = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1, 1)
-        return group_margin_logits(cos, labels, groups, self.margins, self.scale, self.default)
+@register_mitigation("group-margin", "margin per age group (FR-NAS 'angular' with --head cosface: target logit "
+                     "s*(cos - m_g); with arcface cos(theta + m_g))", (
+                         Param("margins", "floats", (), "margin per age group, '/'-separated (cosine units for "
+                               "cosface; radians for arcface); empty = head margin + step*group"),
+                         Param("step", "float", 0.05, "when margins is empty: margin grows by step per group away "
+                               "from 'base'"),
+                         Param("base", "int", -1, "when margins is empty: group with the head's own margin; -1 = the "
+                               "middle group"),
+                     ))
+class GroupMarginHooks(MethodHooks):
+    """Hook point: ``margin_offsets`` = ``m[g] - m_head``."""
+
+    def setup(self, setup: HookSetup) -> None:
+        self._check_group_index(setup, "base")
+        if type(setup.head).__name__ != "CosFaceHead":
+            log.info("group-margin: FR-NAS's method is CosFace with a margin per age group (--head cosface); with "
+                     "this head the per-group margins go to its own margin (radians for arcface)")
+        base = head_margin(setup.head)
+        try:
+            self.margins = resolve_margins(self.params["margins"], setup.num_groups, base, self.params["step"],
+                                           self.params["base"])
+        except ValueError as err:
+            raise SettingsError(f"{err} ({', '.join(setup.group_names)})", field="mitigation") from None
+        self.offsets = torch.tensor([m - base for m in self.margins], dtype=torch.float32)
+
+    def margin_offsets(self, ctx: StepContext) -> torch.Tensor:
+        offsets = self.offsets.to(ctx.groups.device)
+        g = ctx.groups
+        return torch.where(g >= 0, offsets[g.clamp(0, len(offsets) - 1)], torch.zeros_like(offsets[:1]))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "resolved_margins": getattr(self, "margins", None)}

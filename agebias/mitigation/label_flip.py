@@ -16,9 +16,12 @@ Only the labels change; images, groups and the loss are untouched. The randomnes
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+
+from agebias.mitigation.base import HookSetup, MethodHooks
+from agebias.mitigation.registry import Param, register_mitigation
 
 
 def group_identity_table(labels: Sequence[int] | torch.Tensor, groups: Sequence[int] | torch.Tensor,
@@ -63,3 +66,32 @@ def flip_labels(labels: torch.Tensor, groups: torch.Tensor, candidates: Sequence
         if others.numel() > 0:
             new[i] = others[torch.randint(others.numel(), (1,), generator=generator).item()]
     return new, g
+
+
+@register_mitigation("label-flip", "FR-NAS label flip: per batch, relabel a fraction p of one age group's samples as "
+                     "another identity of that group", (
+                         Param("p", "float", 0.3, "fraction of the chosen group's samples relabelled per batch",
+                               low=0.0, high=1.0),
+                         Param("group", "int", -1, "age group index to flip; -1 = a random group present in each "
+                               "batch"),
+                     ))
+class LabelFlipHooks(MethodHooks):
+    """Hook point: ``transform_labels``."""
+
+    def setup(self, setup: HookSetup) -> None:
+        self._check_group_index(setup, "group")
+        self._need_groups(setup, 1)
+        self.candidates = group_identity_table(setup.labels, setup.groups, setup.num_groups)
+        self.flipped = 0
+
+    def transform_labels(self, labels, groups, generator):
+        cands = [c.to(labels.device) for c in self.candidates]
+        new, _ = flip_labels(labels, groups, cands, self.params["p"], self.params["group"], generator)
+        self.flipped += int((new != labels).sum())
+        return new
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"flipped": self.flipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.flipped = int(state.get("flipped", 0))

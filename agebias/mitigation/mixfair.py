@@ -14,8 +14,20 @@ treated as a margin (no gradient through it) unless ``detach=False``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from typing import Iterator
+
 import torch
+from torch import nn
 from torch.nn import functional as F
+
+from agebias.errors import SettingsError
+from agebias.mitigation.base import HookSetup, MethodHooks, StepContext
+from agebias.mitigation.registry import Param, register_mitigation
+
+log = logging.getLogger(__name__)
+_NEEDS_IRESNET = "mixfair mixes final feature maps: it needs an iresnet backbone"
 
 
 def mix_feature_maps(fmap: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -44,3 +56,52 @@ def random_partner(n: int, generator: torch.Generator | None = None) -> torch.Te
     perm = torch.empty(n, dtype=torch.long)
     perm[order] = order.roll(1)
     return perm
+
+
+@register_mitigation("mixfair", "MixFairFace adapter: per-sample margin shift (f_mix.f_b)^2-(f_mix.f_a)^2 from 50/50 "
+                     "feature-map mixing with a permuted partner", (
+                         Param("detach", "bool", True, "treat the shift as a constant margin (no gradient through "
+                               "it)"),
+                     ))
+class MixFairHooks(MethodHooks):
+    """Hook point: ``margin_offsets`` = the MixFair shift."""
+
+    def setup(self, setup: HookSetup) -> None:
+        if setup.feature_channels <= 0:  # the trainer gives the layer4 channels of iresnets only
+            raise SettingsError(_NEEDS_IRESNET, field="mitigation")
+        if getattr(setup.head, "margin", None) is None or type(setup.head).__name__ != "CosFaceHead":
+            log.info("mixfair: the MixFair shift is a cosine-margin shift; with a non-cosface head it is added to "
+                     "that head's margin as is")
+        self._bn_cache: list[nn.Module] | None = None
+
+    def margin_offsets(self, ctx: StepContext) -> torch.Tensor:
+        if ctx.feature_maps is None or ctx.forward_head is None:
+            raise SettingsError(_NEEDS_IRESNET, field="mitigation")
+        perm = random_partner(ctx.feature_maps.shape[0], ctx.generator).to(ctx.feature_maps.device)
+        detach = self.params["detach"]
+        with (torch.no_grad() if detach else contextlib.nullcontext()), self._frozen_bn_stats(ctx):
+            f_mix = ctx.forward_head(mix_feature_maps(ctx.feature_maps, perm))
+        f_a = ctx.embeddings.detach() if detach else ctx.embeddings
+        shift = mixfair_shift(f_a, f_a[perm], f_mix.float())
+        return shift.detach() if detach else shift
+
+    @contextlib.contextmanager
+    def _frozen_bn_stats(self, ctx: StepContext) -> Iterator[None]:
+        """The extra forward of the mixed maps must not move BatchNorm running statistics (they describe real
+        faces) nor touch them in place (the main forward saved them for backward): while it runs, the model's
+        BatchNorms stop tracking (batch statistics only). Applies when ``forward_head`` is a bound method."""
+        owner = getattr(ctx.forward_head, "__self__", None)
+        if not isinstance(owner, nn.Module):
+            yield
+            return
+        if self._bn_cache is None:
+            self._bn_cache = [m for m in owner.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                              and m.track_running_stats]
+        switched = [m for m in self._bn_cache if m.training]
+        for m in switched:
+            m.track_running_stats = False
+        try:
+            yield
+        finally:
+            for m in switched:
+                m.track_running_stats = True

@@ -1,101 +1,84 @@
-"""Mitigation methods by name: ``NAME[:key=value,...]`` (e.g. ``label-flip:p=0.3``, ``group-margin:margins=0.45/0.35/0.4``).
+"""Mitigation methods by name: ``NAME[:key=value,...]``, e.g. ``label-flip:p=0.3`` or
+``group-margin:margins=0.45/0.35/0.4``.
 
-Each method declares typed parameters with defaults and a one-line summary (shown by ``agebias finetune
---help``); :func:`parse_mitigation` checks a spec against them and raises :class:`UserError` for unknown names,
-keys or badly typed values. List-valued parameters separate items with ``/``. The methods themselves live in one
-small module each (``label_flip``, ``group_margin``, ``adversarial``, ``mixfair``, ``ddl``); the hook objects
-the trainer calls are in :mod:`agebias.mitigation.hooks`.
+Each method is registered once, in its own module, with its one-line summary (shown by ``agebias finetune --help``),
+its typed parameters (defaults and ranges) and its hooks class::
+
+    @register_mitigation("label-flip", "FR-NAS label flip: ...", (Param("p", "float", 0.3, "fraction ...", 0, 1),))
+    class LabelFlipHooks(MethodHooks): ...
+
+:func:`parse_mitigation` checks a spec against the declaration and raises :class:`SettingsError` (field
+``mitigation``) for unknown names, keys, badly typed or out-of-range values; :func:`create_hooks` builds the hooks.
+Names are case-insensitive and ``_`` may stand for ``-``; list-valued parameters separate items with ``/``.
+Importing :mod:`agebias.mitigation` registers the built-in methods.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
-from agebias.errors import UserError
+from agebias.errors import SettingsError
+from agebias.mitigation.base import MitigationSpec, TrainingHooks
+from agebias.registry import Registry
+
+HooksFactory = Callable[[MitigationSpec], TrainingHooks]
+PARAM_TYPES = ("float", "int", "bool", "str", "floats")
 
 
 @dataclass(frozen=True)
 class Param:
+    """A method parameter: ``type`` one of :data:`PARAM_TYPES` (``floats``: ``/``-separated numbers); ``low`` and
+    ``high`` are inclusive bounds (each number of a ``floats`` list is checked)."""
+
     name: str
-    type: str  # "float" | "int" | "bool" | "str" | "floats"
+    type: str
     default: Any
     help: str
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAM_TYPES:
+            raise ValueError(f"parameter {self.name}: type must be one of {PARAM_TYPES}, got {self.type!r}")
 
 
 @dataclass(frozen=True)
 class Method:
+    """One registered method: what ``--help`` shows, what :func:`parse_mitigation` checks, what builds its hooks."""
+
     name: str
     summary: str
     params: tuple[Param, ...]
+    hooks: HooksFactory
 
 
-@dataclass(frozen=True)
-class MitigationSpec:
-    """A parsed ``NAME[:key=value,...]``: the method name and every parameter (defaults filled in)."""
-
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        def fmt(v: Any) -> str:
-            return "/".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v).lower() \
-                if isinstance(v, bool) else str(v)
-        return self.name + (":" + ",".join(f"{k}={fmt(v)}" for k, v in self.params.items()) if self.params else "")
+MITIGATIONS: Registry[Method] = Registry("mitigation", field="mitigation",
+                                         normalise=lambda name: name.strip().lower().replace("_", "-"))
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("none", "no mitigation (plain margin-head training)", ()),
-    Method("label-flip", "FR-NAS label flip: per batch, relabel a fraction p of one age group's samples as "
-           "another identity of that group", (
-               Param("p", "float", 0.3, "fraction of the chosen group's samples relabelled per batch"),
-               Param("group", "int", -1, "age group index to flip; -1 = a random group present in each batch"),
-           )),
-    Method("group-margin", "margin per age group (FR-NAS 'angular' with --head cosface: target logit "
-           "s*(cos - m_g); with arcface cos(theta + m_g))", (
-        Param("margins", "floats", (), "margin per age group, '/'-separated (cosine units for cosface; "
-              "radians for arcface); empty = head margin + step*group"),
-        Param("step", "float", 0.05, "when margins is empty: margin grows by step per group away from 'base'"),
-        Param("base", "int", -1, "when margins is empty: group with the head's own margin; -1 = the middle group"),
-    )),
-    Method("adversarial", "SensitiveNets-style age-group adversary: group classifier on detached embeddings, "
-           "penalty mean(log(1+|1/G - P(group)|)) after warm-up", (
-               Param("weight", "float", 1.0, "penalty weight"),
-               Param("warmup", "int", 50, "optimiser steps before the penalty starts (classifier warm-up)"),
-               Param("hidden", "int", 64, "hidden units of the group classifier"),
-               Param("disc_weight", "float", 1.0, "weight of the classifier's own loss (its learning-rate factor)"),
-               Param("mlp", "bool", False, "insert a residual MLP between backbone and head (not exported with "
-                     "backbone.pth)"),
-           )),
-    Method("mixfair", "MixFairFace adapter: per-sample margin shift (f_mix.f_b)^2-(f_mix.f_a)^2 from 50/50 "
-           "feature-map mixing with a permuted partner", (
-               Param("detach", "bool", True, "treat the shift as a constant margin (no gradient through it)"),
-           )),
-    Method("ddl", "distribution distillation: per-age-group batches, KL between soft histograms of pos/neg "
-           "similarities (teacher group detached), order and entropy terms", (
-               Param("weight", "float", 1.0, "weight of the DDL loss"),
-               Param("bins", "int", 20, "histogram bins over [0, 1)"),
-               Param("sigma", "float", 0.0, "Gaussian bump width; 0 = one bin width"),
-               Param("topk", "int", 32, "hard negatives per branch (0 = all negative pairs)"),
-               Param("teacher", "int", -1, "teacher age group; -1 = the best separated group in each batch"),
-               Param("order", "float", 1.0, "weight of the order loss on mean(pos) - mean(neg)"),
-               Param("entropy", "float", 0.0, "weight of the entropy term"),
-               Param("per_identity", "int", 2, "images per identity in each group sub-batch"),
-           )),
-)}
+def register_mitigation(name: str, summary: str, params: Sequence[Param] = ()) -> Callable[[HooksFactory],
+                                                                                          HooksFactory]:
+    """Register ``factory(spec: MitigationSpec) -> TrainingHooks`` (usually a :class:`MethodHooks` subclass)."""
+
+    def deco(factory: HooksFactory) -> HooksFactory:
+        MITIGATIONS.register(name, Method(name, summary, tuple(params), factory))
+        return factory
+
+    return deco
 
 
-def list_mitigations() -> list[str]:
-    return list(METHODS)
+register_mitigation("none", "no mitigation (plain margin-head training)")(lambda spec: TrainingHooks())
 
 
 def describe_mitigations() -> str:
     """One line per method with its parameters and defaults (for ``--help``; no square brackets, which rich
     help text would take for markup)."""
     lines = []
-    for m in METHODS.values():
-        keys = ", ".join(f"{p.name}={_fmt_default(p)}" for p in m.params)
-        lines.append(f"{m.name}: {m.summary}" + (f"; keys: {keys}" if keys else ""))
+    for name in MITIGATIONS.names():
+        method = MITIGATIONS.get(name)
+        keys = ", ".join(f"{p.name}={_fmt_default(p)}" for p in method.params)
+        lines.append(f"{method.name}: {method.summary}" + (f"; keys: {keys}" if keys else ""))
     return "\n".join(lines)
 
 
@@ -105,26 +88,41 @@ def _fmt_default(p: Param) -> str:
     return str(p.default).lower() if p.type == "bool" else str(p.default)
 
 
+def _bad(message: str) -> SettingsError:
+    return SettingsError(message, field="mitigation")
+
+
 def _convert(method: str, p: Param, raw: str) -> Any:
     raw = raw.strip()
     try:
         if p.type == "float":
-            return float(raw)
-        if p.type == "int":
-            return int(raw)
-        if p.type == "bool":
-            low = raw.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if p.type == "floats":
-            return tuple(float(v) for v in raw.split("/") if v.strip())
-        return raw
-    except ValueError:
+            value: Any = float(raw)
+        elif p.type == "int":
+            value = int(raw)
+        elif p.type == "bool":
+            value = {"1": True, "true": True, "yes": True, "on": True,
+                     "0": False, "false": False, "no": False, "off": False}[raw.lower()]
+        elif p.type == "floats":
+            value = tuple(float(v) for v in raw.split("/") if v.strip())
+        else:
+            value = raw
+    except (ValueError, KeyError):
         kind = {"floats": "list of numbers separated by '/'", "bool": "true/false"}.get(p.type, p.type)
-        raise UserError(f"mitigation '{method}': {p.name}={raw!r} is not a valid {kind}") from None
+        raise _bad(f"{method}: {p.name}={raw!r} is not a valid {kind}") from None
+    _check_range(method, p, value)
+    return value
+
+
+def _check_range(method: str, p: Param, value: Any) -> None:
+    for v in value if isinstance(value, tuple) else (value,):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        if p.low is not None and p.high is not None and not p.low <= v <= p.high:
+            raise _bad(f"{method}: {p.name} must be in [{p.low:g}, {p.high:g}], got {v:g}")
+        if p.low is not None and v < p.low:
+            raise _bad(f"{method}: {p.name} must be >= {p.low:g}, got {v:g}")
+        if p.high is not None and v > p.high:
+            raise _bad(f"{method}: {p.name} must be <= {p.high:g}, got {v:g}")
 
 
 def parse_mitigation(spec: str | MitigationSpec | None) -> MitigationSpec:
@@ -134,39 +132,26 @@ def parse_mitigation(spec: str | MitigationSpec | None) -> MitigationSpec:
     """
     if isinstance(spec, MitigationSpec):
         return spec
-    spec = (spec or "none").strip()
-    name, _, rest = spec.partition(":")
-    name = name.strip().lower().replace("_", "-")
-    if name not in METHODS:
-        raise UserError(f"unknown mitigation '{name}'; choose one of: {', '.join(METHODS)}")
-    method = METHODS[name]
+    text = (spec or "none").strip()
+    name, _, rest = text.partition(":")
+    method = MITIGATIONS.get(name.strip() or "none")
     params = {p.name: p.default for p in method.params}
     by_name = {p.name: p for p in method.params}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not eq:
-            raise UserError(f"mitigation '{name}': expected key=value, got '{item}'")
+            raise _bad(f"{method.name}: expected key=value, got '{item}'")
         if key not in by_name:
-            known = ", ".join(by_name) or "none"
-            raise UserError(f"mitigation '{name}' has no parameter '{key}'; its parameters: {known}")
-        params[key] = _convert(name, by_name[key], value)
-    _validate(name, params)
-    return MitigationSpec(name, params)
+            raise _bad(f"'{method.name}' has no parameter '{key}'; its parameters: {', '.join(by_name) or 'none'}")
+        params[key] = _convert(method.name, by_name[key], value)
+    return MitigationSpec(method.name, params)
 
 
-def _validate(name: str, params: dict[str, Any]) -> None:
-    def bad(msg: str) -> None:
-        raise UserError(f"mitigation '{name}': {msg}")
-
-    if name == "label-flip" and not 0.0 <= params["p"] <= 1.0:
-        bad(f"p must be in [0, 1], got {params['p']}")
-    if name == "ddl":
-        if params["bins"] < 2:
-            bad("bins must be >= 2")
-        if params["per_identity"] < 2:
-            bad("per_identity must be >= 2 (positive pairs are needed)")
-        if params["sigma"] < 0 or params["topk"] < 0:
-            bad("sigma and topk must be >= 0")
-    if name == "adversarial" and (params["warmup"] < 0 or params["hidden"] < 1 or params["disc_weight"] < 0):
-        bad("warmup and disc_weight must be >= 0, hidden >= 1")
+def create_hooks(spec: str | MitigationSpec | None) -> TrainingHooks:
+    """``None``/``"none"`` -> no-op hooks; ``"NAME[:k=v,...]"`` -> the registered method's hooks (spec checked)."""
+    parsed = parse_mitigation(spec)
+    hooks = MITIGATIONS.get(parsed.name).hooks(parsed)
+    if not isinstance(hooks, TrainingHooks):
+        raise TypeError(f"mitigation factory '{parsed.name}' returned {type(hooks).__name__}, not TrainingHooks")
+    return hooks

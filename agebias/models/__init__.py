@@ -1,4 +1,10 @@
-"""Face-recognition backbones, heads, checkpoints, ONNX and embedders."""
+"""Face-recognition backbones, heads, checkpoints, ONNX and embedders.
+
+Modules, each depending only on those listed before it: ``iresnet``, ``timm_backbone``, ``registry`` (backbones by
+name), ``heads``, ``preprocess``, ``embedder_base``, ``torch_embedder``, ``onnx_file``, ``onnx_embedder``
+(onnxruntime), ``onnx_export``, ``onnx_import`` (ONNX graph -> torch iresnet), ``checkpoints``, ``sface`` and
+``embedder`` (``build_embedder``: any spec -> an embedder).
+"""
 
 from agebias.models.iresnet import IResNet, iresnet18, iresnet34, iresnet50, iresnet100, iresnet200
 from agebias.models.registry import create_backbone, list_backbones, register_backbone

@@ -5,7 +5,7 @@ tolerates a ``module.`` (DDP) or ``_orig_mod.`` (``torch.compile``) prefix, miss
 buffers, and a dict wrapping the state dict under ``state_dict`` / ``state_dict_backbone`` / ``model`` /
 ``backbone``. ``.pth`` files are read with ``torch.load(weights_only=True)``, so a pickle that would run code is
 refused; a user who trusts a full-module pickle passes ``trust_checkpoint=True`` (CLI ``--trust-checkpoint``).
-``load_backbone`` also imports an iresnet ``.onnx`` (see :func:`agebias.models.onnx.import_iresnet_onnx`).
+``load_backbone`` also imports an iresnet ``.onnx`` (see :func:`agebias.models.onnx_import.import_iresnet_onnx`).
 Writing (``save_backbone``) gives a plain state dict with arcface_torch keys, atomically.
 """
 
@@ -20,11 +20,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from agebias.atomic import atomic_path
-from agebias.errors import UserError
+from agebias.errors import ModelError
 from agebias.models.iresnet import STAGE_DEPTHS
+from agebias.models.onnx_import import import_iresnet_onnx
 from agebias.models.registry import create_backbone
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -48,17 +50,16 @@ def _torch_load(path: Path, trust_checkpoint: bool) -> object:
             return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as err:
         if trust_checkpoint:
-            raise UserError(f"{path}: cannot unpickle checkpoint ({_first_line(err)})") from None
-        raise UserError(
+            raise ModelError(f"{path}: cannot unpickle checkpoint ({_first_line(err)})") from None
+        raise ModelError(
             f"{path}: refused to load: the checkpoint's pickle holds objects other than tensors and could run code "
             f"({_pickle_reason(err)}); if you trust this file, pass --trust-checkpoint"
         ) from None
-    except (EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not a readable torch checkpoint (corrupt or truncated: {_first_line(err)})") from None
-    except RuntimeError as err:
-        raise UserError(f"{path}: not a readable torch checkpoint (corrupt or truncated: {_first_line(err)})") from None
-    except (AttributeError, ModuleNotFoundError, ImportError) as err:
-        raise UserError(f"{path}: the pickled model needs code that is not installed ({_first_line(err)})") from None
+    except (EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError, UnicodeDecodeError, RuntimeError) as err:
+        raise ModelError(f"{path}: not a readable torch checkpoint (corrupt or truncated: {_first_line(err)})") \
+            from None
+    except (AttributeError, ImportError) as err:
+        raise ModelError(f"{path}: the pickled model needs code that is not installed ({_first_line(err)})") from None
 
 
 def _pickle_reason(err: BaseException) -> str:
@@ -81,13 +82,10 @@ def _first_line(err: BaseException, prefer: str | None = None) -> str:
 
 def _load_safetensors(path: Path) -> StateDict:
     try:
-        from safetensors.torch import load_file
-    except ImportError:  # pragma: no cover - safetensors is a core dependency
-        raise UserError("reading .safetensors needs the 'safetensors' package (pip install safetensors)") from None
-    try:
         return dict(load_file(str(path), device="cpu"))
-    except Exception as err:  # safetensors raises its own SafetensorError type
-        raise UserError(f"{path}: not a readable safetensors file (corrupt or truncated: {_first_line(err)})") from None
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError type
+        raise ModelError(f"{path}: not a readable safetensors file (corrupt or truncated: {_first_line(err)})") \
+            from None
 
 
 def _is_tensor_dict(obj: object) -> bool:
@@ -109,9 +107,9 @@ def _unwrap(obj: object, path: Path) -> StateDict | nn.Module:
         tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
         if tensors:
             return tensors
-        raise UserError(f"{path}: no state dict found in the checkpoint (top-level keys: "
+        raise ModelError(f"{path}: no state dict found in the checkpoint (top-level keys: "
                         f"{_short_list([str(k) for k in obj.keys()])})")
-    raise UserError(f"{path}: the checkpoint holds a {type(obj).__name__}, not a state dict")
+    raise ModelError(f"{path}: the checkpoint holds a {type(obj).__name__}, not a state dict")
 
 
 def strip_prefixes(state: Mapping[str, torch.Tensor]) -> StateDict:
@@ -131,15 +129,15 @@ def load_state_dict_file(path: str | os.PathLike, trust_checkpoint: bool = False
     """Read a checkpoint file into a state dict with prefixes removed.
 
     Returns an ``nn.Module`` only for a trusted full-module pickle (``trust_checkpoint=True``).
-    Raises :class:`UserError` for missing, empty, corrupt or hostile files.
+    Raises :class:`ModelError` for missing, empty, corrupt or hostile files.
     """
     path = Path(path)
     if not path.exists():
-        raise UserError(f"checkpoint not found: {path}")
+        raise ModelError(f"checkpoint not found: {path}")
     if path.is_dir():
-        raise UserError(f"{path}: is a directory, expected a checkpoint file (.pth or .safetensors)")
+        raise ModelError(f"{path}: is a directory, expected a checkpoint file (.pth or .safetensors)")
     if path.stat().st_size == 0:
-        raise UserError(f"{path}: empty file (0 bytes), not a checkpoint")
+        raise ModelError(f"{path}: empty file (0 bytes), not a checkpoint")
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
         obj: object = _load_safetensors(path)
     else:
@@ -156,11 +154,11 @@ _LAYER_RE = re.compile(r"^layer([1-4])\.(\d+)\.")
 def infer_arch(state: Mapping[str, torch.Tensor]) -> str:
     """Name the iresnet that has these keys: ``iresnet50`` etc., or ``iresnet:D1,D2,D3,D4@W1,W2,W3,W4``.
 
-    Raises :class:`UserError` when the keys are not an iresnet's.
+    Raises :class:`ModelError` when the keys are not an iresnet's.
     """
     needed = ("conv1.weight", "fc.weight", "features.running_mean")
     if not all(k in state for k in needed):
-        raise UserError("cannot infer the architecture from the checkpoint keys (not an iresnet; first keys: "
+        raise ModelError("cannot infer the architecture from the checkpoint keys (not an iresnet; first keys: "
                         f"{_short_list(sorted(state))}); pass --arch")
     depths = [0, 0, 0, 0]
     for key in state:
@@ -169,11 +167,11 @@ def infer_arch(state: Mapping[str, torch.Tensor]) -> str:
             stage, block = int(m.group(1)) - 1, int(m.group(2))
             depths[stage] = max(depths[stage], block + 1)
     if min(depths) < 1:
-        raise UserError(f"cannot infer the architecture: stage depths {depths} look incomplete; pass --arch")
+        raise ModelError(f"cannot infer the architecture: stage depths {depths} look incomplete; pass --arch")
     try:
         widths = tuple(int(state[f"layer{i}.0.conv1.weight"].shape[0]) for i in range(1, 5))
     except KeyError as err:
-        raise UserError(f"cannot infer the architecture: key {err} missing; pass --arch") from None
+        raise ModelError(f"cannot infer the architecture: key {err} missing; pass --arch") from None
     for name, d in STAGE_DEPTHS.items():
         if tuple(depths) == d and widths == _DEFAULT_WIDTHS:
             return name
@@ -210,7 +208,7 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
         if shapes:
             parts.append(f"shape conflicts: {_short_list(shapes, 4)}")
         what = f" for arch '{arch}'" if arch else ""
-        raise UserError(f"{source} does not match the model{what}: " + "; ".join(parts)
+        raise ModelError(f"{source} does not match the model{what}: " + "; ".join(parts)
                         + " (check --arch or the file)")
     return state
 
@@ -222,18 +220,16 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None, trust_checkp
     An ``.onnx`` iresnet (e.g. insightface ``w600k_r50.onnx``) is imported into our IResNet (for fine-tuning).
     """
     if Path(path).suffix.lower() == ".onnx":
-        from agebias.models.onnx import import_iresnet_onnx
-
         model = import_iresnet_onnx(path)
         if arch is not None and arch != infer_arch(model.state_dict()):
-            raise UserError(f"{path}: the ONNX graph is {infer_arch(model.state_dict())}, not '{arch}'")
+            raise ModelError(f"{path}: the ONNX graph is {infer_arch(model.state_dict())}, not '{arch}'")
         return model
     loaded = load_state_dict_file(path, trust_checkpoint=trust_checkpoint)
     if isinstance(loaded, nn.Module):
         if arch is None:
             try:
                 arch = infer_arch(strip_prefixes(loaded.state_dict()))
-            except UserError:
+            except ModelError:
                 return loaded.float().eval()  # a trusted module of an architecture we do not build ourselves
         state = strip_prefixes(loaded.state_dict())
     else:
@@ -241,8 +237,8 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None, trust_checkp
     if arch is None:
         try:
             arch = infer_arch(state)
-        except UserError as err:
-            raise UserError(f"{path}: {err}") from None
+        except ModelError as err:
+            raise ModelError(f"{path}: {err}") from None
     model = create_backbone(arch, **_build_kwargs(state, arch))
     state = check_state_dict(model, state, source=str(path), arch=arch)
     model.load_state_dict(state, strict=True)
@@ -266,8 +262,6 @@ def save_backbone(model: nn.Module, path: str | os.PathLike) -> Path:
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in _plain_module(model).state_dict().items()}
     with atomic_path(path) as tmp:
         if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-            from safetensors.torch import save_file
-
             save_file(state, str(tmp))
         else:
             torch.save(state, tmp)

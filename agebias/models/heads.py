@@ -19,36 +19,27 @@ Heads are built by name: ``create_head("arcface", embedding_dim, num_classes, sc
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agebias.errors import UserError
+from agebias.errors import DataError
+from agebias.registry import Registry
 
-_HEADS: dict[str, Callable[..., "MarginHead"]] = {}
-
-
-def register_head(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        _HEADS[name] = cls
-        return cls
-
-    return deco
+HEADS: Registry[type["MarginHead"]] = Registry("head", field="head")
 
 
 def list_heads() -> list[str]:
-    return sorted(_HEADS)
+    return HEADS.names()
 
 
 def create_head(name: str, embedding_dim: int, num_classes: int, **kwargs) -> "MarginHead":
     """Build a head by name; ``kwargs`` are the head's own (``scale``, ``margin``, ``m1``/``m2``/``m3``)."""
-    if name not in _HEADS:
-        raise UserError(f"unknown head '{name}'; choose one of: {', '.join(list_heads())}")
+    cls = HEADS.get(name)
     if num_classes < 2:
-        raise UserError(f"a margin head needs at least 2 training identities, got {num_classes}")
-    return _HEADS[name](embedding_dim, num_classes, **kwargs)
+        raise DataError(f"a margin head needs at least 2 training identities, got {num_classes}")
+    return cls(embedding_dim, num_classes, **kwargs)
 
 
 class MarginHead(nn.Module):
@@ -94,7 +85,7 @@ def _arc_target(cos_t: torch.Tensor, m: torch.Tensor | float) -> torch.Tensor:
     return torch.where(cos_t > threshold, cos_tm, cos_t - torch.sin(math.pi - m) * m)
 
 
-@register_head("arcface")
+@HEADS.register("arcface")
 class ArcFaceHead(MarginHead):
     """Additive angular margin: target ``cos(theta + m)`` (non-monotonic region fixed as insightface does)."""
 
@@ -107,7 +98,7 @@ class ArcFaceHead(MarginHead):
         return _arc_target(cos_t, m)
 
 
-@register_head("cosface")
+@HEADS.register("cosface")
 class CosFaceHead(MarginHead):
     """Additive cosine margin: target ``cos(theta) - m``."""
 
@@ -120,7 +111,7 @@ class CosFaceHead(MarginHead):
         return cos_t - m
 
 
-@register_head("combined")
+@HEADS.register("combined")
 class CombinedMarginHead(MarginHead):
     """insightface ``CombinedMarginLoss``: target ``cos(m1 * theta + m2) - m3``.
 

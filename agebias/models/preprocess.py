@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agebias.errors import UserError
+from agebias.errors import DataError
 
 
 def check_faces(faces: np.ndarray, size: int | None = 112) -> np.ndarray:
@@ -18,11 +18,11 @@ def check_faces(faces: np.ndarray, size: int | None = 112) -> np.ndarray:
     if faces.ndim == 3:
         faces = faces[None]
     if faces.ndim != 4 or faces.shape[-1] != 3:
-        raise UserError(f"expected face crops of shape (N, H, W, 3), got {tuple(faces.shape)}")
+        raise DataError(f"expected face crops of shape (N, H, W, 3), got {tuple(faces.shape)}")
     if faces.dtype != np.uint8:
-        raise UserError(f"expected uint8 face crops (0..255), got dtype {faces.dtype}")
+        raise DataError(f"expected uint8 face crops (0..255), got dtype {faces.dtype}")
     if size is not None and faces.shape[1:3] != (size, size):
-        raise UserError(f"expected {size}x{size} aligned crops, got {faces.shape[2]}x{faces.shape[1]}")
+        raise DataError(f"expected {size}x{size} aligned crops, got {faces.shape[2]}x{faces.shape[1]}")
     return faces
 
 

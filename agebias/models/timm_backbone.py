@@ -41,7 +41,7 @@ def create_timm_backbone(name: str, num_features: int = 512, input_size: int = 1
         trunk = timm.create_model(name, pretrained=False, num_classes=0, img_size=input_size, **extra)
     except TypeError:  # convolutional models take no img_size
         trunk = timm.create_model(name, pretrained=False, num_classes=0, **extra)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - timm models fail to build with many exception types
         reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"timm cannot build '{name}' at {input_size}x{input_size}: {reason}") from None
     trunk.eval()

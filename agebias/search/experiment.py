@@ -6,7 +6,7 @@
     [data]        synthetic = PATH, real = PATH (finetune sources; weights searched as synthetic_weight /
                   real_weight or fixed here as synthetic_weight = 1.0 ...), train = ["PATH[:WEIGHT]", ...] (instead),
                   eval = PATH (a set for '@eval' objectives), eval_kind (fgnet | manifest | generated | auto),
-                  eval_aligned (bool), eval_age_bins (default: the finetune age_bins)
+                  eval_aligned (bool; default: as the data says), eval_age_bins (default: the finetune age_bins)
     [finetune]    fixed FinetuneConfig settings of every trial (backbone/arch, init, epochs, batch_size, ...)
     [space]       the searched parameters (agebias.search.space)
     [objectives]  name = "METRIC@SET", all minimised, in order (agebias.search.objectives)
@@ -14,19 +14,22 @@
                   Pareto plot, and/or results = "results.json" of `agebias evaluate` on the eval set (model = NAME
                   picks one of its models) for the '@eval' objectives
 
-Relative paths are taken relative to the current directory (as `agebias run` does).
+Relative paths ([experiment] out, [data] sources, [finetune] backbone, [baseline] results) are taken relative to the
+file's folder, so a search file runs the same from any working directory (as `agebias run` does).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agebias.errors import UserError
+from agebias.errors import SettingsError, UserError
 from agebias.search.objectives import Objective, parse_objectives
+from agebias.search.settings import SearchSettings
 from agebias.search.space import SearchSpace, check_arch, compose_arch, mitigation_spec, parse_space
 
 if sys.version_info >= (3, 11):
@@ -36,7 +39,7 @@ else:  # pragma: no cover
 
 TABLES = {
     "experiment": {"name", "description", "out", "seed"},
-    "search": {"sampler", "trials", "heartbeat", "population", "storage"},
+    "search": {f.name for f in dataclasses.fields(SearchSettings)},
     "data": {"synthetic", "real", "train", "eval", "eval_kind", "eval_aligned", "eval_age_bins", "synthetic_weight",
              "real_weight"},
     "finetune": None,  # FinetuneConfig fields, checked below
@@ -44,7 +47,6 @@ TABLES = {
     "objectives": None,
     "baseline": None,
 }
-SAMPLERS = ("nsga2", "tpe")
 
 
 @dataclass
@@ -52,17 +54,33 @@ class SearchExperiment:
     path: Path
     name: str
     out: Path
-    seed: int | None
-    sampler: str
-    trials: int
-    heartbeat: int
-    population: int | None
-    storage: str | None
+    seed: int | None  # finetune seed of every trial ([experiment] seed)
+    search: SearchSettings
     data: dict[str, Any]
     finetune: dict[str, Any]
     space: SearchSpace
     objectives: list[Objective]
     baseline: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sampler(self) -> str:
+        return self.search.sampler
+
+    @property
+    def trials(self) -> int:
+        return self.search.trials
+
+    @property
+    def heartbeat(self) -> int:
+        return self.search.heartbeat
+
+    @property
+    def population(self) -> int | None:
+        return self.search.population
+
+    @property
+    def storage(self) -> str | None:
+        return self.search.storage
 
     def finetune_settings(self, params: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         """The FinetuneConfig dict of one trial: fixed settings, then the trial's parameters, then data/out."""
@@ -96,7 +114,7 @@ class SearchExperiment:
             if weight > 0:
                 sources.append(f"{path}:{weight:g}")
         if not sources:
-            raise UserError("this trial has no training data: every [data] source has weight 0")
+            raise SettingsError("this trial has no training data: every [data] source has weight 0")
         return sources
 
 
@@ -107,22 +125,22 @@ def _special() -> set[str]:
 
 
 def load_search_experiment(path: str | Path) -> SearchExperiment:
-    """Read and validate a search experiment file; every problem is one :class:`UserError` line."""
+    """Read and validate a search experiment file; every problem is one :class:`SettingsError` line."""
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"experiment file not found: {path}") from None
+        raise SettingsError(f"experiment file not found: {path}") from None
     except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: not valid TOML: {err}") from None
+        raise SettingsError(f"{path}: not valid TOML: {err}") from None
     for table, value in doc.items():
         if table not in TABLES:
-            raise UserError(f"{path}: unknown table [{table}]; a search file has {', '.join(TABLES)}")
+            raise SettingsError(f"{path}: unknown table [{table}]; a search file has {', '.join(TABLES)}")
         if not isinstance(value, dict):
-            raise UserError(f"{path}: [{table}] must be a table")
+            raise SettingsError(f"{path}: [{table}] must be a table")
         keys = TABLES[table]
         if keys is not None and set(value) - keys:
-            raise UserError(f"{path}: unknown key(s) in [{table}]: {', '.join(sorted(set(value) - keys))}")
+            raise SettingsError(f"{path}: unknown key(s) in [{table}]: {', '.join(sorted(set(value) - keys))}")
     exp_t, search_t, data_t = doc.get("experiment", {}), doc.get("search", {}), dict(doc.get("data", {}))
     finetune_t = dict(doc.get("finetune", {}))
     from agebias.finetune.config import FinetuneConfig
@@ -130,35 +148,36 @@ def load_search_experiment(path: str | Path) -> SearchExperiment:
     known = {f.name for f in dataclasses.fields(FinetuneConfig)}
     bad = sorted(set(finetune_t) - known) + sorted(k for k in ("data", "out") if k in finetune_t)
     if bad:
-        raise UserError(f"{path}: [finetune] cannot set {', '.join(bad)} (data comes from [data], out per trial)")
+        raise SettingsError(f"{path}: [finetune] cannot set {', '.join(bad)} (data comes from [data], out per trial)")
     name = str(exp_t.get("name", path.stem))
-    sampler = str(search_t.get("sampler", "nsga2")).lower()
-    if sampler not in SAMPLERS:
-        raise UserError(f"{path}: [search] sampler must be one of {', '.join(SAMPLERS)}, got '{sampler}'")
     if not (data_t.get("train") or data_t.get("synthetic") or data_t.get("real")):
-        raise UserError(f"{path}: [data] needs 'synthetic', 'real' or 'train' (the training sources)")
+        raise SettingsError(f"{path}: [data] needs 'synthetic', 'real' or 'train' (the training sources)")
     if isinstance(data_t.get("train"), str):
         data_t["train"] = [data_t["train"]]
+    _resolve_data_paths(data_t, path.parent)
+    backbone = finetune_t.get("backbone")
+    if isinstance(backbone, str) and backbone and (path.parent / backbone).exists() and \
+            not Path(backbone).is_absolute():
+        finetune_t["backbone"] = str(path.parent / backbone)
+    baseline_t = dict(doc.get("baseline", {}))
+    if isinstance(baseline_t.get("results"), str) and not Path(baseline_t["results"]).is_absolute():
+        baseline_t["results"] = str(path.parent / baseline_t["results"])
     for key in ("arch", "backbone"):
         if finetune_t.get(key) and finetune_t.get("init") == "random":
             check_arch(str(finetune_t[key]))
     seed = _whole(path, "experiment", exp_t, "seed", None)
-    trials = _whole(path, "search", search_t, "trials", 10, minimum=0)
-    heartbeat = _whole(path, "search", search_t, "heartbeat", 60, minimum=0)
-    population = _whole(path, "search", search_t, "population", None, minimum=2)
-    storage = search_t.get("storage")
-    if storage is not None and not isinstance(storage, str):
-        raise UserError(f"{path}: [search] storage must be a URL string, got {storage!r}")
+    out = Path(str(exp_t["out"])) if exp_t.get("out") else Path("runs") / name
     exp = SearchExperiment(
-        path=path, name=name, out=Path(str(exp_t.get("out") or Path("runs") / name)),
-        seed=seed, sampler=sampler, trials=trials, heartbeat=heartbeat, population=population,
-        storage=storage, data=data_t, finetune=finetune_t,
+        path=path, name=name,
+        out=out if out.is_absolute() or not exp_t.get("out") else Path(os.path.normpath(path.parent / out)),
+        seed=seed, search=SearchSettings.from_dict(search_t, source=f"{path} [search]"),
+        data=data_t, finetune=finetune_t,
         space=parse_space(doc.get("space", {})), objectives=parse_objectives(doc.get("objectives", {})),
-        baseline=dict(doc.get("baseline", {})))
+        baseline=baseline_t)
     _check_paths(path, data_t)
     needs_eval = any(o.on == "eval" for o in exp.objectives)
     if needs_eval and not data_t.get("eval"):
-        raise UserError(f"{path}: an '@eval' objective needs [data] eval = PATH")
+        raise SettingsError(f"{path}: an '@eval' objective needs [data] eval = PATH")
     _check_trial_settings(exp)
     return exp
 
@@ -171,7 +190,7 @@ def _whole(path: Path, table: str, values: dict[str, Any], key: str, default: in
         return None
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         need = "a whole number" + (f" >= {minimum}" if minimum is not None else "")
-        raise UserError(f"{path}: [{table}] {key} must be {need}, got {value!r}")
+        raise SettingsError(f"{path}: [{table}] {key} must be {need}, got {value!r}")
     return value
 
 
@@ -197,7 +216,25 @@ def _check_trial_settings(exp: SearchExperiment) -> None:
             FinetuneConfig.from_dict(exp.finetune_settings(params, Path("trial")))
         except UserError as err:
             searched = ", ".join(f"{k}={v!r}" for k, v in params.items())
-            raise UserError(f"{exp.path}: a trial would fail: {err} (with {searched})") from None
+            raise SettingsError(f"{exp.path}: a trial would fail: {err} (with {searched})") from None
+
+
+def _resolve_data_paths(data: dict[str, Any], base: Path) -> None:
+    """[data] paths relative to the search file's folder (``PATH[:WEIGHT]`` entries keep their weight)."""
+    from agebias.finetune.data import parse_source
+
+    def resolve(text: str) -> str:
+        src = parse_source(text)
+        p = Path(src.path).expanduser()
+        if p.is_absolute():
+            return text
+        return os.path.normpath(base / p) + text[len(src.path):]
+
+    for key in ("synthetic", "real", "eval"):
+        if data.get(key):
+            data[key] = resolve(str(data[key]))
+    if data.get("train"):
+        data["train"] = [resolve(str(t)) for t in data["train"]]
 
 
 def _check_paths(path: Path, data: dict[str, Any]) -> None:
@@ -211,4 +248,4 @@ def _check_paths(path: Path, data: dict[str, Any]) -> None:
         if not p.exists():
             hint = ("; make it first with `agebias run experiments/demo.toml --only generate`"
                     if "demo" in value else "")
-            raise UserError(f"{path}: [data] {key} {value} does not exist{hint}")
+            raise SettingsError(f"{path}: [data] {key} {value} does not exist{hint}")

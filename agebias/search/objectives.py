@@ -10,7 +10,8 @@ METRIC: ``eer``; ``fnmr`` (FNMR at the target FMR ``fmr``); ``garbe`` (0 = fair)
 ``1 - FDR``, 0 = fair); ``ir`` (inequity rate, 1 = fair). SET: ``val`` (the trial's own held-out identities,
 the same identity split the trainer used) or ``eval`` (the experiment's ``[data] eval`` set).
 
-Conventions (those of :mod:`agebias.evaluate`): cosine scores of L2-normalised embeddings of every image pair;
+Conventions (those of :mod:`agebias.evaluate`, whose pair engine and metric functions compute them): cosine scores
+of L2-normalised float32 embeddings of every image pair;
 one global threshold tau at target FMR ``fmr`` (default 1e-2) from all impostor pairs; per age group FMR and
 FNMR at tau over the pairs whose two images are both in that group (cross-group pairs count only in the
 overall rates); GARBE, FDR and IR from :mod:`agebias.evaluate.fairness` with ``alpha`` (default 0.5). Age
@@ -27,6 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from agebias.errors import UserError
+from agebias.evaluate import fairness
+from agebias.evaluate import metrics as M
+from agebias.evaluate.grouping import DEFAULT_AGE_BINS, make_grouping
+from agebias.evaluate.pairs import ExactNeeds, exactly, score_all_pairs
 
 METRICS = ("eer", "fnmr", "garbe", "fdr", "ir")
 SETS = ("val", "eval")
@@ -82,38 +87,35 @@ def parse_objectives(table: dict[str, Any]) -> list[Objective]:
 
 def pair_metrics(embeddings: np.ndarray, subjects: Sequence[str], ages: Sequence[int | None],
                  age_bins: str | None = None, fmr: float = DEFAULT_FMR, alpha: float = 0.5) -> dict[str, Any]:
-    """All-pairs verification and fairness numbers of one embedded set (conventions in the module docstring).
+    """All-pairs verification and fairness numbers of one embedded set (conventions in the module docstring),
+    computed by the evaluator's engine (:func:`agebias.evaluate.pairs.score_all_pairs`; memory O(N*D + block^2)) and
+    metric functions.
 
     Returns ``eer``, ``fnmr``, ``fmr`` (realised), ``tau``, ``garbe``, ``fdr``, ``ir`` and ``groups`` (one dict per
     age group: ``name``, ``genuine``, ``impostor``, ``fmr``, ``fnmr``)."""
-    from agebias.evaluate import fairness
-    from agebias.evaluate.grouping import DEFAULT_AGE_BINS, AgeBins, image_groups
-    from agebias.evaluate.metrics import eer, rate, threshold_at_fmr
+    gp = make_grouping(list(ages), "both", age_bins or DEFAULT_AGE_BINS)
+    ps = score_all_pairs(embeddings, list(subjects), gp,
+                         needs=ExactNeeds(fmrs=(fmr,), group_fmrs=(), group_eer=False))
 
-    emb = np.asarray(embeddings, dtype=np.float64)
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    _, ids = np.unique(np.asarray(subjects), return_inverse=True)
-    bins = AgeBins.parse(age_bins or DEFAULT_AGE_BINS)
-    groups = image_groups([a if a is not None else -1 for a in ages], bins) if len(ages) else np.zeros(0, np.int64)
-    iu, ju = np.triu_indices(len(ids), k=1)
-    scores = np.einsum("ij,ij->i", emb[iu], emb[ju])
-    same = ids[iu] == ids[ju]
-    genuine, impostor = scores[same], scores[~same]
-    value, _ = eer(genuine, impostor)
-    tau, realised = threshold_at_fmr(impostor, fmr)
-    pair_group = np.where((groups[iu] == groups[ju]) & (groups[iu] >= 0), groups[iu], -1)
-    rows = []
-    for g, name in enumerate(bins.labels):
-        gen_g, imp_g = genuine[pair_group[same] == g], impostor[pair_group[~same] == g]
-        rows.append({"name": name, "genuine": int(gen_g.size), "impostor": int(imp_g.size),
-                     "fmr": rate(int((imp_g >= tau).sum()), int(imp_g.size)),
-                     "fnmr": rate(int((gen_g < tau).sum()), int(gen_g.size))})
-    fmrs, fnmrs = [r["fmr"] for r in rows], [r["fnmr"] for r in rows]
-    fnmr_all = rate(int((genuine < tau).sum()), int(genuine.size)) if tau == tau else math.nan
-    return {"eer": value, "fnmr": fnmr_all, "fmr": realised, "tau": tau, "target_fmr": fmr,
-            "garbe": fairness.garbe(fmrs, fnmrs, alpha), "fdr": fairness.fdr(fmrs, fnmrs, alpha),
-            "ir": fairness.inequity_rate(fmrs, fnmrs, alpha), "genuine": int(genuine.size),
-            "impostor": int(impostor.size), "groups": rows}
+    def compute(p) -> dict[str, Any]:
+        gen_all, imp_all = M.ExactDist(p.gen_score), p.impostor_dist(None)
+        value, _ = M.eer(gen_all, imp_all)
+        tau, realised = M.threshold_at_fmr(imp_all, fmr)
+        gen_groups = gp.key_group[p.genuine_keys()]
+        rows = []
+        for g, name in enumerate(gp.labels):
+            gen_g, imp_g = M.ExactDist(p.gen_score[gen_groups == g]), p.impostor_dist(gp.keys_of_group(g))
+            r = M.rates_at(gen_g, imp_g, tau) if tau == tau else None
+            rows.append({"name": name, "genuine": gen_g.n, "impostor": imp_g.n,
+                         "fmr": r.fmr if r else math.nan, "fnmr": r.fnmr if r else math.nan})
+        fmrs, fnmrs = [r["fmr"] for r in rows], [r["fnmr"] for r in rows]
+        fnmr_all = M.rate(gen_all.count_lt(tau), gen_all.n) if tau == tau else math.nan
+        return {"eer": value, "fnmr": fnmr_all, "fmr": realised, "tau": tau, "target_fmr": fmr,
+                "garbe": fairness.garbe(fmrs, fnmrs, alpha), "fdr": fairness.fdr(fmrs, fnmrs, alpha),
+                "ir": fairness.inequity_rate(fmrs, fnmrs, alpha), "genuine": gen_all.n, "impostor": imp_all.n,
+                "groups": rows}
+
+    return exactly(ps, compute)
 
 
 def objective_values(objectives: Sequence[Objective], metrics_by_key: dict[tuple, dict[str, Any]]) -> list[float]:

@@ -1,9 +1,11 @@
 """``agebias search``: an Optuna multi-objective study over finetune + evaluate trials.
 
-- Storage: any Optuna RDB URL (``sqlite:///path.db``, ``postgresql://...``, ``mysql://...``); default
-  ``sqlite:///<out>/study.db``. Many workers (processes, machines) may join one study by using the same URL and
-  study name; each runs its own ``--trials`` trials. SQLite gets a 60 s lock timeout, and the creation of the
-  schema and of the study is retried, so workers started at the same moment on one file all proceed.
+- Storage: any Optuna RDB URL (``sqlite:///path.db``, ``postgresql+psycopg://user:pw@host/db`` with the
+  ``postgres`` extra, ``mysql://...``); default ``sqlite:///<out>/study.db``. Logs, messages and params.json show
+  the URL with ``***`` for its password (:func:`display_url`). Many workers (processes, machines) may join one
+  study by using the same URL and study name; each runs its own ``--trials`` trials. SQLite gets a 60 s lock
+  timeout, and the creation of the schema and of the study is retried, so workers started at the same moment on
+  one file all proceed.
 - Each trial: parameters from the search space, then ``trial_fn`` (default :func:`agebias.search.trial.run_trial`:
   fine-tune, then embed and score) in ``<out>/trials/<number>/`` (kept: params.json, the run directory,
   objectives.json, error.txt for a failed trial).
@@ -68,6 +70,19 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = 8) -> Any:
             time.sleep(0.2 + random.random() * (0.5 + i))
 
 
+def display_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs, messages and params.json."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not parseable: show the scheme only, the rest may hold a password
+        return url.split("://", 1)[0] + "://..."
+    # without a password the URL is shown as given (rendering would percent-encode e.g. a SQLite path's ':')
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
+
+
 def open_storage(url: str, heartbeat: int = 0):
     """An Optuna RDB storage for ``url`` (SQLite with a lock timeout); ``heartbeat`` seconds, 0 = off."""
     import optuna
@@ -84,9 +99,10 @@ def open_storage(url: str, heartbeat: int = 0):
     if heartbeat > 0:
         kwargs.update(heartbeat_interval=int(heartbeat), grace_period=2 * int(heartbeat))
     try:
-        return _retry(lambda: optuna.storages.RDBStorage(url, **kwargs), f"opening storage {url}")
+        return _retry(lambda: optuna.storages.RDBStorage(url, **kwargs), f"opening storage {display_url(url)}")
     except (ImportError, ModuleNotFoundError) as err:
-        raise UserError(f"storage {url}: database driver missing ({err})") from None
+        raise UserError(f"storage {display_url(url)}: database driver missing ({err}); for PostgreSQL install "
+                        f"agebias[postgres] and use postgresql+psycopg://...") from None
 
 
 def make_sampler(kind: str, seed: int | None, population: int | None = None):
@@ -147,11 +163,10 @@ def baseline_values(exp: SearchExperiment) -> dict[str, Any] | None:
             results = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise UserError(f"[baseline] results {path}: cannot read ({err})") from None
-        model = exp.baseline.get("model")
-        if model:
-            if model not in results.get("models", {}):
-                raise UserError(f"[baseline] model '{model}' is not in {path}")
-            results = results["models"][model]
+        model = exp.baseline.get("model") or (results.get("model_order") or [None])[0]
+        if model not in results.get("models", {}):
+            raise UserError(f"[baseline] model '{model}' is not in {path}")
+        results = results["models"][model]
     values = {}
     for o in exp.objectives:
         if o.name in exp.baseline:
@@ -274,6 +289,7 @@ def run_search(exp: SearchExperiment, trials: int | None = None, *, storage: str
     if n_trials < 0:
         raise UserError(f"--trials must be >= 0, got {n_trials}")
     url = storage or exp.storage or default_storage(out)
+    shown_url = display_url(url)
     name = study_name or exp.name
     beat = exp.heartbeat if heartbeat is None else int(heartbeat)
     if trial_fn is None:
@@ -282,7 +298,7 @@ def run_search(exp: SearchExperiment, trials: int | None = None, *, storage: str
     study = open_study(rdb, name, len(exp.objectives), make_sampler(sampler or exp.sampler, seed, exp.population))
     if beat > 0:
         optuna.storages.fail_stale_trials(study)
-    log.info(f"search: study '{name}' in {url} ({len(study.get_trials(deepcopy=False))} trials so far); "
+    log.info(f"search: study '{name}' in {shown_url} ({len(study.get_trials(deepcopy=False))} trials so far); "
          f"running {n_trials} here, outputs in {out}")
     write_pareto(study, exp, out)
     names = [o.name for o in exp.objectives]
@@ -294,10 +310,10 @@ def run_search(exp: SearchExperiment, trials: int | None = None, *, storage: str
             rdb.record_heartbeat(trial._trial_id)  # its first beat would never count as stale
         params = exp.space.suggest(trial)
         trial_dir = out / "trials" / str(trial.number)
-        _move_aside_foreign(trial_dir, name, url, trial._trial_id)
+        _move_aside_foreign(trial_dir, name, shown_url, trial._trial_id)
         trial_dir.mkdir(parents=True, exist_ok=True)
         trial.set_user_attr("dir", os.path.relpath(trial_dir, out))
-        write_json(trial_dir / "params.json", {"number": trial.number, "study": name, "storage": url,
+        write_json(trial_dir / "params.json", {"number": trial.number, "study": name, "storage": shown_url,
                                                "trial_id": trial._trial_id, "params": params})
         log.info(f"search: trial {trial.number} {json.dumps(params, default=str)}")
         try:

@@ -58,7 +58,7 @@ def run_trial(exp: SearchExperiment, params: dict[str, Any], trial_dir: Path) ->
             metrics[key] = _evaluator_metrics(records, emb, report_dir, o.fmr, o.alpha, bins, config.seed)
     write_json(trial_dir / "metrics.json", {
         "backbone": str(backbone), "best_epoch": result.best_epoch,
-        "history": result.history,
+        "history": result.rows,
         "metrics": [{"on": k[0], "fmr": k[1], "alpha": k[2], "age_bins": k[3], **v} for k, v in metrics.items()]})
     values = objective_values(exp.objectives, metrics)
     return {o.name: v for o, v in zip(exp.objectives, values)}
@@ -67,12 +67,12 @@ def run_trial(exp: SearchExperiment, params: dict[str, Any], trial_dir: Path) ->
 def _evaluator_metrics(records: list, emb: np.ndarray, out: Path, fmr: float, alpha: float, age_bins: str | None,
                        seed: int) -> dict[str, Any]:
     """Run the evaluator (full report in ``out``) and pick the numbers :func:`pair_metrics` would return."""
-    from agebias.evaluate.api import evaluate_embeddings
+    from agebias.evaluate.api import evaluate_records
+    from agebias.evaluate.settings import EvalSettings
 
-    settings: dict[str, Any] = {"target_fmr": fmr, "alpha": alpha, "bootstrap": 0, "seed": seed}
-    if age_bins:
-        settings["age_bins"] = age_bins
-    res = evaluate_embeddings(records, emb, out, settings, model_name="trial")
+    settings = EvalSettings(target_fmr=fmr, alpha=alpha, bootstrap=0, seed=seed,
+                            **({"age_bins": age_bins} if age_bins else {}))
+    res = evaluate_records(records, {"trial": emb}, settings).save(out).section()
     ov, fa = res["overall"], res["fairness"]
     groups = [{"name": name, "genuine": g.get("n_genuine"), "impostor": g.get("n_impostor"), "fmr": g.get("fmr"),
                "fnmr": g.get("fnmr")} for name, g in res["groups"].items()]
@@ -104,13 +104,13 @@ _EVAL_CACHE: dict[tuple, tuple[np.ndarray, list]] = {}
 
 def _eval_set(exp: SearchExperiment) -> tuple[np.ndarray, list]:
     """The ``[data] eval`` set, aligned once per process."""
-    from agebias.data.faces import load_aligned_faces
+    from agebias.data.faces import load_aligned_faces, use_as_aligned
     from agebias.data.sources import open_dataset
 
-    key = (str(exp.data["eval"]), exp.data.get("eval_kind", "auto"), bool(exp.data.get("eval_aligned", False)))
+    key = (str(exp.data["eval"]), exp.data.get("eval_kind", "auto"), exp.data.get("eval_aligned"))
     if key not in _EVAL_CACHE:
         scan = open_dataset(key[0], key[1])
-        faces = load_aligned_faces(scan.records, aligned=key[2])
+        faces = load_aligned_faces(scan.records, aligned=use_as_aligned(scan.aligned, key[2]))
         if len(faces.records) < 2:
             raise UserError(f"[data] eval {key[0]}: fewer than 2 usable images")
         _EVAL_CACHE[key] = (faces.crops, list(faces.records))

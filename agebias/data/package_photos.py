@@ -8,10 +8,11 @@ insightface's group photo ``t1.jpg`` (6 people) and its aligned ``Tom_Hanks_5474
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
-from agebias.errors import UserError
+from agebias.errors import DataError
 
 
 def _package_file(package: str, *parts: str) -> Path | None:
@@ -38,16 +39,15 @@ def package_photo_paths() -> dict[str, Path]:
     return found
 
 
-def copy_package_photos(dest: Path) -> list[Path]:
-    """Copy the package photos into ``dest`` (named ``<name><ext>``) and return the copies."""
+def copy_package_photos(dest: str | os.PathLike) -> Path:
+    """Copy the package photos into the folder ``dest`` (named ``<name><ext>``) and return the folder."""
     photos = package_photo_paths()
     if not photos:
-        raise UserError("no face photos found in installed packages (install agebias[demo] and insightface)")
+        raise DataError("no face photos found in installed packages (install agebias[demo] and insightface)")
+    dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    copies = []
     for name, src in sorted(photos.items()):
         target = dest / f"{name}{src.suffix.lower()}"
         if not target.exists():
             shutil.copyfile(src, target)
-        copies.append(target)
-    return copies
+    return dest

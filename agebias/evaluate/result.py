@@ -1,0 +1,170 @@
+""":class:`EvaluationResult`: what :func:`agebias.evaluate` returns, for notebooks and for the CLI alike.
+
+It wraps the results dict (the content of results.json, schema ``agebias.evaluate/2``, see
+:mod:`agebias.evaluate.api`) and offers it as tables and figures:
+
+- ``.overall``: the overall operating point and metrics. One model: a dict of numbers; several models: a pandas
+  DataFrame with one row per model.
+- ``.by_group``: a pandas DataFrame of the per-age-group rates (index: age group; with several models a
+  (model, group) MultiIndex). Columns ``n_genuine``, ``n_impostor``, ``fmr``, ``fnmr``, ``fmr_ci_low``, ... .
+- ``.fairness``: GARBE, FDR, IR and the max/min ratios and differences (dict, or DataFrame for several models).
+- ``result["name"]``: the result of one model; ``.models``: their names in order.
+- ``.plot(kind, ax=None)``: a matplotlib Figure (kinds: :data:`PLOT_KINDS`).
+- ``.save(folder)``: results.json, groups.csv, plots and reports, the files ``agebias evaluate`` writes.
+- ``.to_dict()``: a deep copy of the results dict; :meth:`load` reads a results.json (schema 1 or 2).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from agebias.errors import DataError, SettingsError
+
+SCALAR_KEYS = ("n_genuine", "n_impostor", "false_matches", "false_non_matches", "fmr", "fnmr")
+
+
+class EvaluationResult:
+    """The evaluation of one or more models on the same images (see the module docstring)."""
+
+    def __init__(self, results: dict[str, Any]):
+        if "models" not in results or "model_order" not in results:
+            raise DataError("not an agebias evaluation result (no 'models' / 'model_order')")
+        self._results = results
+
+    # ---- models ----------------------------------------------------------------------------------------------
+    @property
+    def models(self) -> list[str]:
+        return list(self._results["model_order"])
+
+    def __getitem__(self, name: str) -> "EvaluationResult":
+        if name not in self._results["models"]:
+            raise KeyError(f"no model {name!r}; models: {', '.join(self.models)}")
+        view = {k: v for k, v in self._results.items() if k not in ("models", "model_order")}
+        return EvaluationResult({**view, "model_order": [name], "models": {name: self._results["models"][name]}})
+
+    def section(self, name: str | None = None) -> dict[str, Any]:
+        """One model's section of the results dict (the only model's when ``name`` is None)."""
+        if name is None:
+            if len(self.models) != 1:
+                raise SettingsError(f"this result holds {len(self.models)} models ({', '.join(self.models)}); "
+                                    f"pick one with result[name]")
+            name = self.models[0]
+        return self._results["models"][name]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self._results.get("settings", {}))
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{m}: {w}" if len(self.models) > 1 else w for m in self.models
+                for w in self._results["models"][m].get("warnings", []) or []]
+
+    # ---- tables ----------------------------------------------------------------------------------------------
+    @property
+    def overall(self):
+        if len(self.models) == 1:
+            return dict(self.section().get("overall", {}))
+        import pandas as pd
+
+        rows = {m: _flat(self._results["models"][m].get("overall", {})) for m in self.models}
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    @property
+    def fairness(self):
+        if len(self.models) == 1:
+            return dict(self.section().get("fairness", {}))
+        import pandas as pd
+
+        rows = {m: _flat(self._results["models"][m].get("fairness", {})) for m in self.models}
+        return pd.DataFrame.from_dict(rows, orient="index")
+
+    @property
+    def by_group(self):
+        """Per-age-group rates at the global threshold (pandas DataFrame, see the module docstring)."""
+        import pandas as pd
+
+        frames = []
+        for m in self.models:
+            groups = self._results["models"][m].get("groups", {})
+            rows = {g: _flat(d) for g, d in groups.items()}
+            frame = pd.DataFrame.from_dict(rows, orient="index")
+            frame.index.name = "group"
+            frames.append(frame)
+        if len(frames) == 1:
+            return frames[0]
+        return pd.concat(frames, keys=self.models, names=["model", "group"])
+
+    @property
+    def impostor_table(self):
+        """Group x group FMR at the global threshold (pandas DataFrame; one model)."""
+        import pandas as pd
+
+        cells = self.section().get("impostor_table") or {}
+        frame = pd.DataFrame([(c["row"], c["col"], c["fmr"]) for c in cells.values()], columns=["row", "col", "fmr"])
+        labels = list(dict.fromkeys([*frame["row"], *frame["col"]]))
+        return frame.pivot(index="row", columns="col", values="fmr").reindex(index=labels, columns=labels)
+
+    # ---- figures and files -----------------------------------------------------------------------------------
+    def plot(self, kind: str, ax=None):
+        """A matplotlib Figure of ``kind`` (see :data:`agebias.evaluate.plots.PLOT_KINDS`); drawn into ``ax``
+        when given (single-panel kinds)."""
+        from agebias.evaluate.plots import draw
+
+        return draw(self._results, kind, ax=ax)
+
+    def save(self, folder: str | os.PathLike, *, plots: bool = True) -> "EvaluationResult":
+        """Write results.json, groups.csv, plots/ (unless ``plots=False``), report.md and report.html."""
+        from agebias.evaluate.outputs import write_outputs
+
+        write_outputs(self._results, Path(folder), plots=plots)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._results)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "EvaluationResult":
+        """Read a results.json; schema 1 files (the first model repeated at the top level) are read too."""
+        p = Path(path)
+        try:
+            results = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise DataError(f"{p}: not a readable results.json ({err})") from None
+        if str(results.get("schema", "")).endswith("/1"):
+            first = results.get("model_order", [None])[0]
+            results = {k: v for k, v in results.items()
+                       if k in ("settings", "dataset", "model_order", "models")}
+            results["schema"] = "agebias.evaluate/2"
+            results.setdefault("models", {}).setdefault(first, {})
+        return cls(results)
+
+    def __repr__(self) -> str:
+        parts = []
+        for m in self.models:
+            o = self._results["models"][m].get("overall", {})
+            parts.append(f"{m}: EER {_num(o.get('eer'))}, FNMR {_num(o.get('fnmr'))} at FMR {_num(o.get('fmr'))}")
+        return f"EvaluationResult({'; '.join(parts)})"
+
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    """One row: scalars as they are, ``*_ci`` pairs as ``*_ci_low``/``*_ci_high``, ``fnmr_at_fmr`` entries as
+    ``fnmr_at_fmr_<fmr>``; nested tables are left out."""
+    row: dict[str, Any] = {}
+    for k, v in d.items():
+        if k.endswith("_ci") and isinstance(v, (list, tuple)) and len(v) == 2:
+            row[f"{k}_low"], row[f"{k}_high"] = v
+        elif k == "fnmr_at_fmr" and isinstance(v, dict):
+            for t, x in v.items():
+                row[f"fnmr_at_fmr_{t}"] = x
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            row[k] = v
+    return row
+
+
+def _num(v) -> str:
+    return "n/a" if v is None or v != v else f"{v:.4g}"

@@ -1,0 +1,50 @@
+"""The network the optimizer trains: the backbone's trainable part, the margin head and the hooks' modules."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from agebias.finetune.backbone import is_iresnet
+from agebias.finetune.freeze import run_stages
+from agebias.finetune.hooks import StepContext, TrainingHooks, as_loss_terms
+from agebias.models.heads import margin_loss
+
+
+class TrainNet(nn.Module):
+    """Trainable part + head + hook modules; ``forward`` returns ``(total loss, head loss, {term: loss})``.
+
+    ``start`` is the first stage run here (0 = stem ... 5 = only bn2/fc/features); its input is the frozen
+    prefix's output (or the images when ``start == 0``).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, hooks: TrainingHooks, start: int, focal_gamma: float):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.extra = hooks.modules() or nn.Module()
+        self._hooks = [hooks]  # a list so that the hooks object is not registered as a submodule
+        self.start = start
+        self.focal_gamma = focal_gamma
+        self.iresnet = is_iresnet(backbone)
+
+    def embed_from(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        if self.iresnet:
+            fmap = run_stages(self.backbone, x, self.start)
+            return fmap, self.backbone.forward_head(fmap)
+        return None, self.backbone(x)
+
+    def forward(self, x, labels, original_labels, groups, epoch: int, step: int, generator: torch.Generator):
+        hooks = self._hooks[0]
+        fmap, emb = self.embed_from(x)
+        ctx = StepContext(epoch=epoch, step=step, labels=labels, original_labels=original_labels, groups=groups,
+                          feature_maps=fmap, embeddings=emb, head=self.head,
+                          forward_head=getattr(self.backbone, "forward_head", None), generator=generator)
+        emb = hooks.transform_embeddings(emb, ctx)
+        ctx.embeddings = emb
+        logits = self.head(emb, labels, hooks.margin_offsets(ctx))
+        loss = margin_loss(logits, labels, self.focal_gamma)
+        ctx.logits, ctx.loss = logits, loss
+        terms = as_loss_terms(hooks.extra_loss(ctx))
+        total = loss + sum(terms.values()) if terms else loss
+        return total, loss.detach(), {k: v.detach() for k, v in terms.items()}

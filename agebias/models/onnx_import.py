@@ -1,0 +1,298 @@
+"""Import an iresnet ONNX (e.g. insightface ``w600k_r50.onnx``) back into our torch :class:`IResNet`.
+
+The graph is walked by structure, not names (see :func:`import_iresnet_onnx`); the result expects our
+``(x/255-0.5)/0.5`` input and is checked against onnxruntime on random crops.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from agebias.errors import ModelError
+from agebias.models.iresnet import IResNet
+from agebias.models.onnx_embedder import OnnxEmbedder
+from agebias.models.onnx_file import input_normalisation, read_onnx
+from agebias.models.torch_embedder import TorchEmbedder
+
+
+class _Graph:
+    """Producers, consumers and constant values of an ONNX graph."""
+
+    def __init__(self, model):
+        from onnx import numpy_helper
+
+        self.nodes = list(model.graph.node)
+        self.values: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.producer: dict[str, object] = {}
+        self.consumers: dict[str, list] = {}
+        for node in self.nodes:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        self.values[node.output[0]] = numpy_helper.to_array(attr.t)
+            for out in node.output:
+                self.producer[out] = node
+            for inp in node.input:
+                self.consumers.setdefault(inp, []).append(node)
+        self.input_names = [i.name for i in model.graph.input if i.name not in self.values]
+
+    def const(self, name: str) -> np.ndarray:
+        """The constant behind ``name``, looking through Identity/Unsqueeze/Reshape/Squeeze/Cast."""
+        seen = 0
+        while name not in self.values:
+            node = self.producer.get(name)
+            if node is None or node.op_type not in ("Identity", "Unsqueeze", "Reshape", "Squeeze", "Cast",
+                                                    "Flatten") or seen > 8:
+                raise ModelError(f"ONNX import: tensor '{name}' is not a constant")
+            name, seen = node.input[0], seen + 1
+        return np.asarray(self.values[name], dtype=np.float32)
+
+    def is_const(self, name: str) -> bool:
+        try:
+            self.const(name)
+            return True
+        except ModelError:
+            return False
+
+    def sole_consumer(self, name: str, op_type: str):
+        users = self.consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+
+    def dynamic_input(self, node) -> str:
+        for name in node.input:
+            if name and not self.is_const(name):
+                return name
+        raise ModelError(f"ONNX import: node {node.name} has no data input")
+
+
+def _attr(node, name: str, default):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _input_affine(g: _Graph, first_conv) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``a, b`` such that the first Conv sees ``a * graph_input + b`` (Sub/Mul/Div/Add at the input)."""
+    a, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    chain = []
+    name = first_conv.input[0]
+    while name not in g.input_names:
+        node = g.producer.get(name)
+        if node is None:
+            raise ModelError("ONNX import: cannot trace the input of the first convolution")
+        chain.append(node)
+        name = g.dynamic_input(node)
+    for node in reversed(chain):
+        consts = [g.const(n).reshape(-1) for n in node.input if n and g.is_const(n)]
+        c = consts[0] if consts else np.zeros(1, np.float32)
+        c = np.broadcast_to(c, (3,)) if c.size in (1, 3) else None
+        if node.op_type in ("Identity", "Cast"):
+            continue
+        if c is None:
+            raise ModelError(f"ONNX import: unsupported input normalisation node {node.op_type}")
+        if node.op_type == "Sub":
+            if node.input[0] in g.values or g.is_const(node.input[0]):
+                a, b = -a, c - b
+            else:
+                b = b - c
+        elif node.op_type == "Add":
+            b = b + c
+        elif node.op_type == "Mul":
+            a, b = a * c, b * c
+        elif node.op_type == "Div":
+            a, b = a / c, b / c
+        else:
+            raise ModelError(f"ONNX import: unsupported op {node.op_type} before the first convolution")
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+@dataclass
+class _ConvBN:
+    conv: object
+    bn: object | None  # the BatchNormalization right after the Conv (None when folded into the Conv's bias)
+
+
+def _conv_bn(g: _Graph, conv) -> _ConvBN:
+    return _ConvBN(conv, g.sole_consumer(conv.output[0], "BatchNormalization"))
+
+
+def _walk_back_to(g: _Graph, name: str, op_type: str, through=("Flatten", "Reshape", "Identity", "Dropout")):
+    node = g.producer.get(name)
+    while node is not None and node.op_type in through:
+        node = g.producer.get(g.dynamic_input(node))
+    return node if node is not None and node.op_type == op_type else None
+
+
+def _walk_forward_to(g: _Graph, name: str, op_type: str, through=("Unsqueeze", "Squeeze", "Reshape", "Identity")):
+    node = g.sole_consumer(name, op_type)
+    while node is None:
+        users = g.consumers.get(name, [])
+        if len(users) != 1 or users[0].op_type not in through:
+            return None
+        name = users[0].output[0]
+        node = g.sole_consumer(name, op_type)
+    return node
+
+
+def _set_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, g: _Graph, cb: _ConvBN, in_scale: np.ndarray | None = None):
+    w = g.const(cb.conv.input[1])
+    if tuple(w.shape) != tuple(conv.weight.shape):
+        raise ModelError(f"ONNX import: conv {cb.conv.name} weight {tuple(w.shape)} vs model "
+                         f"{tuple(conv.weight.shape)}")
+    if in_scale is not None:
+        w = w * in_scale.reshape(1, -1, 1, 1)
+    conv.weight.data.copy_(torch.tensor(np.ascontiguousarray(w)))
+    if cb.bn is not None:
+        _set_bn(bn, g, cb.bn)
+        if len(cb.conv.input) > 2 and cb.conv.input[2]:  # a conv bias before a BN: fold it into the BN's mean
+            bn.running_mean.data.sub_(torch.tensor(g.const(cb.conv.input[2]).reshape(-1)))
+    else:  # BN folded into the conv: identity BN carrying the conv's bias
+        bias = g.const(cb.conv.input[2]).reshape(-1) if len(cb.conv.input) > 2 and cb.conv.input[2] else \
+            np.zeros(conv.out_channels, np.float32)
+        _identity_bn(bn, bias)
+
+
+def _identity_bn(bn: nn.modules.batchnorm._BatchNorm, bias: np.ndarray) -> None:
+    bn.weight.data.fill_(1.0)
+    bn.bias.data.copy_(torch.tensor(np.ascontiguousarray(bias, dtype=np.float32)))
+    bn.running_mean.data.zero_()
+    bn.running_var.data.fill_(1.0 - bn.eps)
+
+
+def _set_bn(bn: nn.modules.batchnorm._BatchNorm, g: _Graph, node) -> None:
+    scale, bias, mean, var = (g.const(n).reshape(-1) for n in node.input[1:5])
+    if scale.size != bn.num_features:
+        raise ModelError(f"ONNX import: BatchNormalization {node.name} has {scale.size} channels, model "
+                         f"{bn.num_features}")
+    eps = float(_attr(node, "epsilon", 1e-5))
+    for t, v in ((bn.weight, scale), (bn.bias, bias), (bn.running_mean, mean), (bn.running_var, var + eps - bn.eps)):
+        t.data.copy_(torch.tensor(np.ascontiguousarray(v)))
+
+
+def _set_prelu(prelu: nn.PReLU, g: _Graph, node) -> None:
+    slope = g.const(node.input[1]).reshape(-1)
+    if slope.size != prelu.weight.numel():
+        raise ModelError(f"ONNX import: PRelu {node.name} has {slope.size} slopes, model {prelu.weight.numel()}")
+    prelu.weight.data.copy_(torch.tensor(np.ascontiguousarray(slope)))
+
+
+def import_iresnet_onnx(path: str | os.PathLike, verify: bool = True) -> IResNet:
+    """Rebuild an iresnet exported from torch (e.g. insightface ``w600k_r50.onnx``) as our :class:`IResNet`.
+
+    Walks the graph by structure, not names: the 3x3 Convs in order are the stem and each block's conv1/conv2
+    (a stride-2 conv2 opens a stage), 1x1 Convs are downsamples; a BatchNormalization directly after a Conv is
+    that Conv's BN, or, when the exporter folded it into the Conv, an identity BN carries the Conv's bias.
+    Input Sub/Mul/Div normalisation is folded into the stem conv so that the returned model expects our
+    ``(x/255-0.5)/0.5`` input and reproduces onnxruntime fed with insightface's normalisation.
+    With ``verify`` both run on a few random crops and must agree (cosine >= 0.9999), else :class:`ModelError`.
+    """
+    path = Path(path)
+    model = read_onnx(path)
+    try:
+        net = _import_iresnet(path, model)
+    except ModelError as err:
+        text = str(err)
+        raise ModelError(text if "iresnet" in text else f"{path}: not an importable iresnet ONNX ({text})") from None
+    if verify:
+        cos = verify_against_onnxruntime(net, path)
+        if cos < 0.9999:
+            raise ModelError(f"{path}: imported iresnet disagrees with onnxruntime (worst cosine {cos:.5f}); the graph "
+                             "has a layout this importer does not know")
+    return net
+
+
+def verify_against_onnxruntime(net: nn.Module, path: str | os.PathLike, n: int = 2) -> float:
+    """Worst cosine between ``net`` and onnxruntime on ``n`` random 112x112 crops."""
+    faces = np.random.default_rng(0).integers(0, 256, (n, 112, 112, 3), dtype=np.uint8)
+    a = OnnxEmbedder(path, device="cpu", batch_size=n).embed(faces)
+    b = TorchEmbedder(net, device="cpu", batch_size=n).embed(faces)
+    return float((a * b).sum(1).min())
+
+
+def _import_iresnet(path: Path, model) -> IResNet:
+    g = _Graph(model)
+    convs = [n for n in g.nodes if n.op_type == "Conv"]
+    if not convs:
+        raise ModelError(f"{path}: no Conv nodes; not an iresnet ONNX")
+    k3 = [c for c in convs if list(_attr(c, "kernel_shape", g.const(c.input[1]).shape[2:])) == [3, 3]]
+    k1 = [c for c in convs if list(_attr(c, "kernel_shape", g.const(c.input[1]).shape[2:])) == [1, 1]]
+    prelus = [n for n in g.nodes if n.op_type == "PRelu"]
+    gemms = [n for n in g.nodes if n.op_type in ("Gemm", "MatMul")]
+    if len(k3) + len(k1) != len(convs) or len(k3) < 3 or (len(k3) - 1) % 2 or not gemms:
+        raise ModelError(f"{path}: graph does not look like an iresnet ({len(k3)} 3x3 convs, {len(k1)} 1x1 convs, "
+                         f"{len(gemms)} Gemm/MatMul)")
+    stem, pairs = k3[0], [(k3[i], k3[i + 1]) for i in range(1, len(k3), 2)]
+    depths: list[int] = []
+    widths: list[int] = []
+    for c1, c2 in pairs:
+        if list(_attr(c2, "strides", [1, 1])) == [2, 2] or not depths:
+            depths.append(0)
+            widths.append(int(g.const(c1.input[1]).shape[0]))
+        depths[-1] += 1
+    if len(depths) != 4 or len(k1) != 4 or len(prelus) != 1 + len(pairs):
+        raise ModelError(f"{path}: graph does not look like an iresnet (stages {depths}, {len(k1)} downsamples, "
+                         f"{len(prelus)} PRelu)")
+    gemm = gemms[-1]
+    fc_w = g.const(gemm.input[1])
+    if gemm.op_type == "Gemm":
+        if not int(_attr(gemm, "transB", 0)):
+            fc_w = fc_w.T
+        fc_b = g.const(gemm.input[2]).reshape(-1) if len(gemm.input) > 2 and gemm.input[2] else None
+        fc_out = gemm.output[0]
+    else:  # MatMul (+ Add bias)
+        fc_w = fc_w.T
+        add = g.sole_consumer(gemm.output[0], "Add")
+        fc_b = g.const([n for n in add.input if n != gemm.output[0]][0]).reshape(-1) if add is not None else None
+        fc_out = add.output[0] if add is not None else gemm.output[0]
+    num_features = int(fc_w.shape[0])
+    stem_width = int(g.const(stem.input[1]).shape[0])
+    net = IResNet(depths, num_features=num_features, widths=widths, stem_width=stem_width)
+
+    # input normalisation -> scale on the stem conv's input channels
+    mean, std = input_normalisation(path, model)
+    a, b = _input_affine(g, stem)
+    alpha = a * 127.5 / std
+    beta = a * (127.5 - mean) / std + b
+    if np.abs(beta).max() > 1e-3 * max(1.0, float(np.abs(alpha).max())):
+        raise ModelError(f"{path}: input normalisation with a per-channel offset {beta.tolist()} cannot be folded "
+                         "into the torch iresnet")
+
+    with torch.no_grad():
+        _set_conv(net.conv1, net.bn1, g, _conv_bn(g, stem), in_scale=alpha)
+        _set_prelu(net.prelu, g, prelus[0])
+        blocks = [blk for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for blk in layer]
+        for i, (blk, (c1, c2)) in enumerate(zip(blocks, pairs, strict=True)):
+            pre = _walk_back_to(g, c1.input[0], "BatchNormalization", through=("Identity",))
+            if pre is None:
+                raise ModelError(f"{path}: block {i}: no BatchNormalization before conv {c1.name}")
+            _set_bn(blk.bn1, g, pre)
+            _set_conv(blk.conv1, blk.bn2, g, _conv_bn(g, c1))
+            _set_prelu(blk.prelu, g, prelus[1 + i])
+            _set_conv(blk.conv2, blk.bn3, g, _conv_bn(g, c2))
+        downsampled = [blocks[sum(depths[:s])] for s in range(4)]
+        for blk, conv in zip(downsampled, k1, strict=True):
+            _set_conv(blk.downsample[0], blk.downsample[1], g, _conv_bn(g, conv))
+        tail = _walk_back_to(g, gemm.input[0], "BatchNormalization")
+        if tail is None:
+            raise ModelError(f"{path}: no BatchNormalization before the final fully connected layer")
+        _set_bn(net.bn2, g, tail)
+        if tuple(fc_w.shape) != tuple(net.fc.weight.shape):
+            raise ModelError(f"{path}: fc weight {tuple(fc_w.shape)} vs model {tuple(net.fc.weight.shape)}")
+        net.fc.weight.copy_(torch.tensor(np.ascontiguousarray(fc_w)))
+        feat = _walk_forward_to(g, fc_out, "BatchNormalization")
+        if feat is not None:
+            net.fc.bias.copy_(torch.tensor(fc_b) if fc_b is not None else torch.zeros(num_features))
+            _set_bn(net.features, g, feat)
+        else:  # features BN folded into the Gemm: identity features BN
+            net.fc.bias.zero_()
+            _identity_bn(net.features, fc_b if fc_b is not None else np.zeros(num_features, np.float32))
+    return net.eval()
