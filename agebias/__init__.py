@@ -8,6 +8,7 @@ The Python API (see :mod:`agebias.api`; names are imported on first use, so ``im
     agebias.load_backbone(path)                           -> torch module
     agebias.finetune(FinetuneConfig(...))                 -> FinetuneResult (.history DataFrame)
     agebias.generate(method=..., out=..., ...)            -> GenerateResult
+    agebias.estimate_ages(images)                         -> apparent ages (bundled age network)
 
 Settings classes: ``EvalSettings``, ``EmbedSettings``, ``FinetuneConfig``, ``GenerateSettings``; results:
 ``EvaluationResult``. Errors a user can cause derive from ``agebias.errors.UserError``.
@@ -24,7 +25,7 @@ __version__ = "0.2.0"
 _PACKAGES = ("evaluate", "finetune")
 _EXPORTS = {
     "embed": "agebias.api", "evaluate_dataset": "agebias.api", "load_backbone": "agebias.api",
-    "generate": "agebias.api",
+    "generate": "agebias.api", "estimate_ages": "agebias.apparent_age",
     "EvaluationResult": "agebias.evaluate.result", "EvalSettings": "agebias.evaluate.settings",
     "EmbedSettings": "agebias.evaluate.settings", "FinetuneConfig": "agebias.finetune.config",
     "GenerateSettings": "generators.settings", "UserError": "agebias.errors",

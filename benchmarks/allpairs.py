@@ -91,8 +91,8 @@ def main(n: int = 30_000, d: int = 512, per_subject: int = 10) -> int:
         wall, rss_gib, rc, err = run_evaluation(root)
         blocked.append(blocked_gemm_seconds(emb))
         full.append(full_matmul_seconds(emb))
-        if rc not in (0, 1):
-            print(err[-3000:])
+        if rc not in (0, 1) or not (root / "out" / "results.json").is_file():
+            print(f"the evaluation failed (exit code {rc}):\n{err[-3000:]}")
             return 1
         report = json.loads((root / "out" / "results.json").read_text())
     res = report["models"][report["model_order"][0]]

@@ -63,10 +63,12 @@ def run_generate(settings: GenerateSettings) -> GenerateResult:
             raise DataError(f"no usable face in {src}: {len(skipped)} file(s) skipped{first}")
     result = generate_to(out, generator, idents, plan, skipped=skipped, contact_sheet=st.contact_sheet,
                          extra_info={"age_plan": plan.describe(), "settings": st.to_dict()})
-    if qc is not None:
+    if qc is not None and result.rows:
         from generators.qc import run_qc
 
-        result.qc = run_qc(out, result.rows, {i.id: i for i in idents}, **qc)
+        result.qc = run_qc(out, result.rows, {i.id: i for i in idents}, settings=st.qc_settings(),
+                           aligned=generator.output_aligned(), method=generator.name,
+                           geometry_only=bool(generator.parameters().get("geometry_only")), mark_manifest=True, **qc)
     generator.close()
     return result
 
@@ -80,9 +82,9 @@ def _device(device: str | None) -> str:
 
 
 def _prepare_qc(st: GenerateSettings) -> dict[str, Any]:
-    """Build the QC embedder before anything is generated (a bad qc_model must not surface only after a long
-    generation run)."""
+    """Build the QC models before anything is generated (a bad qc_model or a missing age estimator must not
+    surface only after a long generation run)."""
+    from agebias.models.age_estimator import default_estimator
     from agebias.models.embedder import build_embedder
 
-    return {"min_similarity": st.qc_min_similarity, "device": st.device,
-            "embedder": build_embedder(st.qc_model, device=st.device)}
+    return {"embedder": build_embedder(st.qc_model, device=st.device), "age_estimator": default_estimator()}

@@ -5,6 +5,10 @@ Generator-specific settings (``truncation_psi``, ``prompt``, ...) are passed to 
 a generator refuses settings it does not use. ``options`` carries any further ``KEY=VALUE`` for entry-point
 generators. Target ages are either ``ages`` (the same list for every identity) or ``age_intervals``: half-open
 sampling intervals from which ``per_interval`` random ages are drawn per identity (see :mod:`generators.ages`).
+
+Quality control (:mod:`generators.qc`) has its own :class:`QCSettings` (``agebias qc``); ``agebias generate --qc``
+takes the same settings as ``qc_model`` and ``qc_min_similarity``, fields made from the QCSettings ones (one
+definition: default, help and check).
 """
 
 from __future__ import annotations
@@ -24,6 +28,27 @@ def _methods() -> list[str]:
     from generators.registry import available_generators
 
     return available_generators()
+
+
+@dataclass
+class QCSettings(Settings):
+    """Settings of the quality control of a generated set (``agebias qc``; see :mod:`generators.qc`)."""
+
+    stage = "qc"
+
+    model: str = setting("sface", help="face-recognition model that measures identity (sface, .pth, .onnx)",
+                         short="-m")
+    min_similarity: float = setting(0.3, help="reject an image whose cosine to its identity's reference is lower",
+                                    check=between(-1, 1))
+    device: str | None = setting(None, help="cpu, cuda or cuda:N for the identity model and face detection "
+                                            "(default: CUDA when present for the model, cpu for detection)")
+    out: str | None = setting(None, help="QC folder (default: <generated set>/qc)", short="-o")
+
+
+def _qc_setting(name: str) -> Any:
+    """A GenerateSettings field ``qc_<name>`` with the default, help and check of ``QCSettings.<name>``."""
+    f = QCSettings.__dataclass_fields__[name]
+    return setting(f.default, help="QC: " + f.metadata["help"], check=f.metadata["check"])
 
 
 @dataclass
@@ -68,9 +93,8 @@ class GenerateSettings(Settings):
     options: dict = setting(help="further generator options KEY=VALUE (repeatable; values read as JSON when they "
                                  "parse)", flag="--option", repeat=True, default_factory=dict, metavar="KEY=VALUE")
     qc: bool = setting(False, help="quality control after generation: face found, identity kept, apparent age")
-    qc_model: str = setting("sface", help="face-recognition model of the QC (sface, .pth, .onnx)")
-    qc_min_similarity: float = setting(0.3, help="QC: reject an image whose cosine to its identity's reference is "
-                                                 "lower", check=between(-1, 1))
+    qc_model: str = _qc_setting("model")
+    qc_min_similarity: float = _qc_setting("min_similarity")
     contact_sheet: bool = setting(True, help="write contact_sheet.png (identities x ages)")
 
     def check(self) -> None:
@@ -84,6 +108,10 @@ class GenerateSettings(Settings):
                                 field="per_interval", stage=self.stage)
         if any(a < 0 for a in self.ages):
             raise SettingsError(f"negative age in {self.ages}", field="ages", stage=self.stage)
+
+    def qc_settings(self) -> QCSettings:
+        """The QC settings of this run (QC files in ``<out>/qc``)."""
+        return QCSettings(model=self.qc_model, min_similarity=self.qc_min_similarity, device=self.device)
 
     def generator_options(self) -> dict[str, Any]:
         """The settings handed to the generator (those that are set), then ``options``."""

@@ -1,8 +1,10 @@
 """Run a generator into the thesis layout ``<out>/<id>/<id>_<age>.png`` with ``manifest.csv``, a contact sheet
 (``contact_sheet.png``: identities x ages, labelled) and ``generation.json`` (settings, warnings, skips).
 
-Resumable and atomic: every PNG is written to a temporary file and renamed, and the manifest is rewritten
-(atomically) after each identity. On a rerun, an output is *valid* and skipped when its PNG decodes and its
+A folder holds one generation: :func:`check_out_folder` refuses one that holds other files, or images made by
+another method, other generator settings or for (identity, age) pairs this run does not plan (a different age
+list); the same generation, or one that adds identities, resumes. Resumable and atomic: every PNG is written to a
+temporary file and renamed, and the manifest is rewritten (atomically) after each identity. On a rerun, an output is *valid* and skipped when its PNG decodes and its
 sha256 matches the manifest row, and the row was made by the same method with the same settings (``config``
 column, a hash of the generator's parameters); anything else is generated again. An interruption therefore
 leaves only whole files, and at worst one identity's finished images are redone.
@@ -23,7 +25,7 @@ from PIL import Image
 
 from agebias.atomic import write_bytes, write_json
 from agebias.data.records import Problem
-from agebias.errors import BadInputFile
+from agebias.errors import BadInputFile, DataError
 from agebias.progress import bar
 from generators.ages import AgesArg, ages_for
 from generators.base import Generator, Identity, Sample
@@ -82,7 +84,7 @@ def is_valid_output(path: Path, checksum: str | None) -> bool:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever PIL raises on a damaged file, the output is redone
         return False
 
 
@@ -110,6 +112,43 @@ def _write_manifest(out: Path, rows: dict[tuple[str, int], dict[str, Any]]) -> P
     return write_generated_manifest(out, rows.values(), merge=False, compute_checksums=False)
 
 
+def check_out_folder(out: Path, method: str, params: dict[str, Any], cfg: str, plan: dict[str, list[int]]) -> None:
+    """Refuse ``out`` (:class:`DataError`, one line, nothing touched) unless it is absent, empty or holds this
+    generation: the same method and generator settings (``cfg``), and images only for (identity, age) pairs of
+    ``plan``. Warns when a ``qc/`` folder of an earlier run will not cover the images this run adds."""
+    from agebias.data.generated import generation_info
+
+    if not out.is_dir() or not any(p for p in out.iterdir() if not p.name.startswith(".")):
+        return
+    rows, info = _read_manifest(out), generation_info(out)
+    if not rows and not info:
+        raise DataError(f"{out} is not empty and holds no generated set (no manifest.csv); choose another --out")
+    methods = {str(r.get("method", "")) for r in rows.values()} | ({str(info["method"])} if "method" in info else set())
+    configs = {str(r.get("config", "")) for r in rows.values()} | ({str(info["config"])} if "config" in info else set())
+    planned = {(i, a) for i, ages in plan.items() for a in ages}
+    other = []
+    if methods - {method}:
+        other.append(f"method ({', '.join(sorted(methods - {method}))}, now {method})")
+    elif configs - {cfg}:
+        old = info.get("parameters") if isinstance(info.get("parameters"), dict) else {}
+        changed = sorted(k for k in set(old) | set(params) if json.dumps(old.get(k), default=str, sort_keys=True)
+                         != json.dumps(params.get(k), default=str, sort_keys=True))
+        other.append(f"generator settings ({', '.join(changed)})" if old and changed else "generator settings")
+    outside = sorted(k for k in rows if k not in planned)
+    if outside:
+        old_ages = sorted({a for _, a in rows})
+        new_ages = sorted({a for _, a in planned})
+        other.append(f"ages ({','.join(map(str, old_ages))}, now {','.join(map(str, new_ages))})"
+                     if old_ages != new_ages else f"identities ({outside[0][0]} is not in this run)")
+    if other:
+        raise DataError(f"{out} holds another generation (different {'; '.join(other)}); choose another --out or "
+                        f"delete it")
+    added = len(planned - set(rows))
+    if (out / "qc").is_dir() and added:
+        log.warning(f"{out / 'qc'} is the quality check of an earlier run and does not cover the {added} image(s) "
+                    f"generated now; it is rewritten only when quality control runs (--qc)")
+
+
 def generate_to(out: str | Path, generator: Generator, identities: Sequence[Identity], ages: AgesArg, *,
                 skipped: Iterable[Problem] = (), contact_sheet: bool = True, max_sheet_rows: int = 24,
                 extra_info: dict[str, Any] | None = None) -> GenerateResult:
@@ -120,12 +159,13 @@ def generate_to(out: str | Path, generator: Generator, identities: Sequence[Iden
     A :class:`BadInputFile` raised for one identity is recorded as a skip and the run goes on.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     method = generator.name
     params = generator.parameters()
     cfg = config_hash(method, params)
     plan = {ident.id: ages_for(ages, ident.id) for ident in identities}
     generator.check_ages(sorted({a for v in plan.values() for a in v}))
+    check_out_folder(out, method, params, cfg, plan)
+    out.mkdir(parents=True, exist_ok=True)
 
     manifest_rows = _read_manifest(out)
     # Drop rows whose file is gone or corrupt, so the manifest always describes what is on disk.
@@ -134,7 +174,7 @@ def generate_to(out: str | Path, generator: Generator, identities: Sequence[Iden
 
     result = GenerateResult(out=out, manifest=out / MANIFEST, skipped=list(skipped), warnings=generator.warnings())
     for w in result.warnings:
-        log.warning(f"{method}: {w}")
+        log.warning(w if w.startswith(method) else f"{method}: {w}")
     pending: dict[str, list[int]] = {}
     for ident in identities:
         todo = []
@@ -253,7 +293,7 @@ def write_contact_sheet(target: Path, out: Path, rows: Sequence[dict[str, Any]],
             try:
                 with Image.open(out / r["path"]) as img:
                     thumb = img.convert("RGB").resize((cell, cell), Image.BILINEAR)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a damaged image leaves its cell of the sheet empty
                 continue
             x = label_w + c * cell
             sheet.paste(thumb, (x, y))

@@ -121,6 +121,24 @@ def test_align_bad_device_kind_and_out_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err and "Traceback" not in err, err
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
-    assert main(["-q", "align", str(img), "--out", str(tmp_path / "o3"), "--kind", "fgnet"]) == 1
-    reason = json.loads((tmp_path / "o3" / "skipped.json").read_text())[0]["reason"]
-    assert "not a fgnet dataset" in reason
+    # nothing left to align: an error (exit 2) that gives the reason, not an empty manifest
+    assert main(["-q", "align", str(img), "--out", str(tmp_path / "o3"), "--kind", "fgnet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no image to align" in err and "not a fgnet dataset" in err
+    assert not (tmp_path / "o3").exists()
+
+
+def test_align_empty_folder_is_an_error_and_skips_are_listed(tmp_path, capsys):
+    """`align` on an empty folder exited 0 with an empty manifest, and exit 1 printed nothing."""
+    (tmp_path / "empty").mkdir()
+    assert main(["-q", "align", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"error: no image to align in {tmp_path / 'empty'}: it holds no image file\n"
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(src / "crop.png")
+    for k in range(7):
+        (src / f"bad{k}.png").write_bytes(b"not a png")
+    assert main(["-q", "align", str(src), "--out", str(tmp_path / "o"), "--aligned"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"warning: 7 input(s) skipped; the full list is in {tmp_path / 'o' / 'skipped.csv'}"
+    assert err[1].startswith(f"warning:   {src / 'bad0.png'}: ") and err[-1] == "warning:   ... and 2 more"

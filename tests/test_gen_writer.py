@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agebias.errors import BadInputFile, UserError
+from agebias.errors import BadInputFile, DataError, UserError
 from generators import registry
 from generators.ages import AgePlan, interval_values, parse_age_intervals, parse_ages
 from generators.base import Generator, Identity, Sample
@@ -71,7 +71,7 @@ def test_age_plan_bins_seeded_one_per_bin():
     plan = AgePlan.from_options(age_intervals="0-5,5-10,10-15,15-20,20-30,30-40,40-50,50-70", seed=3)
     a = plan.ages_for("seed0001")
     assert len(a) == 8
-    for age, (lo, hi) in zip(a, plan.intervals):
+    for age, (lo, hi) in zip(a, plan.intervals, strict=True):
         assert lo <= age <= hi
     assert plan.ages_for("seed0001") == a  # deterministic
     others = {tuple(plan.ages_for(f"seed{i:04d}")) for i in range(20)}
@@ -147,10 +147,40 @@ def test_resume_skips_valid_and_redoes_corrupt(tmp_path):
     res = generate_to(tmp_path, gen, _ids(2), [5, 10])
     assert sorted(gen.calls) == [("seed0000", 10), ("seed0001", 5)]
     assert res.reused == 2
-    # different settings: everything is redone
-    gen = CountingGenerator(level=99)
-    res = generate_to(tmp_path, gen, _ids(2), [5, 10])
-    assert res.written == 4
+    # different settings: refused in one line, nothing touched (the folder holds another generation)
+    before = (tmp_path / "manifest.csv").read_bytes()
+    with pytest.raises(DataError, match=r"holds another generation \(different generator settings \(level\)\)"):
+        generate_to(tmp_path, CountingGenerator(level=99), _ids(2), [5, 10])
+    assert (tmp_path / "manifest.csv").read_bytes() == before
+
+
+def test_another_generation_in_the_folder_is_refused_the_same_resumes(tmp_path, caplog):
+    """Generating other ages into a folder silently merged two generations (the manifest listed 6 ages while
+    generation.json said 2) and kept the old qc/: now other ages, another method or a foreign folder are refused;
+    the same generation resumes, more identities extend it, and an earlier qc/ is named when it goes stale."""
+    generate_to(tmp_path, CountingGenerator(), _ids(2), [5, 10])
+    with pytest.raises(DataError, match=r"holds another generation \(different ages \(5,10, now 20,30\)\)"):
+        generate_to(tmp_path, CountingGenerator(), _ids(2), [20, 30])
+    with pytest.raises(DataError, match=r"different ages \(5,10, now 5\)"):  # a subset would leave extra images
+        generate_to(tmp_path, CountingGenerator(), _ids(2), [5])
+
+    class Other(CountingGenerator):
+        name = "other"
+
+    with pytest.raises(DataError, match=r"different method \(counting, now other\)"):
+        generate_to(tmp_path, Other(), _ids(2), [5, 10])
+    assert json.loads((tmp_path / "generation.json").read_text())["identities"] == 2
+    (tmp_path / "qc").mkdir()
+    with caplog.at_level("WARNING"):
+        res = generate_to(tmp_path, CountingGenerator(), _ids(3), [5, 10])  # one more identity: extends
+    assert (res.reused, res.written) == (4, 2) and len(_rows(tmp_path)) == 6
+    assert any("does not cover the 2 image(s) generated now" in r.getMessage() for r in caplog.records)
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "me.jpg").write_bytes(b"x")
+    with pytest.raises(DataError, match="holds no generated set"):
+        generate_to(foreign, CountingGenerator(), _ids(1), [5])
+    assert not (foreign / MANIFEST).exists()
 
 
 def test_interruption_leaves_no_partial_files_and_resumes(tmp_path):

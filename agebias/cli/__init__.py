@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from agebias.cli import interrupt
 from agebias.console import configure as configure_logging
 from agebias.errors import UserError
 from agebias.progress import is_quiet, set_quiet
@@ -33,11 +34,11 @@ def _root(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress b
 
 def _attach() -> None:
     """Attach every command module; each exposes ``register(app)``."""
-    from agebias.cli import (align_cmd, datasets_cmd, doctor_cmd, embed_cmd, evaluate_cmd, finetune_cmd,
-                             generate_cmd, run_cmd, search_cmd)
+    from agebias.cli import (align_cmd, datasets_cmd, doctor_cmd, embed_cmd, estimate_age_cmd, evaluate_cmd,
+                             finetune_cmd, generate_cmd, qc_cmd, run_cmd, search_cmd)
 
-    for module in (generate_cmd, finetune_cmd, evaluate_cmd, embed_cmd, align_cmd, datasets_cmd, search_cmd,
-                   run_cmd, doctor_cmd):
+    for module in (generate_cmd, qc_cmd, finetune_cmd, evaluate_cmd, embed_cmd, estimate_age_cmd, align_cmd,
+                   datasets_cmd, search_cmd, run_cmd, doctor_cmd):
         module.register(app)
 
 
@@ -66,13 +67,17 @@ def _cli_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
 
 
 _USAGE_ERRORS, _ABORTS = _cli_exceptions()
+INTERRUPTED = 130  # exit code of an interrupted command (128 + SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code: 0 ok, 1 finished but something was skipped or failed
-    (the command says what), 2 user error (one line on stderr), 130 interrupted."""
+    (the command says what), 2 user error (one line on stderr), 130 interrupted (one line: what was saved and the
+    command that resumes, see :mod:`agebias.cli.interrupt`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    interrupt.clear()
     try:
-        result = app(args=argv, standalone_mode=False)
+        result = app(args=args, standalone_mode=False)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -85,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     except _ABORTS:
-        print("interrupted: outputs finished so far are kept", file=sys.stderr)
-        return 130
+        print(interrupt.interrupted_message(args), file=sys.stderr)
+        return INTERRUPTED
     finally:
         set_quiet(False)  # --quiet applies to this call only (main() may be called again in the same process)
         configure_logging(quiet=is_quiet())
+    if result == INTERRUPTED:  # typer >= 0.29 turns KeyboardInterrupt into this exit code (no command returns it)
+        print(interrupt.interrupted_message(args), file=sys.stderr)
     return result if isinstance(result, int) else 0

@@ -8,6 +8,9 @@ from typing import List, Optional
 
 import typer
 
+from agebias.cli.interrupt import on_interrupt
+from agebias.cli.messages import report_skipped
+
 log = logging.getLogger(__name__)
 
 
@@ -33,13 +36,12 @@ def register(app: typer.Typer) -> None:
         """Align faces to the ArcFace 112x112 template. Exit 0 when every input was used, 1 when some were
         skipped (listed in skipped.csv / skipped.json with the reason)."""
         from agebias.data.export import align_to_folder
+        from agebias.data.faces import default_cache_dir
 
+        if not aligned:
+            on_interrupt(f"the faces aligned so far are cached in {cache_dir or default_cache_dir()}, and the same "
+                         f"command reuses them")
         result = align_to_folder(sources, out, kind=kind, detector=detector, aligned=aligned, all_faces=all_faces,
                                  cache_dir=cache_dir, device=device)
         log.info(f"wrote {len(result.written)} crops and {result.manifest}")
-        if result.skipped:
-            log.info(f"skipped {len(result.skipped)} input(s); reasons in {out / 'skipped.csv'}")
-            for p in result.skipped[:10]:
-                log.info(f"  {p.path}: {p.reason}")
-            return 1
-        return 0
+        return report_skipped(result.skipped, str(out / "skipped.csv"))

@@ -1,4 +1,5 @@
-"""`agebias datasets check KIND --root DIR`: subjects, images, images per age bin and problems of a dataset."""
+"""`agebias datasets check KIND --root DIR`: subjects, images, images per age bin and problems of a dataset
+(missing, empty and corrupt files: a sample of the images is decoded, all of them with ``--deep``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Optional
 
 import typer
 
+from agebias.data.summary import DECODE_SAMPLE
+
+SHOWN = 20  # problems listed on the terminal (--json lists all)
 DEFAULT_ROOTS = {"fgnet": Path("datasets/fgnet"), "agedb": Path("datasets/agedb")}
 
 
@@ -21,7 +25,8 @@ def register(app: typer.Typer) -> None:
         kind: str = typer.Argument(..., help="fgnet | agedb | manifest | generated | folder | auto"),
         root: Optional[Path] = typer.Option(None, "--root", "-r",
                                             help="Dataset folder or manifest CSV (fgnet default: datasets/fgnet)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (every problem)."),
+        deep: bool = typer.Option(False, "--deep", help=f"Decode every image (default: a sample of {DECODE_SAMPLE})."),
     ) -> int:
         """Scan a dataset and print what was found. Exit 0 clean, 1 problems found, 2 root missing."""
         from agebias.data.fgnet import FGNET_HELP
@@ -35,7 +40,7 @@ def register(app: typer.Typer) -> None:
         if not path.exists():
             hint = FGNET_HELP if kind.lower() == "fgnet" else "see datasets/README.md for where to get it"
             raise UserError(f"{kind} root {path} not found. {hint}")
-        summary = summarize(open_dataset(path, kind))
+        summary = summarize(open_dataset(path, kind), sample=None if deep else DECODE_SAMPLE)
         if as_json:
             typer.echo(json.dumps(summary.as_dict(), indent=2))
         else:
@@ -53,23 +58,35 @@ def _print_summary(summary) -> None:
         typer.echo(f"{summary.name} at {summary.root}: {summary.subjects} subjects, {summary.images} images")
         for label, n in summary.per_age_bin.items():
             typer.echo(f"  age {label}: {n}")
-        for p in summary.problems:
-            typer.echo(f"problem: {_relative(p['path'], summary.root)}: {p['reason']}")
+        _print_problems(summary, typer.echo)
         return
     console = Console(soft_wrap=True)
     console.print(f"[bold]{summary.name}[/bold] at {summary.root}")
     console.print(f"subjects: {summary.subjects}   images: {summary.images}   "
-                  f"with landmarks: {summary.with_landmarks}   problems: {len(summary.problems)}")
+                  f"with landmarks: {summary.with_landmarks}   decoded: {_decoded(summary)}   "
+                  f"problems: {len(summary.problems)}")
     table = Table(title="images per age bin")
     table.add_column("age (years)")
     table.add_column("images", justify="right")
     for label, n in summary.per_age_bin.items():
         table.add_row(label, str(n))
     console.print(table)
-    if summary.problems:
-        console.print(f"[bold]problems[/bold] ({len(summary.problems)}; paths relative to {summary.root}):")
-        for p in summary.problems:
-            typer.echo(f"  {_relative(p['path'], summary.root)}: {p['reason']}")
+    _print_problems(summary, typer.echo)
+
+
+def _decoded(summary) -> str:
+    return "all" if summary.decoded == summary.images else f"{summary.decoded} (--deep: all)"
+
+
+def _print_problems(summary, echo) -> None:
+    """The count, the first :data:`SHOWN` problems with their reasons, and where the full list is."""
+    if not summary.problems:
+        return
+    echo(f"problems: {len(summary.problems)} (paths relative to {summary.root})")
+    for p in summary.problems[:SHOWN]:
+        echo(f"  {_relative(p['path'], summary.root)}: {p['reason']}")
+    if len(summary.problems) > SHOWN:
+        echo(f"  ... and {len(summary.problems) - SHOWN} more (--json lists them all)")
 
 
 def _relative(path: str, root: str) -> str:

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from agebias.cli.interrupt import on_interrupt
 from agebias.cli.messages import report_skipped
 from agebias.cli.options import with_settings
 from agebias.errors import DataError, SettingsError
@@ -29,6 +30,11 @@ def _out_file(path: Path | None, flag: str = "--json") -> Path | None:
     if path is not None and path.is_dir():
         raise SettingsError(f"{flag} {path} is a folder; give a file name such as {path / 'results.json'}")
     return path
+
+
+def _resumable(out: Path) -> None:
+    on_interrupt(f"the embeddings of the models finished so far are cached in {out / 'embeddings'}, and the same "
+                 f"command reuses them")
 
 
 def _num(v, fmt: str = ".4f") -> str:
@@ -74,6 +80,7 @@ def dataset_cmd(
     from agebias.evaluate.runner import evaluate_source
 
     _out_dir(out)
+    _resumable(out)
     result = evaluate_source(source, kind=kind, models=model, embeddings=embeddings, settings=settings, embed=embed,
                              cache_dir=out / "embeddings")
     result.save(out, plots=not no_plots)
@@ -98,6 +105,7 @@ def fgnet_cmd(
 
         raise DataError(f"FG-NET not found at {root}. {FGNET_HELP}")
     _out_dir(out)
+    _resumable(out)
     result = evaluate_source(root, kind="fgnet", models=model, embeddings=embeddings, settings=settings, embed=embed,
                              cache_dir=out / "embeddings")
     result.save(out, plots=not no_plots)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 
+from agebias.cli.interrupt import on_interrupt
+from agebias.cli.messages import read_skipped_csv, report_skipped
 from agebias.cli.options import with_settings
 from agebias.finetune.config import FinetuneConfig
 from agebias.mitigation.registry import describe_mitigations
@@ -26,14 +29,10 @@ def register(app: typer.Typer) -> None:
     def finetune(config: FinetuneConfig) -> int:
         from agebias.api import finetune as run
 
-        try:
-            result = run(config)
-        except KeyboardInterrupt:
-            log.info(f"finetune: interrupted; completed epochs are checkpointed in {config.out}: add --resume to the "
-                     f"same command to continue")
-            raise
+        on_interrupt(f"completed epochs are checkpointed in {Path(config.out) / 'checkpoints'}", add=("--resume",))
+        result = run(config)
         if result.completed and result.backbone_path is not None:
             log.info(f"finetune: wrote {result.backbone_path}" + (
                 f" (best epoch {result.best_epoch}: {result.best_path})" if result.best_path else ""))
-        skipped = (result.run_dir / "skipped.csv").is_file()
-        return 1 if skipped else 0
+        skipped = result.run_dir / "skipped.csv"
+        return report_skipped(read_skipped_csv(skipped), str(skipped))

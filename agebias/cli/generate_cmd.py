@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from agebias.cli.interrupt import on_interrupt
+from agebias.cli.messages import report_skipped
 from agebias.cli.options import with_settings
 from agebias.errors import SettingsError
 from generators.settings import GenerateSettings
@@ -39,8 +41,9 @@ def register(app: typer.Typer) -> None:
         if age_bins is not None or per_bin is not None:
             raise SettingsError("generate takes --age-intervals (half-open sampling intervals such as 0-5,5-10) "
                                 "and --per-interval; --age-bins names the inclusive age groups of evaluation")
+        on_interrupt(f"the images finished so far are kept in {settings.out} (listed in its manifest.csv)")
         result = run(settings)
         log.info(f"{result.written} written, {result.reused} kept, {len(result.skipped)} skipped -> {result.out}")
         if result.qc is not None:
             log.info(f"QC: {result.qc.rejected} of {result.qc.checked} rejected -> {result.qc.csv}")
-        return result.exit_code
+        return report_skipped(result.skipped, f"{result.out / 'generation.json'} (skipped)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import logging
+from pathlib import Path
 from typing import Any, Iterable
 
 log = logging.getLogger("agebias.cli")
@@ -22,3 +24,11 @@ def report_skipped(skipped: Iterable[Any], where: str) -> int:
     if len(items) > SHOWN:
         log.warning(f"  ... and {len(items) - SHOWN} more")
     return 1
+
+
+def read_skipped_csv(path: Path) -> list[dict[str, str]]:
+    """The ``path,reason`` rows of a skipped.csv (empty when the file is absent)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [{"path": row.get("path", ""), "reason": row.get("reason", "")} for row in csv.DictReader(fh)]

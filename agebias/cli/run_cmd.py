@@ -7,6 +7,9 @@ from typing import Optional
 
 import typer
 
+from agebias.cli.interrupt import on_interrupt
+from agebias.cli.messages import read_skipped_csv, report_skipped
+
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
@@ -18,13 +21,32 @@ def register(app: typer.Typer) -> None:
         only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (earlier ones must be done)."),
     ) -> int:
         """Run generate -> finetune -> evaluate -> report. Stages whose outputs are complete and whose settings
-        are unchanged are skipped, so an interrupted run continues where it stopped."""
+        are unchanged are skipped, so an interrupted run continues where it stopped. Exit code 1 when a stage
+        left input files out (the first few are shown, with where each stage lists them all)."""
         from agebias.pipeline import load_experiment, run_experiment
+        from agebias.pipeline.runner import output_dir
 
         exp = load_experiment(experiment)
+        on_interrupt(f"finished stages, generated images, checkpointed epochs and cached embeddings are kept in "
+                     f"{output_dir(exp, out)}")
         out_dir = run_experiment(exp, out=out, from_stage=from_stage, only=only)
         report = out_dir / "report.html"
         if report.exists():
             typer.echo(f"report: {report.resolve()}")
             typer.echo(f"        {(out_dir / 'report.md').resolve()}")
-        return 0
+        return max([0, *(report_skipped(items, where) for items, where in skipped_by_stage(out_dir))])
+
+
+def skipped_by_stage(out_dir: Path) -> list[tuple[list[dict], str]]:
+    """``(skipped inputs, where they are listed)`` of every stage of a finished run that left inputs out."""
+    from agebias.pipeline.state import read_state
+
+    found = []
+    for stage in ("generate", "evaluate"):
+        summary = (read_state(out_dir / stage) or {}).get("summary") or {}
+        if summary.get("skipped"):
+            found.append((summary["skipped"], f"{out_dir / stage / 'stage.json'} (summary.skipped)"))
+    run_dir = ((read_state(out_dir / "finetune") or {}).get("summary") or {}).get("run_dir")
+    if run_dir and read_skipped_csv(Path(run_dir) / "skipped.csv"):
+        found.append((read_skipped_csv(Path(run_dir) / "skipped.csv"), str(Path(run_dir) / "skipped.csv")))
+    return found

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from agebias.cli.interrupt import on_interrupt
+from agebias.cli.messages import SHOWN
 from agebias.cli.options import with_settings
 from agebias.search.settings import SearchSettings
 
@@ -30,11 +33,22 @@ def register(app: typer.Typer) -> None:
 
         exp = load_search_experiment(experiment)
         exp.search = exp.search.replace(**given)
+        on_interrupt("the trials finished so far are recorded in the study, and the same command continues it")
+        started = time.time()
         summary = run_search(exp, study_name=study, out=out, seed=exp.search.seed)
         typer.echo(f"pareto: {summary.pareto_path}")
         typer.echo(f"plot:   {summary.plot_path}")
         if summary.failed:
             typer.echo(f"{summary.failed} of {summary.trials_run} trial(s) failed; reasons in "
                        f"{summary.out}/trials/<n>/error.txt", err=True)
+            for error in failed_since(summary.out, started)[:SHOWN]:
+                typer.echo(f"  trial {error.parent.name}: {error.read_text(encoding='utf-8').splitlines()[0]}",
+                           err=True)
             return 1
         return 0
+
+
+def failed_since(out: Path, started: float) -> list[Path]:
+    """The error.txt files of trials that failed in ``out`` since ``started`` (this call), oldest first."""
+    errors = [p for p in out.glob("trials/*/error.txt") if p.stat().st_mtime >= started]
+    return sorted(errors, key=lambda p: p.stat().st_mtime)

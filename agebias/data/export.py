@@ -5,6 +5,7 @@ image), ``face`` (index with all-faces, else empty), then the records' extra col
 be used goes to ``skipped.csv`` (``path,reason``) and ``skipped.json`` (a list of ``{"path", "reason"}``); both are
 always written (empty when nothing was skipped) so a rerun never leaves a stale list. All writes are atomic.
 The output folder reads back with ``open_dataset(out)`` (kind ``manifest``) and aligns with ``aligned=True``.
+Sources without a single image file are an error (:class:`DataError`), not an empty manifest.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from agebias.data.images import is_image_name, save_png
 from agebias.data.manifest import REQUIRED, rows_to_csv
 from agebias.data.records import FaceRecord, Problem
 from agebias.data.sources import KINDS, open_dataset
-from agebias.errors import UserError
+from agebias.errors import DataError, UserError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -75,12 +76,17 @@ def align_to_folder(sources: Sequence[str | os.PathLike], out: str | os.PathLike
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the crops and manifest")
     records, problems = gather_records(sources, kind)
+    if not records:
+        where = ", ".join(str(s) for s in sources)
+        left_out = f": {len(problems)} file(s) left out, e.g. {problems[0].path}: {problems[0].reason}" if problems \
+            else ": it holds no image file"
+        raise DataError(f"no image to align in {where}{left_out}")
     faces = load_aligned_faces(records, detector=detector, aligned=aligned, all_faces=all_faces,
                                cache_dir=cache_dir, device=device)
     result = ExportResult(out=out, skipped=problems + faces.skipped)
     used: set[str] = set()
     rows = []
-    for record, crop in zip(faces.records, faces.crops):
+    for record, crop in zip(faces.records, faces.crops, strict=True):
         rel = _unique_name(record, used)
         save_png(crop, out / rel)
         result.written.append(out / rel)

@@ -1,6 +1,7 @@
 """CSV manifests: ``path,subject,age`` plus any extra columns; paths are relative to the CSV's folder.
 
-``age`` may be empty (unknown). Optional landmark columns ``lm0_x, lm0_y, ..., lm4_x, lm4_y`` (five points in
+The subject column may be named ``id`` instead, as in the manifest.csv of a set agebias generated (read here as a
+plain manifest, e.g. by ``agebias datasets check manifest``). ``age`` may be empty (unknown). Optional landmark columns ``lm0_x, lm0_y, ..., lm4_x, lm4_y`` (five points in
 image pixels, ArcFace order) become ``FaceRecord.landmarks``. Every other column goes to ``extra`` as a string.
 Rows whose file is missing or whose age does not parse are reported as problems.
 """
@@ -42,9 +43,11 @@ def read_manifest(csv_path: str | os.PathLike, name: str | None = None, check_fi
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             fields = [f.strip() for f in (reader.fieldnames or [])]
-            missing = [c for c in ("path", "subject") if c not in fields]
+            subject_column = "subject" if "subject" in fields or "id" not in fields else "id"
+            missing = [c for c in ("path", subject_column) if c not in fields]
             if missing:
-                raise UserError(f"manifest {csv_path} lacks column(s) {', '.join(missing)} (need path,subject,age)")
+                raise UserError(f"manifest {csv_path} lacks column(s) {', '.join(missing)} (need path,subject,age; "
+                                f"a generated set's id column counts as subject)")
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"manifest {csv_path} is not a readable UTF-8 CSV file ({type(err).__name__})") from None
@@ -73,8 +76,9 @@ def read_manifest(csv_path: str | os.PathLike, name: str | None = None, check_fi
             except ValueError:
                 problems.append(Problem(str(path), f"bad landmark value in {csv_path.name} line {line}"))
                 continue
-        extra = {k: v for k, v in row.items() if k not in REQUIRED and k not in LANDMARK_COLUMNS and k}
-        records.append(FaceRecord(path=path, subject=str(row.get("subject", "")).strip(), age=age,
+        extra = {k: v for k, v in row.items()
+                 if k not in REQUIRED and k != subject_column and k not in LANDMARK_COLUMNS and k}
+        records.append(FaceRecord(path=path, subject=str(row.get(subject_column, "")).strip(), age=age,
                                   landmarks=landmarks, extra=extra))
     return DatasetScan(name=name or csv_path.stem, root=base, records=records, problems=problems)
 

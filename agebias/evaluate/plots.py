@@ -1,13 +1,25 @@
-"""Figures drawn from results.json (never computing metrics), and the figures of each protocol.
+"""Figures drawn from results.json (never computing metrics). One drawing function per figure serves both
+``EvaluationResult.plot(kind, ax=None)`` (:func:`draw` returns a matplotlib Figure) and the reports
+(:func:`make_plots` saves the same figures under ``plots/``).
 
-Each protocol module names its own figures in a ``FIGURES`` dict, ``{stem: (title, function)}``; a figure function
-takes ``(results, out, formats)`` and returns ``{format: path}`` (empty when it has nothing to draw). The
-all-pairs protocol's figures live here (several models side by side, in every requested format):
-``score_distributions`` (genuine/impostor histograms per age group with a smoothed density and the tau line),
-``genuine_vs_age_gap``, ``det`` (per group, normal-deviate axes), ``fairness_vs_fmr`` (GARBE and FDR),
-``group_rates`` (per-group FMR and FNMR bars with 95 % intervals), ``impostor_heatmap`` (group x group FMR).
-The legacy ``msc`` protocol's figures are in :mod:`agebias.evaluate.msc`; the shared look in
-:mod:`agebias.evaluate.figure_style`.
+All-pairs figures, ``kind`` -> file stem (:data:`PLOT_KINDS`):
+
+- ``scores`` -> ``score_distributions``: genuine and impostor score histograms, one row per age group and one column
+  per model. Density is on a log axis, so a narrow genuine peak and a wide impostor spread are both visible; the
+  model's tau and a smoothed density (over the scores' own range, for 100 pairs or more spread over 10 bins or
+  more) are drawn over the bars; each model's x range is the range of its scores.
+- ``genuine_vs_gap`` -> ``genuine_vs_age_gap``: genuine scores against the age gap of the pair, the mean per gap
+  and each model's tau (one panel).
+- ``det`` -> ``det``: DET curves per age group on normal-deviate axes, one panel per model; the axis ranges are
+  those of the curves.
+- ``fairness_vs_fmr`` -> ``fairness_vs_fmr``: GARBE and FDR against the target FMR of the global threshold; a panel
+  with nothing defined says why.
+- ``rates`` -> ``group_rates``: FMR and FNMR per age group at each model's global threshold with 95 % intervals.
+- ``impostor_table`` -> ``impostor_heatmap``: group x group FMR (the ``both`` pair grouping), one log colour scale
+  shared by every model.
+
+Kinds that draw one panel (``genuine_vs_gap``; ``det`` for one model) draw into a given ``ax``. The legacy ``msc``
+protocol's figures are in :mod:`agebias.evaluate.msc`; the shared look in :mod:`agebias.evaluate.figure_style`.
 """
 
 from __future__ import annotations
@@ -18,229 +30,529 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from agebias.errors import DataError, SettingsError
 from agebias.evaluate import msc
-from agebias.evaluate.figure_style import GENUINE, IMPOSTOR, OKABE_ITO, pyplot, save_figure, smooth
+from agebias.evaluate.figure_style import (GENUINE, IMPOSTOR, MAX_WIDTH, OKABE_ITO, new_figure, save_figure,
+                                          smooth, style)
 
 FigureFunction = Callable[[dict, Path, Sequence[str]], dict]
 
+PLOT_KINDS: dict[str, str] = {
+    "scores": "score_distributions",
+    "genuine_vs_gap": "genuine_vs_age_gap",
+    "det": "det",
+    "fairness_vs_fmr": "fairness_vs_fmr",
+    "rates": "group_rates",
+    "impostor_table": "impostor_heatmap",
+}
+"""Plot kinds of :func:`draw` -> the file stem :func:`make_plots` writes for them."""
 
-def _sections(results: dict) -> list[tuple[str, dict]]:
-    """The models with all-pairs group results and histograms, in the results' order (the figures draw these;
-    with none, every all-pairs figure has nothing to draw)."""
-    return [(m, results["models"][m]) for m in results["model_order"] if "groups" in results["models"][m]
+TITLES = {
+    "scores": "Score distributions by age group",
+    "genuine_vs_gap": "Genuine score against age gap",
+    "det": "DET curves by age group",
+    "fairness_vs_fmr": "GARBE and FDR against target FMR",
+    "rates": "FMR and FNMR per age group",
+    "impostor_table": "Impostor FMR by age-group pair (at the global threshold)",
+}
+GROUP_COLOURS = OKABE_ITO[:7]  # black is kept for "overall"
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+def _sections(results: dict, kind: str = "") -> list[tuple[str, dict]]:
+    """The models with all-pairs group results and histograms, in the results' order (``impostor_table``: those
+    with a group x group table)."""
+    secs = [(m, results["models"][m]) for m in results["model_order"] if "groups" in results["models"][m]
             and "histograms" in results["models"][m]]
+    if kind == "impostor_table":
+        secs = [(m, s) for m, s in secs if s.get("impostor_table")]
+    return secs
 
 
-def score_distributions(results: dict, out: Path, formats) -> dict:
+def _canvas(ax, kind: str, nrows: int, ncols: int, width: float, height: float, **kw):
+    """(figure, 2-D array of axes): a new figure, or the caller's ``ax`` when the figure has one panel."""
+    if ax is None:
+        fig = new_figure(width, height)
+        return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
+    if nrows * ncols != 1:
+        hint = " or pick one model with result[name]" if ncols > 1 else ""
+        raise SettingsError(f"plot kind '{kind}' draws {nrows * ncols} panels for these results; call it without "
+                            f"ax{hint}")
+    return ax.figure, np.array([[ax]])
+
+
+def _tau(sec: dict) -> float | None:
+    tau = sec.get("overall", {}).get("threshold")
+    return tau if tau is not None and math.isfinite(tau) else None
+
+
+def _model_label(name: str, sec: dict) -> str:
+    tau = _tau(sec)
+    return f"{name} (tau = {tau:.3f})" if tau is not None else name
+
+
+def _values(d: dict, labels: Sequence[str], key: str) -> np.ndarray:
+    return np.array([np.nan if d[g].get(key) is None else d[g][key] for g in labels], float)
+
+
+def _note(ax, text: str, **kw) -> None:
+    """A grey explanation in the middle of an (empty) panel, its lines wrapped to fit a half-width panel."""
+    import textwrap
+
+    lines = [textwrap.fill(line, 56) for line in text.split("\n")]
+    ax.text(0.5, 0.5, "\n".join(lines), ha="center", va="center", transform=ax.transAxes, color="#444444", **kw)
+
+
+def _short(v: float) -> str:
+    """``0.0104`` -> ``1.0e-2`` (a compact rate for table cells)."""
+    mantissa, exponent = f"{v:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+# ------------------------------------------------------------------------------------------- score histograms
+def _pairs(sec: dict, label: str) -> int:
+    d = sec["histograms"]["groups"].get(label)
+    return 0 if d is None else int(sum(d["genuine"]) + sum(d["impostor"]))
+
+
+def _score_range(sec: dict, labels: Sequence[str]) -> tuple[float, float]:
+    """The x range of one model's column: every bin holding a score of the shown groups, one bin of margin, and
+    its tau; at least 0.1 wide, within [-1, 1 + half a bin]."""
+    h = sec["histograms"]
+    edges = np.asarray(h["edges"], float)
+    used = np.zeros(edges.size - 1, bool)
+    for lab in labels:
+        d = h["groups"].get(lab)
+        if d is not None:
+            used |= (np.asarray(d["genuine"]) + np.asarray(d["impostor"])) > 0
+    width = edges[1] - edges[0]
+    idx = np.flatnonzero(used)
+    lo, hi = (edges[idx[0]] - width, edges[idx[-1] + 1] + width) if idx.size else (-1.0, 1.0)
+    tau = _tau(sec)
+    if tau is not None:
+        lo, hi = min(lo, tau - width), max(hi, tau + width)
+    if hi - lo < 0.1:
+        mid = (hi + lo) / 2
+        lo, hi = mid - 0.05, mid + 0.05
+    return max(lo, -1.0), min(hi, 1.0 + width / 2)
+
+
+def _density_range(sec: dict, labels: Sequence[str]) -> tuple[float, float]:
+    """(floor, peak) of one model's density axis: below the density of one pair in the largest histogram shown,
+    and the highest density shown (histogram density = count / (total * bin width))."""
+    h = sec["histograms"]
+    width = h["edges"][1] - h["edges"][0]
+    totals, peaks = [], []
+    for lab in labels:
+        d = h["groups"].get(lab) or {}
+        for key in ("genuine", "impostor"):
+            cnt = np.asarray(d.get(key, []), float)
+            if cnt.sum() > 0:
+                totals.append(cnt.sum())
+                peaks.append(cnt.max() / (cnt.sum() * width))
+    if not totals:
+        return 0.1, 1.0
+    return 0.4 / (max(totals) * width), max(peaks)
+
+
+def _score_panel(ax, edges: np.ndarray, d: dict | None, label: str, tau: float | None,
+                 floor: float) -> None:
+    """One group's genuine and impostor densities (log axis, bars down to ``floor``), their smoothed densities
+    and tau."""
+    width = edges[1] - edges[0]
+    centres = (edges[1:] + edges[:-1]) / 2
+    parts = []
+    for key, colour in (("genuine", GENUINE), ("impostor", IMPOSTOR)):
+        cnt = np.asarray(d[key], float) if d is not None else np.zeros(centres.size)
+        if cnt.sum() > 0:
+            parts.append((key, colour, cnt))
+    counts = {key: int(cnt.sum()) for key, _, cnt in parts}
+    ax.set_yscale("log")
+    if not parts:
+        _note(ax, f"{label}: no pairs")
+        return
+    for _, colour, cnt in parts:
+        tot = cnt.sum()
+        dens = cnt / (tot * width)
+        ax.stairs(dens, edges, fill=True, color=colour, alpha=0.35, baseline=floor)
+        mean = (cnt * centres).sum() / tot
+        sd = math.sqrt(max((cnt * (centres - mean) ** 2).sum() / tot, width ** 2))
+        bw = min(max(0.9 * sd * tot ** -0.2 / width, 1.5), 12.0)  # Silverman's rule, in bins
+        used = np.flatnonzero(cnt)
+        if tot >= 100 and used[-1] - used[0] >= 10:  # smoothed: only over the scores' own range, not for a few
+            curve = np.maximum(smooth(dens, bw), floor / 2)
+            span = slice(used[0], used[-1] + 1)
+            ax.plot(centres[span], curve[span], color=colour, lw=1.2)
+    if tau is not None:
+        ax.axvline(tau, color="black", ls="--", lw=1)
+    text = ", ".join(f"{counts[k]:,} {k}" for k in ("genuine", "impostor") if k in counts)
+    ax.text(0.02, 0.95, f"{label}: {text}", transform=ax.transAxes, ha="left", va="top", fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.5})
+
+
+def _draw_scores(results: dict, ax=None):
     secs = _sections(results)
-    if not secs:
-        return {}
-    plt = pyplot()
-    labels = ["overall", *secs[0][1]["pair_grouping"]["labels"]]
-    fig, axes = plt.subplots(len(secs), len(labels), figsize=(2.8 * len(labels), 2.3 * len(secs) + 0.6),
-                             squeeze=False, layout="constrained")
-    for r, (name, sec) in enumerate(secs):
-        h = sec["histograms"]
-        edges = np.asarray(h["edges"])
-        centres = (edges[1:] + edges[:-1]) / 2
-        width = edges[1] - edges[0]
-        for c, lab in enumerate(labels):
-            ax = axes[r][c]
-            d = h["groups"].get(lab)
-            if d is None:
-                ax.set_visible(False)
-                continue
-            for key, col, txt in (("genuine", GENUINE, "genuine"), ("impostor", IMPOSTOR, "impostor")):
-                cnt = np.asarray(d[key], dtype=float)
-                tot = cnt.sum()
-                if tot == 0:
-                    continue
-                dens = cnt / (tot * width)
-                ax.stairs(dens, edges, fill=True, color=col, alpha=0.35, label=f"{txt} (n={int(tot):,})")
-                sd = math.sqrt(max((cnt * (centres - (cnt * centres).sum() / tot) ** 2).sum() / tot, width ** 2))
-                bw = min(max(0.9 * sd * tot ** -0.2 / width, 1.5), 12.0)  # Silverman's rule, in bins
-                ax.plot(centres, smooth(dens, bw), color=col, lw=1.2)
-            tau = sec["overall"].get("threshold")
-            if tau is not None and math.isfinite(tau):
-                ax.axvline(tau, color="black", ls="--", lw=1, label=f"tau = {tau:.3f}")
-            used = np.flatnonzero(np.asarray(d["genuine"]) + np.asarray(d["impostor"]))
-            if used.size:
-                ax.set_xlim(edges[max(used[0] - 2, 0)], edges[min(used[-1] + 3, edges.size - 1)])
-            ax.set_title(f"{name}: {lab}" if len(secs) > 1 else lab)
-            if r == len(secs) - 1:
-                ax.set_xlabel("cosine similarity")
-            if c == 0:
-                ax.set_ylabel("density")
-            ax.legend(fontsize=6, loc="upper left")
+    groups = secs[0][1]["pair_grouping"]["labels"]
+    rows = [lab for lab in ["overall", *groups] if any(_pairs(sec, lab) for _, sec in secs)] or ["overall"]
+    ncols = len(secs)
+    width = 5.8 if ncols == 1 else min(MAX_WIDTH, 4.6 * ncols)
+    fig, axes = _canvas(ax, "scores", len(rows), ncols, width, 0.9 + 1.45 * len(rows), sharex="col",
+                        sharey="col")
+    for c, (name, sec) in enumerate(secs):
+        edges = np.asarray(sec["histograms"]["edges"], float)
+        floor, peak = _density_range(sec, rows)
+        for r, lab in enumerate(rows):
+            _score_panel(axes[r][c], edges, sec["histograms"]["groups"].get(lab), lab, _tau(sec), floor)
+        axes[0][c].set_ylim(floor, peak * 12)  # headroom above the peak for the labels
+        axes[0][c].set_xlim(*_score_range(sec, rows))
+        axes[0][c].set_title(_model_label(name, sec))
+        axes[-1][c].set_xlabel("cosine similarity")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=GENUINE, alpha=0.5, label="genuine pairs"),
+               Patch(color=IMPOSTOR, alpha=0.5, label="impostor pairs"),
+               Line2D([], [], color="black", ls="--", lw=1, label="tau (global threshold)")]
+    if ax is not None:
+        ax.set_ylabel("density (log scale)")
+        ax.legend(handles=handles, loc="upper right")
+        return fig
     fig.suptitle("Genuine and impostor score distributions by age group")
-    files = save_figure(fig, out, "score_distributions", formats)
-    plt.close(fig)
-    return files
+    fig.supylabel("density (log scale)")
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+    return fig
 
 
-def genuine_vs_age_gap(results: dict, out: Path, formats) -> dict:
+# ---------------------------------------------------------------------------------------- genuine vs age gap
+def _draw_genuine_vs_gap(results: dict, ax=None):
+    from matplotlib.lines import Line2D
+
     secs = _sections(results)
-    if not secs:
-        return {}
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig, axes = _canvas(ax, "genuine_vs_gap", 1, 1, 6.4, 4.2)
+    a = axes[0][0]
+    handles = []
     for k, (name, sec) in enumerate(secs):
         d = sec.get("genuine_vs_gap") or {}
-        gap, score = np.asarray(d.get("age_gap", [])), np.asarray(d.get("score", []))
+        gap, score = np.asarray(d.get("age_gap", []), float), np.asarray(d.get("score", []), float)
         if gap.size == 0:
             continue
         col = OKABE_ITO[k % len(OKABE_ITO)]
-        ax.scatter(gap + (k - 0.5) * 0.15, score, s=6, alpha=0.35, color=col, label=f"{name} (pairs)")
+        a.scatter(gap + (k - (len(secs) - 1) / 2) * 0.25, score, s=9, alpha=0.4, color=col, linewidths=0)
         ug = np.unique(gap)
-        ax.plot(ug, [score[gap == g].mean() for g in ug], color=col, lw=1.5, label=f"{name} (mean per gap)")
-        tau = sec["overall"].get("threshold")
-        if tau is not None and math.isfinite(tau):
-            ax.axhline(tau, color=col, ls="--", lw=1)
-    ax.set_xlabel("age gap between the two images (years)")
-    ax.set_ylabel("genuine cosine similarity")
-    ax.set_title("Genuine score against age gap (dashed: tau)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        a.plot(ug, [score[gap == g].mean() for g in ug], color=col, lw=1.6)
+        tau = _tau(sec)
+        if tau is not None:
+            a.axhline(tau, color=col, ls="--", lw=1)
+        handles.append(Line2D([], [], color=col, marker="o", ms=4, label=_model_label(name, sec)))
+    a.set_xlabel("age gap between the two images (years)")
+    a.set_ylabel("genuine cosine similarity")
+    a.set_title("Genuine score against age gap (dots: pairs, line: mean per gap, dashed: tau)", fontsize=9)
+    if handles:
+        a.legend(handles=handles, loc="best")
     else:  # no genuine pair has two known ages
-        ax.text(0.5, 0.5, "no genuine pairs with known ages", ha="center", transform=ax.transAxes)
-    files = save_figure(fig, out, "genuine_vs_age_gap", formats)
-    plt.close(fig)
-    return files
+        _note(a, "no genuine pairs with known ages")
+    return fig
 
 
-def det(results: dict, out: Path, formats) -> dict:
+# ------------------------------------------------------------------------------------------------------ DET
+DECADES = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 0.9, 0.99)
+FINE_TICKS = (2e-4, 5e-4, 2e-3, 5e-3, 0.02, 0.05, 0.2, 0.3, 0.4, 0.7, 0.8, 0.95)
+
+
+def _det_reason(sec: dict) -> str:
+    """Why a model's DET panel is empty."""
+    cv = sec["curves"].get("overall") or {}
+    fmr, fnmr = np.asarray(cv.get("fmr", []), float), np.asarray(cv.get("fnmr", []), float)
+    if fmr.size and np.all(fnmr[fmr > 0] == 0):
+        return ("FNMR is 0 wherever FMR > 0: every genuine score is above\nthe impostor scores, and DET axes "
+                "(normal deviates)\ncannot show a rate of 0")
+    return "fewer than 2 points with 0 < FMR < 1 and 0 < FNMR < 1\n(too few pairs or errors to draw)"
+
+
+def _det_ticks(ax, lo: float, hi: float, axis: str) -> None:
     from scipy.special import ndtri  # the normal quantile (scipy.stats.norm.ppf)
 
+    ticks = [t for t in DECADES if lo <= ndtri(t) <= hi]
+    if len(ticks) < 5:  # a short range: 2 and 5 times the decades too
+        ticks = sorted(ticks + [t for t in FINE_TICKS if lo <= ndtri(t) <= hi])
+    pos = ndtri(np.asarray(ticks, float)) if ticks else []
+    (ax.set_xticks if axis == "x" else ax.set_yticks)(pos, [f"{t:g}" for t in ticks])
+
+
+def _draw_det(results: dict, ax=None):
+    from scipy.special import ndtri
+
     secs = _sections(results)
-    if not secs:
-        return {}
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(secs), figsize=(4.6 * len(secs), 4.2), squeeze=False, layout="constrained")
-    ticks = np.array([1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8])
+    labels = secs[0][1]["pair_grouping"]["labels"]
+    colours = {lab: GROUP_COLOURS[i % len(GROUP_COLOURS)] for i, lab in enumerate(labels)}
+    n = len(secs)
+    fig, axes = _canvas(ax, "det", 1, n, 5.0 if n == 1 else min(MAX_WIDTH, 4.5 * n), 4.3, sharex=True,
+                        sharey=True)
+    xs, ys = [], []
     for c, (name, sec) in enumerate(secs):
-        ax = axes[0][c]
-        for k, (lab, cv) in enumerate(sec["curves"].items()):
+        a = axes[0][c]
+        left_out = []
+        for lab, cv in sec["curves"].items():
             fmr, fnmr = np.asarray(cv["fmr"], float), np.asarray(cv["fnmr"], float)
             ok = (fmr > 0) & (fmr < 1) & (fnmr > 0) & (fnmr < 1)
             if ok.sum() < 2:
+                left_out.append(lab)
                 continue
-            ax.plot(ndtri(fmr[ok]), ndtri(fnmr[ok]), color="black" if lab == "overall" else
-                    OKABE_ITO[(k - 1) % len(OKABE_ITO)], lw=2 if lab == "overall" else 1.3,
-                    ls="--" if lab == "overall" else "-", label=lab)
-        ax.set_xticks(ndtri(ticks), [f"{t:g}" for t in ticks], rotation=45)
-        ax.set_yticks(ndtri(ticks), [f"{t:g}" for t in ticks])
-        ax.set_xlim(ndtri(5e-6), ndtri(0.9))
-        ax.set_ylim(ndtri(5e-4), ndtri(0.95))
-        ax.set_xlabel("false match rate (FMR)")
-        ax.set_ylabel("false non-match rate (FNMR)")
-        ax.set_title(f"DET by age group: {name}")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            xs.append(ndtri(fmr[ok]))
+            ys.append(ndtri(fnmr[ok]))
+            overall = lab == "overall"
+            a.plot(xs[-1], ys[-1], color="black" if overall else colours.get(lab, "grey"), lw=2 if overall else 1.4,
+                   ls="--" if overall else "-", label=lab)
+        a.set_title(f"DET by age group: {name}")
+        a.set_xlabel("false match rate (FMR)")
+        if c == 0:
+            a.set_ylabel("false non-match rate (FNMR)")
+        if a.get_legend_handles_labels()[0]:
+            a.legend(loc="upper right")
+            if left_out:
+                a.text(0.02, 0.02, "not drawn (fewer than 2 points with errors): " + ", ".join(left_out),
+                       transform=a.transAxes, fontsize=7, color="#444444", va="bottom")
         else:
-            ax.text(0.5, 0.5, "no points with 0 < FMR < 1 and 0 < FNMR < 1\n(too few pairs or errors to draw)",
-                    ha="center", transform=ax.transAxes)
-    files = save_figure(fig, out, "det", formats)
-    plt.close(fig)
-    return files
+            _note(a, _det_reason(sec), fontsize=8)
+    x = np.concatenate(xs) if xs else ndtri(np.array([1e-4, 0.5]))
+    y = np.concatenate(ys) if ys else ndtri(np.array([1e-3, 0.5]))
+    (x0, x1), (y0, y1) = (x.min() - 0.3, x.max() + 0.3), (y.min() - 0.3, y.max() + 0.3)
+    for a in axes[0]:
+        a.set_xlim(x0, x1)
+        a.set_ylim(y0, y1)
+        _det_ticks(a, x0, x1, "x")
+        _det_ticks(a, y0, y1, "y")
+        a.tick_params(axis="x", labelrotation=45)
+    return fig
 
 
-def fairness_vs_fmr(results: dict, out: Path, formats) -> dict:
+# --------------------------------------------------------------------------------------- fairness vs FMR
+def _undefined_reason(points: list[dict], key: str) -> str:
+    """Why GARBE (or FDR) is undefined at every target FMR, read from the per-group rates of the points."""
+    reasons = []
+    for p in points:
+        fmr = [v for v in (p.get("group_fmr") or {}).values() if v is not None and math.isfinite(v)]
+        fnmr = [v for v in (p.get("group_fnmr") or {}).values() if v is not None and math.isfinite(v)]
+        for rates, kind in ((fnmr, "genuine"), (fmr, "impostor")):
+            if len(rates) < 2:
+                reasons.append(f"fewer than 2 age groups have {kind} pairs")
+        if len(fmr) < 2 or len(fnmr) < 2:
+            continue
+        if key == "garbe" and not any(fnmr):
+            reasons.append("every age group has FNMR 0 (no genuine pair is rejected)")
+        if key == "garbe" and not any(fmr):
+            reasons.append("every age group has FMR 0 (no impostor pair is accepted)")
+    if not reasons:
+        return f"{key.upper()} has no value at any target FMR"
+    why = ";\n".join(dict.fromkeys(reasons))
+    zero = " (the Gini coefficient of rates that are all 0 is 0/0)" if "has F" in why else ""
+    return f"{key.upper()} is undefined at every target FMR:\n{why}{zero}"
+
+
+def _draw_fairness(results: dict, ax=None):
     secs = _sections(results)
-    if not secs:
-        return {}
-    plt = pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
+    fig, axes = _canvas(ax, "fairness_vs_fmr", 1, 2, MAX_WIDTH, 3.7, sharex=True)
+    panels = (("garbe", "GARBE (0 = fair)", 0.0), ("fdr", "FDR (1 = fair)", 1.0))
+    targets = []
     for k, (name, sec) in enumerate(secs):
-        cv = sec.get("fairness_vs_fmr") or []
-        x = np.array([p["target_fmr"] for p in cv], float)
-        col = OKABE_ITO[k % len(OKABE_ITO)]
-        for ax, key in ((a1, "garbe"), (a2, "fdr")):
-            y = np.array([np.nan if p[key] is None else p[key] for p in cv], float)
-            ax.plot(x, y, marker="o", ms=3, color=col, label=name)
-    a1.set_title("GARBE (0 = fair) against target FMR")
-    a2.set_title("FDR (1 = fair) against target FMR")
-    for ax, yl in ((a1, "GARBE"), (a2, "FDR")):
-        ax.set_xscale("log")
-        ax.set_xlabel("target FMR (global threshold)")
-        ax.set_ylabel(yl)
-        ax.legend(fontsize=7)
-    files = save_figure(fig, out, "fairness_vs_fmr", formats)
-    plt.close(fig)
-    return files
+        points = sec.get("fairness_vs_fmr") or []
+        x = np.array([p["target_fmr"] for p in points], float)
+        targets += x.tolist()
+        for a, (key, _, _) in zip(axes[0], panels, strict=True):
+            y = np.array([np.nan if p.get(key) is None else p[key] for p in points], float)
+            if np.isfinite(y).any():
+                a.plot(x, y, marker="o", ms=3.5, color=OKABE_ITO[k % len(OKABE_ITO)], label=name)
+    for a, (key, title, fair) in zip(axes[0], panels, strict=True):
+        a.set_xscale("log")
+        a.set_title(f"{title} against target FMR")
+        a.set_xlabel("target FMR of the global threshold")
+        a.set_ylabel(title.split(" ")[0])
+        if targets:
+            a.set_xlim(min(targets) / 1.6, max(targets) * 1.6)
+        if a.get_legend_handles_labels()[0]:
+            a.axhline(fair, color="#888888", lw=0.8, zorder=0)
+            a.legend(loc="best")
+        else:
+            a.set_yticks([])
+            points = [p for _, sec in secs for p in sec.get("fairness_vs_fmr") or []]
+            _note(a, _undefined_reason(points, key), fontsize=8)
+    return fig
 
 
-def group_rates(results: dict, out: Path, formats) -> dict:
+# ------------------------------------------------------------------------------------------- per-group rates
+def _draw_rates(results: dict, ax=None):
     secs = _sections(results)
-    if not secs:
-        return {}
-    plt = pyplot()
     labels = secs[0][1]["pair_grouping"]["labels"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
-    width = 0.8 / max(len(secs), 1)
+    fig, axes = _canvas(ax, "rates", 1, 2, MAX_WIDTH, 3.7)
     x = np.arange(len(labels))
-    for k, (name, sec) in enumerate(secs):
-        col = OKABE_ITO[k % len(OKABE_ITO)]
-        for ax, key in zip(axes, ("fmr", "fnmr")):
-            v = np.array([np.nan if sec["groups"][g][key] is None else sec["groups"][g][key] for g in labels], float)
-            ci = np.array([[np.nan if c is None else c for c in (sec["groups"][g][f"{key}_ci"] or [None, None])]
+    step = min(0.8 / max(len(secs), 1), 0.25)
+    target = (results.get("settings") or {}).get("target_fmr")
+    fixed = (results.get("settings") or {}).get("threshold") is not None
+    for a, key in zip(axes[0], ("fmr", "fnmr"), strict=True):
+        top, defined, missing = 0.0, False, []
+        for k, (name, sec) in enumerate(secs):
+            col = OKABE_ITO[k % len(OKABE_ITO)]
+            v = _values(sec["groups"], labels, key)
+            ci = np.array([[np.nan if c is None else c for c in (sec["groups"][g].get(f"{key}_ci") or [None, None])]
                            for g in labels], float)
             err = np.vstack([np.clip(v - ci[:, 0], 0, None), np.clip(ci[:, 1] - v, 0, None)])
-            tau = sec["overall"].get("threshold")
-            ax.bar(x + (k - (len(secs) - 1) / 2) * width, np.nan_to_num(v), width, yerr=np.nan_to_num(err),
-                   color=col, capsize=3, label=f"{name} (tau = {tau:.3f})" if tau is not None else name)
-    for ax, key in zip(axes, ("FMR", "FNMR")):
-        ax.set_xticks(x, labels)
-        ax.set_xlabel("age group")
-        ax.set_ylabel(key)
-        ax.set_title(f"{key} per age group at the global threshold (95 % CI)")
-        ax.legend(fontsize=7)
-    files = save_figure(fig, out, "group_rates", formats)
-    plt.close(fig)
-    return files
+            pos = x + (k - (len(secs) - 1) / 2) * step
+            a.errorbar(pos, v, yerr=np.nan_to_num(err), fmt="o", ms=5, capsize=3, color=col,
+                       label=_model_label(name, sec))
+            missing += [(p, col) for p in pos[~np.isfinite(v)]]
+            top = max(top, np.nanmax(np.r_[v, ci[:, 1], 0.0]))
+            defined = defined or bool(np.isfinite(v).any())
+        if key == "fmr" and target is not None and not fixed:
+            a.axhline(target, color="#888888", ls=":", lw=1, label=f"target FMR {target:g}")
+            top = max(top, target)
+        name = key.upper()
+        if not defined:
+            kind = "impostor" if key == "fmr" else "genuine"
+            how = secs[0][1]["pair_grouping"].get("description", "")
+            _note(a, f"{name} is undefined in every age group: no group has {kind} pairs ({how})", fontsize=8)
+        for p, col in missing if defined else []:
+            a.text(p, 0, "n/a", ha="center", va="bottom", fontsize=7, color=col, rotation=90)
+        a.set_xticks(x, labels)
+        a.set_xlim(-0.5, len(labels) - 0.5)
+        top = top * 1.12 if top > 0 else 0.05
+        a.set_ylim(-0.03 * top, top)  # a little below 0, so rates of 0 show
+        a.grid(False, axis="x")
+        a.set_xlabel("age group")
+        a.set_ylabel(f"{name} (95 % CI)")
+        a.set_title(f"{name} per age group at the global threshold")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if ax is None:
+        fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 4), frameon=False)
+    return fig
 
 
-def impostor_heatmap(results: dict, out: Path, formats) -> dict:
-    """NIST-style group x group FMR at the global threshold (both-images grouping only)."""
-    secs = [(n, s) for n, s in _sections(results) if s.get("impostor_table")]
-    if not secs:
-        return {}
-    plt = pyplot()
+# -------------------------------------------------------------------------------------- impostor heatmap
+def _impostor_matrices(sec: dict, labels: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(FMR, false matches, impostor pairs) as symmetric group x group matrices (NaN: no such cell)."""
+    m, fm, n = (np.full((len(labels), len(labels)), np.nan) for _ in range(3))
+    for cell in sec["impostor_table"].values():
+        i, j = labels.index(cell["row"]), labels.index(cell["col"])
+        m[i, j] = m[j, i] = np.nan if cell.get("fmr") is None else cell["fmr"]
+        fm[i, j] = fm[j, i] = cell.get("false_matches", np.nan)
+        n[i, j] = n[j, i] = cell.get("n_impostor", np.nan)
+    return m, fm, n
+
+
+def shared_fmr_scale(mats: Sequence[np.ndarray]) -> tuple[float, float] | None:
+    """(vmin, vmax) of the one log colour scale of every model's impostor table: the smallest and largest positive
+    FMR over all of them (None when no cell is positive)."""
+    pos = np.concatenate([m[np.isfinite(m) & (m > 0)] for m in mats]) if mats else np.array([])
+    if pos.size == 0:
+        return None
+    lo, hi = float(pos.min()), float(pos.max())
+    return (lo / 2, hi * 2) if lo == hi else (lo, hi)
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """Colour-bar ticks in [lo, hi]: 1, 2 and 5 times the decades (the ends when fewer than two fall inside)."""
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+    return ticks if len(ticks) >= 2 else [lo, hi]
+
+
+def _draw_impostor(results: dict, ax=None):
+    import matplotlib
+    from matplotlib.colors import LogNorm
+
+    secs = _sections(results, "impostor_table")
     labels = secs[0][1]["pair_grouping"]["labels"]
-    fig, axes = plt.subplots(1, len(secs), figsize=(5.2 * len(secs), 4.0), squeeze=False, layout="constrained")
-    for c, (name, sec) in enumerate(secs):
-        ax = axes[0][c]
-        m = np.full((len(labels), len(labels)), np.nan)
-        for cell in sec["impostor_table"].values():
-            i, j = labels.index(cell["row"]), labels.index(cell["col"])
-            v = cell["fmr"]
-            m[i, j] = m[j, i] = np.nan if v is None else v
-        shown = np.log10(np.where(m > 0, m, np.nan))
-        im = ax.imshow(shown, cmap="cividis")
+    mats = [_impostor_matrices(sec, labels) for _, sec in secs]
+    scale = shared_fmr_scale([m for m, _, _ in mats])
+    norm = LogNorm(*scale) if scale else None
+    cmap = matplotlib.colormaps["cividis"].with_extremes(bad="#e6e6e6")
+    n = len(secs)
+    fig, axes = _canvas(ax, "impostor_table", 1, n, min(MAX_WIDTH, 3.8 * n + 1.0), 3.9)
+    small = len(labels) > 5
+    image = None
+    for c, ((name, _), (m, fm, npairs)) in enumerate(zip(secs, mats, strict=True)):
+        a = axes[0][c]
+        shown = np.where(m > 0, m, np.nan)
+        image = a.imshow(shown, cmap=cmap, norm=norm)
         for i in range(len(labels)):
             for j in range(len(labels)):
-                ax.text(j, i, "n/a" if not np.isfinite(m[i, j]) else f"{m[i, j]:.1e}", ha="center", va="center",
-                        fontsize=7, color="white" if np.isfinite(shown[i, j]) and shown[i, j] < np.nanmean(shown)
-                        else "black")
-        ax.set_xticks(range(len(labels)), labels)
-        ax.set_yticks(range(len(labels)), labels)
-        ax.set_xlabel("age group of one image")
-        ax.set_ylabel("age group of the other image")
-        ax.grid(False)
-        ax.set_title(f"Impostor FMR by age-group pair: {name}")
-        fig.colorbar(im, ax=ax, label="log10 FMR")
-    files = save_figure(fig, out, "impostor_heatmap", formats)
-    plt.close(fig)
-    return files
+                v = m[i, j]
+                if not np.isfinite(v):
+                    text, dark = "no pairs", False
+                else:
+                    count = "" if small or not np.isfinite(npairs[i, j]) else f"\n{int(fm[i, j])}/{int(npairs[i, j]):,}"
+                    text = ("0" if v == 0 else _short(v)) + count
+                    dark = v > 0 and norm is not None and sum(cmap(norm(v))[:3]) < 1.5
+                a.text(j, i, text, ha="center", va="center", fontsize=6.5 if small else 8,
+                       color="white" if dark else "black")
+        a.set_xticks(range(len(labels)), labels)
+        a.set_yticks(range(len(labels)), labels)
+        a.set_xlabel("age group of one image")
+        if c == 0:
+            a.set_ylabel("age group of the other image")
+        a.grid(False)
+        a.set_title(name)
+    if scale is not None and ax is None:
+        bar = fig.colorbar(image, ax=list(axes[0]), label="impostor FMR (log scale; grey: 0 or no pairs)",
+                           shrink=0.85)
+        bar.set_ticks(_log_ticks(*scale), labels=[_short(t) for t in _log_ticks(*scale)])
+        bar.minorticks_off()
+    if ax is None:
+        note = "" if scale else " (no false match in any cell)"
+        fig.suptitle(f"Impostor FMR by age-group pair at the global threshold{note}")
+    return fig
 
 
-FIGURES: dict[str, tuple[str, FigureFunction]] = {
-    "score_distributions": ("Score distributions by age group", score_distributions),
-    "genuine_vs_age_gap": ("Genuine score against age gap", genuine_vs_age_gap),
-    "det": ("DET curves by age group", det),
-    "fairness_vs_fmr": ("GARBE and FDR against target FMR", fairness_vs_fmr),
-    "group_rates": ("FMR and FNMR per age group", group_rates),
-    "impostor_heatmap": ("Impostor FMR by age-group pair (at the global threshold)", impostor_heatmap),
+# ------------------------------------------------------------------------------------------------- public
+_DRAW: dict[str, Callable] = {
+    "scores": _draw_scores,
+    "genuine_vs_gap": _draw_genuine_vs_gap,
+    "det": _draw_det,
+    "fairness_vs_fmr": _draw_fairness,
+    "rates": _draw_rates,
+    "impostor_table": _draw_impostor,
 }
+
+
+def can_draw(results: dict, kind: str) -> bool:
+    """True when ``results`` hold what figure ``kind`` shows (all-pairs sections; a group x group table)."""
+    return bool(_sections(results, kind))
+
+
+def draw(results: dict, kind: str, ax=None):
+    """The matplotlib Figure of ``kind`` (:data:`PLOT_KINDS`) for a results dict; single-panel figures draw into
+    ``ax`` when given (its figure is returned). Raises :class:`SettingsError` for an unknown kind or an ``ax`` given
+    to a figure of several panels, :class:`DataError` when the results lack what the figure shows."""
+    if kind not in _DRAW:
+        raise SettingsError(f"unknown plot kind {kind!r}; choose from {', '.join(PLOT_KINDS)}")
+    if not can_draw(results, kind):
+        protocol = (results.get("settings") or {}).get("protocol") or "all-pairs"
+        need = ("a group x group impostor table (pair grouping 'both')" if kind == "impostor_table"
+                else "all-pairs results")
+        raise DataError(f"no {kind} figure: these {protocol} results have no {need}")
+    with style():
+        return _DRAW[kind](results, ax)
+
+
+def _file_figure(kind: str) -> FigureFunction:
+    """The report's figure function of ``kind``: ``(results, out, formats) -> {format: path}`` (empty when the
+    results have nothing to draw)."""
+    def save(results: dict, out: Path, formats: Sequence[str]) -> dict:
+        if not can_draw(results, kind):
+            return {}
+        return save_figure(draw(results, kind), out, PLOT_KINDS[kind], formats)
+
+    save.__name__ = PLOT_KINDS[kind]
+    save.__doc__ = f"Save the '{kind}' figure as ``out/{PLOT_KINDS[kind]}.<format>`` (see the module notes)."
+    return save
+
+
+FIGURES: dict[str, tuple[str, FigureFunction]] = {PLOT_KINDS[k]: (TITLES[k], _file_figure(k)) for k in PLOT_KINDS}
+score_distributions = FIGURES["score_distributions"][1]
+genuine_vs_age_gap = FIGURES["genuine_vs_age_gap"][1]
+det = FIGURES["det"][1]
+fairness_vs_fmr = FIGURES["fairness_vs_fmr"][1]
+group_rates = FIGURES["group_rates"][1]
+impostor_heatmap = FIGURES["impostor_heatmap"][1]
 
 PROTOCOL_FIGURES: dict[str, dict[str, tuple[str, FigureFunction]]] = {"all-pairs": FIGURES, "msc": msc.FIGURES}
 

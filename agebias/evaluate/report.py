@@ -92,6 +92,7 @@ def _summary_lines(results: dict) -> list[str]:
     lines = [
         f"Dataset: {ds.get('name') or 'n/a'} ({ds.get('root') or ''}), {ds.get('n_records')} images evaluated, "
         f"{len(ds.get('skipped', []))} skipped.",
+        *([ds["preparation"]["summary"]] if (ds.get("preparation") or {}).get("summary") else []),
         f"Models: {', '.join(results['model_order'])}.",
         f"Protocol: {st['protocol']}" + (" (the legacy MSc thesis evaluation, kept for comparison; see its flaws)"
                                          if st["protocol"] == "msc" else " (every pair i < j)") + ".",

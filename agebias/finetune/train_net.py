@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from agebias.finetune.backbone import is_iresnet
-from agebias.finetune.freeze import run_stages
+from agebias.finetune.freeze import has_stages, run_stages
 from agebias.finetune.hooks import StepContext, TrainingHooks, as_loss_terms
 from agebias.models.heads import margin_loss
 
@@ -14,8 +13,9 @@ from agebias.models.heads import margin_loss
 class TrainNet(nn.Module):
     """Trainable part + head + hook modules; ``forward`` returns ``(total loss, head loss, {term: loss})``.
 
-    ``start`` is the first stage run here (0 = stem ... 5 = only bn2/fc/features); its input is the frozen
-    prefix's output (or the images when ``start == 0``).
+    ``start`` is the first stage run here (0 = the first stage, e.g. the stem; the number of stages = only the
+    head); its input is the frozen prefix's output (or the images when ``start == 0``). Backbones without stages run
+    whole.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, hooks: TrainingHooks, start: int, focal_gamma: float):
@@ -26,10 +26,10 @@ class TrainNet(nn.Module):
         self._hooks = [hooks]  # a list so that the hooks object is not registered as a submodule
         self.start = start
         self.focal_gamma = focal_gamma
-        self.iresnet = is_iresnet(backbone)
+        self.staged = has_stages(backbone)
 
     def embed_from(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        if self.iresnet:
+        if self.staged:
             fmap = run_stages(self.backbone, x, self.start)
             return fmap, self.backbone.forward_head(fmap)
         return None, self.backbone(x)

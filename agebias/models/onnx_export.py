@@ -16,6 +16,15 @@ from torch import nn
 
 from agebias.atomic import atomic_path
 
+INPUT_NAME, OUTPUT_NAME = "input.1", "embedding"
+
+
+def is_toolkit_export(model) -> bool:
+    """Whether an ``onnx.ModelProto`` has this module's layout (input ``input.1``, output ``embedding``), i.e. takes
+    the toolkit's ``(x/255-0.5)/0.5`` input."""
+    return [i.name for i in model.graph.input[:1]] == [INPUT_NAME] and \
+        [o.name for o in model.graph.output[:1]] == [OUTPUT_NAME]
+
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17, input_size: int = 112,
                 do_constant_folding: bool = True, fold_batchnorm: bool = False) -> Path:
@@ -30,8 +39,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 17, inpu
     mode = torch.onnx.TrainingMode.EVAL if fold_batchnorm else torch.onnx.TrainingMode.PRESERVE
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (dummy,), str(tmp), dynamo=False, opset_version=opset, input_names=["input.1"],
-                          output_names=["embedding"],
-                          dynamic_axes={"input.1": {0: "batch"}, "embedding": {0: "batch"}},
+        torch.onnx.export(net, (dummy,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                           do_constant_folding=do_constant_folding, training=mode)
     return path

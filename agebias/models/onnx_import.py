@@ -16,13 +16,18 @@ from torch import nn
 
 from agebias.errors import ModelError
 from agebias.models.iresnet import IResNet
+from agebias.models.onnx_dequantize import dequantized_constants
 from agebias.models.onnx_embedder import OnnxEmbedder
 from agebias.models.onnx_file import input_normalisation, read_onnx
 from agebias.models.torch_embedder import TorchEmbedder
 
 
-class _Graph:
-    """Producers, consumers and constant values of an ONNX graph."""
+_SHAPE_OPS = ("Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+class OnnxGraph:
+    """Producers, consumers and constant values of an ONNX graph; quantised weights (``DequantizeLinear`` of
+    constants) count as the float constants they stand for (see :mod:`agebias.models.onnx_dequantize`)."""
 
     def __init__(self, model):
         from onnx import numpy_helper
@@ -40,18 +45,38 @@ class _Graph:
                 self.producer[out] = node
             for inp in node.input:
                 self.consumers.setdefault(inp, []).append(node)
+        self.values.update(dequantized_constants(model, self.values))
         self.input_names = [i.name for i in model.graph.input if i.name not in self.values]
 
     def const(self, name: str) -> np.ndarray:
-        """The constant behind ``name``, looking through Identity/Unsqueeze/Reshape/Squeeze/Cast."""
-        seen = 0
-        while name not in self.values:
-            node = self.producer.get(name)
-            if node is None or node.op_type not in ("Identity", "Unsqueeze", "Reshape", "Squeeze", "Cast",
-                                                    "Flatten") or seen > 8:
-                raise ModelError(f"ONNX import: tensor '{name}' is not a constant")
-            name, seen = node.input[0], seen + 1
-        return np.asarray(self.values[name], dtype=np.float32)
+        """The constant behind ``name`` as float32, computed through Identity/Cast/Reshape/Flatten/Squeeze/
+        Unsqueeze nodes (so a weight stored flat and reshaped in the graph comes back in its used shape)."""
+        return np.asarray(self._value(name, 0), dtype=np.float32)
+
+    def _value(self, name: str, depth: int) -> np.ndarray:
+        if name in self.values:
+            return np.asarray(self.values[name])
+        node = self.producer.get(name)
+        if node is None or node.op_type not in _SHAPE_OPS or depth > 8:
+            raise ModelError(f"ONNX import: tensor '{name}' is not a constant")
+        x = self._value(node.input[0], depth + 1)
+        if node.op_type in ("Identity", "Cast"):
+            return x
+        if node.op_type == "Flatten":
+            axis = int(node_attr(node, "axis", 1)) % max(x.ndim, 1)
+            return x.reshape(int(np.prod(x.shape[:axis])), -1)
+        if node.op_type == "Reshape":
+            shape = [int(v) for v in self._value(node.input[1], depth + 1).reshape(-1)]
+            return x.reshape([x.shape[i] if v == 0 else v for i, v in enumerate(shape)])
+        axes = node_attr(node, "axes", None)
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = [int(v) for v in self._value(node.input[1], depth + 1).reshape(-1)]
+        if node.op_type == "Squeeze":
+            return np.squeeze(x, axis=None if axes is None else tuple(a % x.ndim for a in axes))
+        rank = x.ndim + len(axes or ())
+        for a in sorted(a % rank for a in axes or ()):
+            x = np.expand_dims(x, a)
+        return x
 
     def is_const(self, name: str) -> bool:
         try:
@@ -71,7 +96,7 @@ class _Graph:
         raise ModelError(f"ONNX import: node {node.name} has no data input")
 
 
-def _attr(node, name: str, default):
+def node_attr(node, name: str, default):
     from onnx import helper
 
     for a in node.attribute:
@@ -80,7 +105,7 @@ def _attr(node, name: str, default):
     return default
 
 
-def _input_affine(g: _Graph, first_conv) -> tuple[np.ndarray, np.ndarray]:
+def input_affine(g: OnnxGraph, first_conv) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel ``a, b`` such that the first Conv sees ``a * graph_input + b`` (Sub/Mul/Div/Add at the input)."""
     a, b = np.ones(3, np.float32), np.zeros(3, np.float32)
     chain = []
@@ -121,18 +146,18 @@ class _ConvBN:
     bn: object | None  # the BatchNormalization right after the Conv (None when folded into the Conv's bias)
 
 
-def _conv_bn(g: _Graph, conv) -> _ConvBN:
+def _conv_bn(g: OnnxGraph, conv) -> _ConvBN:
     return _ConvBN(conv, g.sole_consumer(conv.output[0], "BatchNormalization"))
 
 
-def _walk_back_to(g: _Graph, name: str, op_type: str, through=("Flatten", "Reshape", "Identity", "Dropout")):
+def walk_back_to(g: OnnxGraph, name: str, op_type: str, through=("Flatten", "Reshape", "Identity", "Dropout")):
     node = g.producer.get(name)
     while node is not None and node.op_type in through:
         node = g.producer.get(g.dynamic_input(node))
     return node if node is not None and node.op_type == op_type else None
 
 
-def _walk_forward_to(g: _Graph, name: str, op_type: str, through=("Unsqueeze", "Squeeze", "Reshape", "Identity")):
+def walk_forward_to(g: OnnxGraph, name: str, op_type: str, through=("Unsqueeze", "Squeeze", "Reshape", "Identity")):
     node = g.sole_consumer(name, op_type)
     while node is None:
         users = g.consumers.get(name, [])
@@ -143,7 +168,7 @@ def _walk_forward_to(g: _Graph, name: str, op_type: str, through=("Unsqueeze", "
     return node
 
 
-def _set_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, g: _Graph, cb: _ConvBN, in_scale: np.ndarray | None = None):
+def _set_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, g: OnnxGraph, cb: _ConvBN, in_scale: np.ndarray | None = None):
     w = g.const(cb.conv.input[1])
     if tuple(w.shape) != tuple(conv.weight.shape):
         raise ModelError(f"ONNX import: conv {cb.conv.name} weight {tuple(w.shape)} vs model "
@@ -152,33 +177,33 @@ def _set_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, g: _Graph, cb: _ConvBN, in_sc
         w = w * in_scale.reshape(1, -1, 1, 1)
     conv.weight.data.copy_(torch.tensor(np.ascontiguousarray(w)))
     if cb.bn is not None:
-        _set_bn(bn, g, cb.bn)
+        set_batchnorm(bn, g, cb.bn)
         if len(cb.conv.input) > 2 and cb.conv.input[2]:  # a conv bias before a BN: fold it into the BN's mean
             bn.running_mean.data.sub_(torch.tensor(g.const(cb.conv.input[2]).reshape(-1)))
     else:  # BN folded into the conv: identity BN carrying the conv's bias
         bias = g.const(cb.conv.input[2]).reshape(-1) if len(cb.conv.input) > 2 and cb.conv.input[2] else \
             np.zeros(conv.out_channels, np.float32)
-        _identity_bn(bn, bias)
+        identity_batchnorm(bn, bias)
 
 
-def _identity_bn(bn: nn.modules.batchnorm._BatchNorm, bias: np.ndarray) -> None:
+def identity_batchnorm(bn: nn.modules.batchnorm._BatchNorm, bias: np.ndarray) -> None:
     bn.weight.data.fill_(1.0)
     bn.bias.data.copy_(torch.tensor(np.ascontiguousarray(bias, dtype=np.float32)))
     bn.running_mean.data.zero_()
     bn.running_var.data.fill_(1.0 - bn.eps)
 
 
-def _set_bn(bn: nn.modules.batchnorm._BatchNorm, g: _Graph, node) -> None:
+def set_batchnorm(bn: nn.modules.batchnorm._BatchNorm, g: OnnxGraph, node) -> None:
     scale, bias, mean, var = (g.const(n).reshape(-1) for n in node.input[1:5])
     if scale.size != bn.num_features:
         raise ModelError(f"ONNX import: BatchNormalization {node.name} has {scale.size} channels, model "
                          f"{bn.num_features}")
-    eps = float(_attr(node, "epsilon", 1e-5))
+    eps = float(node_attr(node, "epsilon", 1e-5))
     for t, v in ((bn.weight, scale), (bn.bias, bias), (bn.running_mean, mean), (bn.running_var, var + eps - bn.eps)):
         t.data.copy_(torch.tensor(np.ascontiguousarray(v)))
 
 
-def _set_prelu(prelu: nn.PReLU, g: _Graph, node) -> None:
+def set_prelu(prelu: nn.PReLU, g: OnnxGraph, node) -> None:
     slope = g.const(node.input[1]).reshape(-1)
     if slope.size != prelu.weight.numel():
         raise ModelError(f"ONNX import: PRelu {node.name} has {slope.size} slopes, model {prelu.weight.numel()}")
@@ -219,12 +244,12 @@ def verify_against_onnxruntime(net: nn.Module, path: str | os.PathLike, n: int =
 
 
 def _import_iresnet(path: Path, model) -> IResNet:
-    g = _Graph(model)
+    g = OnnxGraph(model)
     convs = [n for n in g.nodes if n.op_type == "Conv"]
     if not convs:
         raise ModelError(f"{path}: no Conv nodes; not an iresnet ONNX")
-    k3 = [c for c in convs if list(_attr(c, "kernel_shape", g.const(c.input[1]).shape[2:])) == [3, 3]]
-    k1 = [c for c in convs if list(_attr(c, "kernel_shape", g.const(c.input[1]).shape[2:])) == [1, 1]]
+    k3 = [c for c in convs if list(node_attr(c, "kernel_shape", g.const(c.input[1]).shape[2:])) == [3, 3]]
+    k1 = [c for c in convs if list(node_attr(c, "kernel_shape", g.const(c.input[1]).shape[2:])) == [1, 1]]
     prelus = [n for n in g.nodes if n.op_type == "PRelu"]
     gemms = [n for n in g.nodes if n.op_type in ("Gemm", "MatMul")]
     if len(k3) + len(k1) != len(convs) or len(k3) < 3 or (len(k3) - 1) % 2 or not gemms:
@@ -234,7 +259,7 @@ def _import_iresnet(path: Path, model) -> IResNet:
     depths: list[int] = []
     widths: list[int] = []
     for c1, c2 in pairs:
-        if list(_attr(c2, "strides", [1, 1])) == [2, 2] or not depths:
+        if list(node_attr(c2, "strides", [1, 1])) == [2, 2] or not depths:
             depths.append(0)
             widths.append(int(g.const(c1.input[1]).shape[0]))
         depths[-1] += 1
@@ -244,7 +269,7 @@ def _import_iresnet(path: Path, model) -> IResNet:
     gemm = gemms[-1]
     fc_w = g.const(gemm.input[1])
     if gemm.op_type == "Gemm":
-        if not int(_attr(gemm, "transB", 0)):
+        if not int(node_attr(gemm, "transB", 0)):
             fc_w = fc_w.T
         fc_b = g.const(gemm.input[2]).reshape(-1) if len(gemm.input) > 2 and gemm.input[2] else None
         fc_out = gemm.output[0]
@@ -259,7 +284,7 @@ def _import_iresnet(path: Path, model) -> IResNet:
 
     # input normalisation -> scale on the stem conv's input channels
     mean, std = input_normalisation(path, model)
-    a, b = _input_affine(g, stem)
+    a, b = input_affine(g, stem)
     alpha = a * 127.5 / std
     beta = a * (127.5 - mean) / std + b
     if np.abs(beta).max() > 1e-3 * max(1.0, float(np.abs(alpha).max())):
@@ -268,31 +293,31 @@ def _import_iresnet(path: Path, model) -> IResNet:
 
     with torch.no_grad():
         _set_conv(net.conv1, net.bn1, g, _conv_bn(g, stem), in_scale=alpha)
-        _set_prelu(net.prelu, g, prelus[0])
+        set_prelu(net.prelu, g, prelus[0])
         blocks = [blk for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for blk in layer]
         for i, (blk, (c1, c2)) in enumerate(zip(blocks, pairs, strict=True)):
-            pre = _walk_back_to(g, c1.input[0], "BatchNormalization", through=("Identity",))
+            pre = walk_back_to(g, c1.input[0], "BatchNormalization", through=("Identity",))
             if pre is None:
                 raise ModelError(f"{path}: block {i}: no BatchNormalization before conv {c1.name}")
-            _set_bn(blk.bn1, g, pre)
+            set_batchnorm(blk.bn1, g, pre)
             _set_conv(blk.conv1, blk.bn2, g, _conv_bn(g, c1))
-            _set_prelu(blk.prelu, g, prelus[1 + i])
+            set_prelu(blk.prelu, g, prelus[1 + i])
             _set_conv(blk.conv2, blk.bn3, g, _conv_bn(g, c2))
         downsampled = [blocks[sum(depths[:s])] for s in range(4)]
         for blk, conv in zip(downsampled, k1, strict=True):
             _set_conv(blk.downsample[0], blk.downsample[1], g, _conv_bn(g, conv))
-        tail = _walk_back_to(g, gemm.input[0], "BatchNormalization")
+        tail = walk_back_to(g, gemm.input[0], "BatchNormalization")
         if tail is None:
             raise ModelError(f"{path}: no BatchNormalization before the final fully connected layer")
-        _set_bn(net.bn2, g, tail)
+        set_batchnorm(net.bn2, g, tail)
         if tuple(fc_w.shape) != tuple(net.fc.weight.shape):
             raise ModelError(f"{path}: fc weight {tuple(fc_w.shape)} vs model {tuple(net.fc.weight.shape)}")
         net.fc.weight.copy_(torch.tensor(np.ascontiguousarray(fc_w)))
-        feat = _walk_forward_to(g, fc_out, "BatchNormalization")
+        feat = walk_forward_to(g, fc_out, "BatchNormalization")
         if feat is not None:
             net.fc.bias.copy_(torch.tensor(fc_b) if fc_b is not None else torch.zeros(num_features))
-            _set_bn(net.features, g, feat)
+            set_batchnorm(net.features, g, feat)
         else:  # features BN folded into the Gemm: identity features BN
             net.fc.bias.zero_()
-            _identity_bn(net.features, fc_b if fc_b is not None else np.zeros(num_features, np.float32))
+            identity_batchnorm(net.features, fc_b if fc_b is not None else np.zeros(num_features, np.float32))
     return net.eval()

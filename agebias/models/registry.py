@@ -1,6 +1,7 @@
 """Backbones by name, in the manner of timm's ``create_model``.
 
-Names: ``iresnet18`` ... ``iresnet200`` (registered in :data:`BACKBONES`); ``iresnet:D1,D2,D3,D4[@W1,W2,W3,W4]``
+Names: ``iresnet18`` ... ``iresnet200`` and ``sface`` (SFace's network, :mod:`agebias.models.sface_net`; registered in
+:data:`BACKBONES`); ``iresnet:D1,D2,D3,D4[@W1,W2,W3,W4]``
 for custom stage depths (and widths); ``timm:<name>`` for any timm model (optional extra ``agebias[search]``) with a
 512-d embedding head at 112x112.
 """
@@ -13,6 +14,7 @@ from torch import nn
 
 from agebias.errors import SettingsError
 from agebias.models import iresnet as _ir
+from agebias.models.sface_net import sface_net
 from agebias.registry import Registry
 
 BackboneFactory = Callable[..., nn.Module]
@@ -22,6 +24,7 @@ register_backbone = BACKBONES.register
 
 for _name in _ir.STAGE_DEPTHS:
     register_backbone(_name, getattr(_ir, _name))
+register_backbone("sface", sface_net)
 
 
 def list_backbones() -> list[str]:

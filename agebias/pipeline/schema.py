@@ -9,7 +9,7 @@ Tables and where their keys are defined:
   face photos shipped inside installed packages;
 - ``[finetune]``: :class:`FinetuneSection` (enabled, extra_data) + :class:`agebias.finetune.config.FinetuneConfig`
   (except data, out, seed, device and resume, which the pipeline sets);
-- ``[evaluate]``: :class:`EvaluateSection` (dataset, root, models, protocols) +
+- ``[evaluate]``: :class:`EvaluateSection` (dataset, root, models, protocols, identities) +
   :class:`agebias.evaluate.settings.EvalSettings` (except protocol and seed) +
   :class:`agebias.evaluate.settings.EmbedSettings` (except batch_size and device).
 
@@ -81,6 +81,11 @@ class EvaluateSection(Settings):
                                      "model file", default_factory=lambda: ["baseline", "finetuned"])
     protocols: list[str] = setting(help="all-pairs and/or msc (the MSc thesis protocol)", choices=PROTOCOLS,
                                    default_factory=lambda: ["all-pairs"])
+    identities: str = setting("all", help="all: every identity of the evaluation set; held-out: only the identities "
+                                          "the fine-tuning run held out (never trained on; its seeded split, "
+                                          "[finetune] val_fraction), with the fine-tuned model of the final epoch "
+                                          "(no epoch chosen on them); needs the training set as evaluation set",
+                              choices=("all", "held-out"))
 
 
 # table -> (pipeline-only class, [(settings class, keys the pipeline sets itself)])
@@ -239,3 +244,8 @@ def _check_stages(exp: Experiment) -> None:
                                 f"it there (see datasets/README.md)")
     elif ev["dataset"] != "generated" and not Path(ev["dataset"]).exists():
         raise SettingsError(f"{path}: [evaluate] dataset '{ev['dataset']}' does not exist")
+    if ev["identities"] == "held-out":
+        training_set = ev["dataset"] == "generated" if gen["enabled"] else ev["dataset"] == gen["dataset"]
+        if not (ft["enabled"] and ft["val_fraction"] > 0 and training_set):
+            raise SettingsError(f"{path}: [evaluate] identities = 'held-out' needs [finetune] enabled with "
+                                f"val_fraction > 0 and the training set as [evaluate] dataset (\"generated\")")

@@ -7,6 +7,8 @@ last epoch checkpoint, evaluation reuses cached embeddings.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -49,8 +51,10 @@ def run_generate_stage(exp: Experiment, out: Path, summaries: dict[str, Any]) ->
         "ages": sorted({int(row["age"]) for row in result.rows}), "warnings": list(result.warnings),
         "contact_sheet": str(result.contact_sheet) if result.contact_sheet else "",
     }
-    if result.qc is not None:
-        summary["qc_rejected"] = result.qc.rejected
+    if result.qc is not None:  # quality control ([generate] qc = true): headline numbers and where its files are
+        summary["qc"] = result.qc.brief()
+        log.info(f"[generate] QC: {result.qc.summary['verdict']} ({result.qc.rejected} of {result.qc.checked} "
+                 f"rejected; files in {result.qc.folder})")
     return summary
 
 
@@ -75,27 +79,43 @@ def run_finetune_stage(exp: Experiment, out: Path, summaries: dict[str, Any]) ->
     result = finetune(config)
     final = result.rows[-1] if result.rows else {}
     chosen = result.best_path or result.backbone_path
+    trained, held_out = split_identities_of(Path(result.run_dir))
     return {
         "enabled": True, "run_dir": str(result.run_dir), "backbone": str(chosen),
         "backbone_kind": "best epoch by validation" if result.best_path else "final epoch",
         "final_backbone": str(result.backbone_path), "best_epoch": result.best_epoch,
         "epochs": result.epochs_done, "init": ft["init"], "source_backbone": ft["backbone"],
         "final_loss": final.get("loss"), "final_val_eer": final.get("val_eer"),
+        "trained_identities": trained, "held_out_identities": held_out,
         "history": result.rows,
     }
 
 
+def split_identities_of(run_dir: Path) -> tuple[list[str], list[str]]:
+    """(trained on, held out) identities of the pipeline's training set (the first source) in a fine-tuning run,
+    as the evaluation set names them (the run prefixes ``s0/`` when it mixes several sources)."""
+    record = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    trained = json.loads((run_dir / "classes.json").read_text(encoding="utf-8"))
+    held_out = record["data"].get("val_identity_names", [])
+    if len(record["data"].get("sources", [])) > 1:
+        trained = [n[len("s0/"):] for n in trained if n.startswith("s0/")]
+        held_out = [n[len("s0/"):] for n in held_out if n.startswith("s0/")]
+    return sorted(trained), sorted(held_out)
+
+
 # --------------------------------------------------------------------------------------------------- evaluate
 def model_specs(exp: Experiment, summaries: dict[str, Any]) -> dict[str, str]:
-    """Display name -> embedder spec for the ``[evaluate] models`` list."""
+    """Display name -> embedder spec for the ``[evaluate] models`` list. ``finetuned`` is the run's best epoch by
+    validation, or its final epoch when the evaluation uses the held-out identities (no epoch chosen on them)."""
     ft = exp.section("finetune")
+    held_out = exp.section("evaluate")["identities"] == "held-out"
     specs: dict[str, str] = {}
     for name in exp.section("evaluate")["models"]:
         if name == "finetuned":
             fin = summaries.get("finetune", {})
             if not fin.get("enabled"):
                 raise SettingsError("[evaluate] models lists 'finetuned' but [finetune] is disabled")
-            specs["finetuned"] = fin["backbone"]
+            specs["finetuned"] = fin["final_backbone"] if held_out else fin["backbone"]
         elif name == "baseline":
             if ft["init"] != "pretrained":
                 raise SettingsError("[evaluate] models lists 'baseline' but [finetune] init = 'random' has no "
@@ -123,15 +143,19 @@ def run_evaluate_stage(exp: Experiment, out: Path, summaries: dict[str, Any]) ->
         scan = open_dataset(ev["dataset"])
     if not scan.records:
         raise DataError(f"no face images found in the evaluation set {scan.root}")
+    held_out: list[str] | None = None
+    if ev["identities"] == "held-out":
+        scan, held_out = _held_out_only(scan, summaries.get("finetune", {}))
     specs = model_specs(exp, summaries)
     stage_dir = out / "evaluate"
     embed = exp.settings("evaluate", EmbedSettings, device=_device(exp))
     embedded = embed_records(scan, list(specs.values()), embed, stage_dir / "embeddings")
-    by_model = dict(zip(specs, embedded.by_model.values()))
+    by_model = dict(zip(specs, embedded.by_model.values(), strict=True))
     label = {"generated": "the generated set", "fgnet": "FG-NET"}.get(ev["dataset"], scan.name)
     skipped = [*scan.problems, *embedded.skipped]
     summary: dict[str, Any] = {"dataset": label, "dataset_root": str(scan.root), "images": len(embedded.records),
                                "subjects": len({r.subject for r in embedded.records}), "models": specs,
+                               "identities": ev["identities"], "held_out_identities": held_out,
                                "skipped": [p.as_dict() for p in skipped], "protocols": {}}
     for protocol in ev["protocols"]:
         settings = exp.settings("evaluate", EvalSettings, protocol=protocol, seed=_experiment(exp)["seed"])
@@ -140,6 +164,25 @@ def run_evaluate_stage(exp: Experiment, out: Path, summaries: dict[str, Any]) ->
                          skipped=skipped, preparation=embedded.preparation).save(target)
         summary["protocols"][protocol] = str(target)
     return summary
+
+
+def _held_out_only(scan, finetune_summary: dict[str, Any]):
+    """The scan restricted to the identities the fine-tuning run held out, and their names; checks that none of
+    them was trained on."""
+    held_out = set(finetune_summary.get("held_out_identities") or [])
+    trained = set(finetune_summary.get("trained_identities") or [])
+    if not held_out:
+        raise DataError("[evaluate] identities = 'held-out': the fine-tuning run held out no identities "
+                        "(raise [finetune] val_fraction)")
+    if held_out & trained:
+        raise DataError(f"[evaluate] identities = 'held-out': {sorted(held_out & trained)[0]} was also trained on")
+    records = [r for r in scan.records if r.subject in held_out]
+    if len({r.subject for r in records}) < 2:
+        raise DataError(f"[evaluate] identities = 'held-out': only {len({r.subject for r in records})} of the held-out "
+                        f"identities are in the evaluation set {scan.root}; need at least two")
+    log.info(f"[evaluate] {len(records)} images of {len(held_out)} held-out identities (never trained on); "
+             f"{len(scan.records) - len(records)} images of trained identities left out")
+    return dataclasses.replace(scan, records=records), sorted(held_out)
 
 
 def _experiment(exp: Experiment) -> dict[str, Any]:
