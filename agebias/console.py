@@ -3,13 +3,17 @@
 The library logs through :mod:`logging` (``logging.getLogger(__name__)`` in each module, under the ``agebias`` and
 ``generators`` loggers) and never configures it: a notebook sees nothing unless it asks, for example with
 ``agebias.console.configure()``. The CLI calls :func:`configure` once per command: INFO lines on stderr, or
-warnings only with ``--quiet`` / ``AGEBIAS_QUIET=1``. Progress bars are separate (:mod:`agebias.progress`).
+warnings only with ``--quiet`` / ``AGEBIAS_QUIET=1``. Under torchrun, processes other than rank 0 show
+warnings and errors only, prefixed ``[rank K]`` (rank 0 reports for all). Progress bars are separate
+(:mod:`agebias.progress`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from agebias.distributed import from_env
 
 LOGGERS = ("agebias", "generators")
 
@@ -30,10 +34,11 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _not_silenced(record: logging.LogRecord) -> bool:
-    """``--quiet`` / ``AGEBIAS_QUIET=1`` keep warnings and errors only (checked per record)."""
+    """``--quiet`` / ``AGEBIAS_QUIET=1`` and torchrun ranks other than 0 keep warnings and errors only (checked
+    per record)."""
     from agebias.progress import is_quiet
 
-    return record.levelno >= logging.WARNING or not is_quiet()
+    return record.levelno >= logging.WARNING or not (is_quiet() or from_env().rank > 0)
 
 
 class _Formatter(logging.Formatter):
@@ -43,7 +48,8 @@ class _Formatter(logging.Formatter):
         text = record.getMessage()
         if record.levelno >= logging.WARNING:
             text = f"{record.levelname.lower()}: {text}"
-        return text
+        rank = from_env().rank
+        return f"[rank {rank}] {text}" if rank > 0 else text
 
 
 def configure(quiet: bool = False) -> None:

@@ -27,7 +27,11 @@ def is_quiet() -> bool:
 
 
 def _disable() -> bool | None:
-    return True if is_quiet() else None  # None: tqdm disables itself when stderr is not a terminal
+    """Off when quiet and on torchrun ranks other than 0; None: tqdm disables itself when stderr is not a
+    terminal."""
+    from agebias.distributed import from_env
+
+    return True if is_quiet() or from_env().rank > 0 else None
 
 
 def track(iterable: Iterable[T], description: str = "", total: int | None = None, unit: str = "it") -> Iterator[T]:

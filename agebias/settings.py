@@ -271,11 +271,11 @@ class Settings:
 
     @classmethod
     def describe(cls, name: str) -> str:
-        """The help text of one field, with its choices."""
+        """The help text of one field, with its fixed choices."""
         f = next(f for f in dataclasses.fields(cls) if f.name == name)
         text = f.metadata.get("help", "")
-        choices = _choices(f)
-        if choices is not None and len(choices) <= 12:
+        choices = f.metadata.get("choices")  # a registry's names (a function) are checked, not listed: the help
+        if isinstance(choices, (list, tuple)) and len(choices) <= 12:  # text names them, importing nothing
             text += f" (one of: {', '.join(map(str, choices))})"
         return text
 

@@ -1,5 +1,8 @@
 """One call for the whole ``agebias generate`` job: validate, build the generator, gather identities, write the
 layout, optionally run quality control. Everything a user can get wrong is checked before anything is written.
+
+Under ``torchrun --nproc_per_node N`` every process reads the same identities and generates its share of them
+(:func:`generators.writer.generate_to`); rank 0 writes the merged outputs and runs quality control.
 """
 
 from __future__ import annotations
@@ -61,15 +64,17 @@ def run_generate(settings: GenerateSettings) -> GenerateResult:
         if not idents:
             first = f" (e.g. {skipped[0].path}: {skipped[0].reason})" if skipped else ""
             raise DataError(f"no usable face in {src}: {len(skipped)} file(s) skipped{first}")
-    result = generate_to(out, generator, idents, plan, skipped=skipped, contact_sheet=st.contact_sheet,
-                         extra_info={"age_plan": plan.describe(), "settings": st.to_dict()})
-    if qc is not None and result.rows:
+    try:
+        result = generate_to(out, generator, idents, plan, skipped=skipped, contact_sheet=st.contact_sheet,
+                             extra_info={"age_plan": plan.describe(), "settings": st.to_dict()})
+    finally:
+        generator.close()
+    if qc is not None and result.rows:  # (under torchrun: rank 0 only, on the merged set)
         from generators.qc import run_qc
 
         result.qc = run_qc(out, result.rows, {i.id: i for i in idents}, settings=st.qc_settings(),
                            aligned=generator.output_aligned(), method=generator.name,
                            geometry_only=bool(generator.parameters().get("geometry_only")), mark_manifest=True, **qc)
-    generator.close()
     return result
 
 

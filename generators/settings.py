@@ -59,7 +59,7 @@ class GenerateSettings(Settings):
 
     out: str = setting(help="output folder: <out>/<id>/<id>_<age>.png, manifest.csv, contact_sheet.png",
                        short="-o", toml=False)
-    method: str = setting("cardioid", help="generator name (agebias doctor lists them)", short="-m",
+    method: str = setting("cardioid", help="generator: cardioid, eg3d, cusp, diffusion or an installed entry point (agebias doctor lists them)", short="-m",
                           choices=_methods)
     identities: int | None = setting(None, help="number of seed identities (unconditional generators such as eg3d)",
                                      short="-n", check=at_least(1))

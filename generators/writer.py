@@ -4,18 +4,20 @@
 A folder holds one generation: :func:`check_out_folder` refuses one that holds other files, or images made by
 another method, other generator settings or for (identity, age) pairs this run does not plan (a different age
 list); the same generation, or one that adds identities, resumes. Resumable and atomic: every PNG is written to a
-temporary file and renamed, and the manifest is rewritten (atomically) after each identity. On a rerun, an output is *valid* and skipped when its PNG decodes and its
-sha256 matches the manifest row, and the row was made by the same method with the same settings (``config``
-column, a hash of the generator's parameters); anything else is generated again. An interruption therefore
-leaves only whole files, and at worst one identity's finished images are redone.
+temporary file and renamed, and the manifest is rewritten (atomically) after each generator call. On a rerun, an
+output is *valid* and skipped when its PNG decodes and its sha256 matches the manifest row, and the row was made by
+the same method with the same settings (``config`` column, a hash of the generator's parameters); anything else is
+generated again. An interruption therefore leaves only whole files, and at worst one call's finished images are
+redone. Under torchrun the processes share the work (see :func:`generate_to`).
 """
 
 from __future__ import annotations
 
-import logging
 import hashlib
 import io
 import json
+import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -23,6 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from agebias import distributed
 from agebias.atomic import write_bytes, write_json
 from agebias.data.records import Problem
 from agebias.errors import BadInputFile, DataError
@@ -33,6 +36,7 @@ from generators.base import Generator, Identity, Sample
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
+PARTS = ".parts"  # torchrun: per-process manifest parts until rank 0 merges them
 CONTACT_SHEET = "contact_sheet.png"
 RUN_INFO = "generation.json"
 
@@ -94,15 +98,24 @@ def _layout_path(identity_id: str, age: int) -> str:
     return generated_image_path(Path("."), identity_id, age).as_posix()
 
 
-def _read_manifest(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
+def _part_dir(out: Path, rank: int) -> Path:
+    """Where torchrun process ``rank`` records its rows: ``<out>/.parts/rank-K/manifest.csv``."""
+    return out / PARTS / f"rank-{rank}"
+
+
+def _read_manifest(out: Path, parts: bool = True) -> dict[tuple[str, int], dict[str, Any]]:
+    """``(id, age) -> row`` from ``manifest.csv`` and, with ``parts``, from the per-process parts an interrupted
+    torchrun run left (their rows are newer)."""
     from agebias.data.generated import read_generated_rows
 
+    folders = [out] + (sorted((out / PARTS).glob("rank-*")) if parts and (out / PARTS).is_dir() else [])
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for row in read_generated_rows(out):
-        try:
-            rows[(row["id"], int(float(row["age"])))] = row
-        except (KeyError, ValueError):
-            continue
+    for folder in folders:
+        for row in read_generated_rows(folder):
+            try:
+                rows[(row["id"], int(float(row["age"])))] = row
+            except (KeyError, ValueError):
+                continue
     return rows
 
 
@@ -157,6 +170,14 @@ def generate_to(out: str | Path, generator: Generator, identities: Sequence[Iden
     ``ages``: a list for every identity, a mapping id -> list, or an :class:`~generators.ages.AgePlan`.
     ``skipped``: sources already rejected upstream (e.g. no face found); they are reported, not fatal.
     A :class:`BadInputFile` raised for one identity is recorded as a skip and the run goes on.
+
+    Under torchrun every process is given the same identities; the work is cut into the generator calls a single
+    process would make (chunks of identities), and each process makes a contiguous block of them, recording its
+    rows in ``<out>/.parts/rank-K/manifest.csv`` after every chunk. Rank 0 then writes ``manifest.csv``, the contact
+    sheet and ``generation.json`` exactly as a single process does (the images are the same files when the
+    generator's output does not depend on the process it runs in); the other ranks raise
+    :class:`agebias.distributed.ShareDone`. A later run, with any number of processes, first folds the parts of an
+    interrupted run into ``manifest.csv``, so their images are kept.
     """
     out = Path(out)
     method = generator.name
@@ -164,15 +185,17 @@ def generate_to(out: str | Path, generator: Generator, identities: Sequence[Iden
     cfg = config_hash(method, params)
     plan = {ident.id: ages_for(ages, ident.id) for ident in identities}
     generator.check_ages(sorted({a for v in plan.values() for a in v}))
+    info = distributed.init_distributed("cpu")  # only objects and barriers pass between the processes
     check_out_folder(out, method, params, cfg, plan)
-    out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(info)  # every process has checked the folder before anything is written
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        manifest_rows = _valid_rows(out)
+    distributed.barrier(info)  # rank 0 has folded earlier parts into manifest.csv
+    if not info.is_main:
+        manifest_rows = _read_manifest(out, parts=False)  # (rank 0 may be writing its new part already)
 
-    manifest_rows = _read_manifest(out)
-    # Drop rows whose file is gone or corrupt, so the manifest always describes what is on disk.
-    for key in [k for k, r in manifest_rows.items() if not is_valid_output(out / r.get("path", ""), r.get("checksum"))]:
-        del manifest_rows[key]
-
-    result = GenerateResult(out=out, manifest=out / MANIFEST, skipped=list(skipped), warnings=generator.warnings())
+    result = GenerateResult(out=out, manifest=out / MANIFEST, warnings=generator.warnings())
     for w in result.warnings:
         log.warning(w if w.startswith(method) else f"{method}: {w}")
     pending: dict[str, list[int]] = {}
@@ -188,12 +211,13 @@ def generate_to(out: str | Path, generator: Generator, identities: Sequence[Iden
         if todo:
             pending[ident.id] = todo
     by_id = {ident.id: ident for ident in identities}
-    total = sum(len(v) for v in pending.values())
     if result.reused:
-        log.info(f"{result.reused} valid outputs already in {out} are kept; {total} to generate")
+        log.info(f"{result.reused} valid outputs already in {out} are kept; "
+                 f"{sum(len(v) for v in pending.values())} to generate")
 
-    # Identities go to the generator in chunks big enough to fill its batches; the manifest is rewritten after
-    # every chunk, so an interruption loses at most one chunk of finished images (they are redone on resume).
+    # Identities go to the generator in chunks big enough to fill its batches; the manifest (a part under torchrun)
+    # is rewritten after every chunk, so an interruption loses at most one chunk of finished images (they are redone
+    # on resume).
     chunks: list[list[str]] = []
     per_call = max(1, int(getattr(generator, "batch_size", 1) or 1))
     for ident_id in pending:
@@ -201,24 +225,37 @@ def generate_to(out: str | Path, generator: Generator, identities: Sequence[Iden
             chunks[-1].append(ident_id)
         else:
             chunks.append([ident_id])
-    with bar(total, f"generate {method}", unit="img") as progress:
-        for chunk in chunks:
+    block = info.share(len(chunks))
+    mine = chunks[block.start:block.stop]
+    new_rows: dict[tuple[str, int], dict[str, Any]] = {}
+    problems: list[Problem] = []
+    with bar(sum(len(pending[i]) for c in mine for i in c), f"generate {method}", unit="img") as progress:
+        for chunk in mine:
             try:
                 for sample in generator([by_id[i] for i in chunk], {i: pending[i] for i in chunk}):
                     progress.update(1)
                     if sample.image is None:  # the generator could not make this one (reason in info)
                         where = sample.identity.source or sample.identity.id
-                        result.skipped.append(Problem(f"{where} (age {sample.age})",
-                                                      str(sample.info.get("error", "generation failed"))))
+                        problems.append(Problem(f"{where} (age {sample.age})",
+                                                str(sample.info.get("error", "generation failed"))))
                         continue
-                    manifest_rows[(sample.identity.id, sample.age)] = _save_sample(out, sample, method, params, cfg)
-                    result.written += 1
+                    new_rows[(sample.identity.id, sample.age)] = _save_sample(out, sample, method, params, cfg)
             except BadInputFile as err:
-                result.skipped.append(Problem(err.path, err.reason))
-            _write_manifest(out, manifest_rows)
+                problems.append(Problem(err.path, err.reason))
+            if info.enabled:
+                _write_manifest(_part_dir(out, info.rank), new_rows)
+            else:
+                _write_manifest(out, {**manifest_rows, **new_rows})
 
-    if not manifest_rows:
+    shares = distributed.all_gather_objects(info, (new_rows, problems))
+    distributed.finish_share(info)
+    for rows, _ in shares:
+        manifest_rows.update(rows)
+    result.written = sum(len(rows) for rows, _ in shares)
+    result.skipped = [*skipped, *(p for _, probs in shares for p in probs)]
+    if info.enabled or not manifest_rows:
         _write_manifest(out, manifest_rows)
+        shutil.rmtree(out / PARTS, ignore_errors=True)
     result.rows = [manifest_rows[(i.id, a)] for i in identities for a in plan[i.id] if (i.id, a) in manifest_rows]
     if contact_sheet and result.rows:
         refs = {i.id: i.image for i in identities if i.image is not None}
@@ -232,6 +269,17 @@ def generate_to(out: str | Path, generator: Generator, identities: Sequence[Iden
         "skipped": [p.as_dict() for p in result.skipped], **(extra_info or {}),
     })
     return result
+
+
+def _valid_rows(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """The rows of ``manifest.csv`` and of the parts of an interrupted torchrun run whose file is there and intact;
+    ``manifest.csv`` is rewritten (and the parts removed) when that changes it, so it describes what is on disk."""
+    rows = _read_manifest(out)
+    valid = {k: r for k, r in rows.items() if is_valid_output(out / r.get("path", ""), r.get("checksum"))}
+    if (out / PARTS).is_dir() or len(valid) != len(rows):
+        _write_manifest(out, valid)
+        shutil.rmtree(out / PARTS, ignore_errors=True)
+    return valid
 
 
 def _save_sample(out: Path, sample: Sample, method: str, params: dict[str, Any], cfg: str) -> dict[str, Any]:

@@ -76,9 +76,14 @@ def test_stages_skip_when_complete_and_rerun_after_change(tmp_path):
     run_experiment(load_experiment(exp_path), out=out, stage_fns=_recording_stages(calls))
     assert calls == []
     # a finetune setting changed: finetune and everything downstream re-run, generate does not
+    (out / "finetune" / "marker.txt").write_text("made with epochs = 1")
     write(tmp_path, MINIMAL.replace("epochs = 1", "epochs = 2"))
     run_experiment(load_experiment(exp_path), out=out, stage_fns=_recording_stages(calls))
     assert calls == ["finetune", "evaluate", "report"]
+    # the outputs made with the old settings are kept beside the new ones, never overwritten or mixed
+    kept = [p for p in out.iterdir() if p.name.startswith("finetune-")]
+    assert len(kept) == 1 and (kept[0] / "marker.txt").read_text() == "made with epochs = 1"
+    assert not (out / "finetune" / "marker.txt").exists()
 
 
 def test_interrupted_stage_resumes(tmp_path):

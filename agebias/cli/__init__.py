@@ -12,6 +12,7 @@ import typer
 
 from agebias.cli import interrupt
 from agebias.console import configure as configure_logging
+from agebias.distributed import ShareDone
 from agebias.errors import UserError
 from agebias.progress import is_quiet, set_quiet
 
@@ -72,12 +73,15 @@ INTERRUPTED = 130  # exit code of an interrupted command (128 + SIGINT)
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code: 0 ok, 1 finished but something was skipped or failed
-    (the command says what), 2 user error (one line on stderr), 130 interrupted (one line: what was saved and the
+    (the command says what; under torchrun only rank 0 reports, the other ranks exit 0 once their share is
+    written), 2 user error (one line on stderr), 130 interrupted (one line: what was saved and the
     command that resumes, see :mod:`agebias.cli.interrupt`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     interrupt.clear()
     try:
         result = app(args=args, standalone_mode=False)
+    except ShareDone:  # torchrun: this process's share is written; rank 0 merges and reports
+        return 0
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -3,6 +3,9 @@
 Faces are prepared as in ``agebias evaluate`` (:func:`agebias.evaluate.runner.prepare_faces`): a set generated as
 aligned crops is used as given, other images are detected and aligned (``--detector``), ``--aligned`` / ``--no-aligned``
 decide explicitly. Files that cannot be used are listed as skipped (exit code 1, the first few shown).
+
+Under ``torchrun --nproc_per_node N`` each process embeds a block of the images into ``<out>.parts/`` and rank 0
+joins the blocks into ``--out`` (the same file as one process writes; see :mod:`agebias.evaluate.embed_shards`).
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ def register(app: typer.Typer) -> None:
                                        "(untrained)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output .npz file."),
     ) -> int:
+        from agebias.distributed import finish_share
+        from agebias.evaluate.embed_shards import embed_in_parts, model_stamp, prepare_in_shares
         from agebias.evaluate.runner import prepare_faces
         from agebias.models.embedder import build_embedder
 
@@ -86,11 +91,12 @@ def register(app: typer.Typer) -> None:
                                   batch_size=settings.batch_size, trust_checkpoint=settings.trust_checkpoint,
                                   backend=settings.backend)
         scan = collect_records(inputs)
-        faces, _ = prepare_faces(scan, settings)
-        kept, crops = faces.records, faces.crops
-        skipped = scan.problems + list(faces.skipped)
-        embeddings = embed_crops(embedder, crops)
+        shared = prepare_in_shares(scan, lambda part: prepare_faces(part, settings))
+        stamp = f"{model_stamp(model)}|flip={settings.flip}|backend={settings.backend}|arch={settings.arch}"
+        kept, skipped = shared.records, scan.problems + shared.skipped
         paths = [str(r.path) + (f"#face{r.extra['face']}" if "face" in r.extra else "") for r in kept]
-        write_npz(out, paths, embeddings, skipped, model)
+        embed_in_parts(shared, lambda crops: embed_crops(embedder, crops), out.with_name(out.name + ".parts"), stamp,
+                       lambda embeddings: write_npz(out, paths, embeddings, skipped, model))
+        finish_share(shared.info)
         log.info(f"embedded {len(kept)} image(s) with {embedder.name} (dim {embedder.dim}) -> {out}")
         return report_skipped(skipped, f"{out} (arrays skipped_paths, skipped_reasons)")

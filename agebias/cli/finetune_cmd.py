@@ -6,12 +6,12 @@ import logging
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from agebias.cli.interrupt import on_interrupt
 from agebias.cli.messages import read_skipped_csv, report_skipped
 from agebias.cli.options import with_settings
 from agebias.finetune.config import FinetuneConfig
-from agebias.mitigation.registry import describe_mitigations
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,19 @@ _HELP = (
     "Bias mitigation methods (--mitigation NAME[:key=value,...]):\n\n")
 
 
+class _FinetuneCommand(TyperCommand):
+    """Lists the mitigation methods in --help, read from their registry only when help is shown (importing the
+    methods imports torch, which every other use of the command line would pay for)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from agebias.mitigation.registry import describe_mitigations
+
+        self.help = _HELP + describe_mitigations().replace("\n", "\n\n")
+        super().format_help(ctx, formatter)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("finetune", help=_HELP + describe_mitigations().replace("\n", "\n\n"))
+    @app.command("finetune", cls=_FinetuneCommand, help=_HELP + "(see agebias finetune --help)")
     @with_settings(config=FinetuneConfig)
     def finetune(config: FinetuneConfig) -> int:
         from agebias.api import finetune as run

@@ -199,13 +199,12 @@ def match_embeddings(records: Sequence[FaceRecord], npz_path: str | os.PathLike,
         raise DataError(f"{p}: not a readable .npz ({err})") from None
     if emb.ndim != 2 or emb.shape[0] != len(paths):
         raise DataError(f"{p}: 'embeddings' must be (N, D) with one row per path")
-    root = Path(root) if root else None
+    base = os.fspath(root) if root else None
 
     def keys(path: str) -> list[str]:
-        q = Path(path)
-        out = [os.path.normcase(os.path.abspath(q))]
-        if root is not None and not q.is_absolute():
-            out.append(os.path.normcase(os.path.abspath(root / q)))
+        out = [os.path.normcase(os.path.abspath(path))]
+        if base is not None and not os.path.isabs(path):
+            out.append(os.path.normcase(os.path.abspath(os.path.join(base, path))))
         return out
 
     index: dict[str, int] = {}
@@ -213,21 +212,23 @@ def match_embeddings(records: Sequence[FaceRecord], npz_path: str | os.PathLike,
     for i, path in enumerate(paths):
         for k in keys(path):
             index.setdefault(k, i)
-        names.setdefault(Path(path).name, []).append(i)
+        names.setdefault(os.path.basename(path), []).append(i)
+    finite = np.isfinite(emb).all(axis=1)
+    nonzero = np.any(emb != 0, axis=1)
     kept, rows, problems = [], [], []
     for r in records:
-        cand = [index[k] for k in keys(str(r.path)) if k in index]
-        if not cand and len(names.get(Path(r.path).name, [])) == 1:
-            cand = names[Path(r.path).name]
+        path = os.fspath(r.path)
+        cand = [index[k] for k in keys(path) if k in index]
+        if not cand and len(names.get(os.path.basename(path), [])) == 1:
+            cand = names[os.path.basename(path)]
         if not cand:
-            problems.append(Problem(str(r.path), f"no embedding in {p.name}"))
+            problems.append(Problem(path, f"no embedding in {p.name}"))
             continue
-        row = emb[cand[0]]
-        if not np.all(np.isfinite(row)) or not np.any(row):
-            problems.append(Problem(str(r.path), f"its embedding in {p.name} is "
-                                                 + ("not finite (NaN/inf)" if not np.all(np.isfinite(row))
-                                                    else "all zeros")))
+        i = cand[0]
+        if not (finite[i] and nonzero[i]):
+            problems.append(Problem(path, f"its embedding in {p.name} is "
+                                          + ("not finite (NaN/inf)" if not finite[i] else "all zeros")))
             continue
         kept.append(r)
-        rows.append(cand[0])
+        rows.append(i)
     return kept, emb[np.asarray(rows, dtype=np.int64)] if rows else emb[:0], problems

@@ -13,8 +13,9 @@ bins over [-1.0009765625, 1.0009765625] per key; the bin of a score is ``int(cli
 monotone function of the float32 score, so every count "scores in bins >= b" is exact. In the same pass the engine
 keeps exactly (as float32 scores per key, the key being the list they are in):
 
-1. *the reservoir*: per key, every score in bins >= a cut. The cut only rises during the pass (it is recomputed from
-   the counts so far, which can only place it at or below the final one) and ends at the bin of the M-th highest
+1. *the reservoir*: per key, every score in bins >= a cut. The cut only rises during the pass (it starts at the
+   pilot's lower estimate and is recomputed from the counts so far, which can only place it at or below the final
+   one; should the pilot have overshot, the bins in between are not exact) and ends at the bin of the M-th highest
    pooled impostor, M = k + 1 of the largest FMR up to ``RESERVOIR_FMR`` = 1e-2 among those asked for
    (:class:`ExactNeeds`: the target, ``fmr_targets``, curve FMRs, the instance-level FPR): 4.5 M scores for 450 M
    pairs. Each group's keys are kept likewise down to the group's own M_g (its thresholds at ``fmr_targets``). So
@@ -449,7 +450,9 @@ class _Keep:
     """What a streamed pass keeps exactly, per key (see the module doc); cuts rise as the counts come in."""
 
     def __init__(self, grouping: PairGrouping, m_all: int, m_group: np.ndarray, m_acc: int, acc_fixed: int | None,
-                 windows: list[list[tuple[int, int]]], full: np.ndarray, max_accepted: int):
+                 windows: list[list[tuple[int, int]]], full: np.ndarray, max_accepted: int,
+                 start: np.ndarray | None = None):
+        self.start = np.ones(m_group.size + 2, dtype=np.int64) if start is None else start  # all, groups, accepted
         self.key_group = grouping.key_group
         self.n_keys = grouping.n_keys
         self.m_all, self.m_group, self.m_acc, self.acc_fixed = m_all, m_group, m_acc, acc_fixed
@@ -466,12 +469,13 @@ class _Keep:
         self.rule = self._rule()
 
     def _rule(self) -> _Rule:
-        cut_all = _cut(self.run[0], self.m_all)
-        cut_grp = np.array([_cut(self.run[1 + g], int(m)) for g, m in enumerate(self.m_group)], dtype=np.int64)
+        cut_all = max(_cut(self.run[0], self.m_all), int(self.start[0]))
+        cut_grp = np.array([max(_cut(self.run[1 + g], int(m)), int(self.start[1 + g]))
+                            for g, m in enumerate(self.m_group)], dtype=np.int64)
         g = self.key_group
         cut = np.where(g >= 0, np.minimum(cut_all, cut_grp[np.maximum(g, 0)] if cut_grp.size else cut_all), cut_all)
         cut = np.where(self.full, 1, cut).astype(np.int64)
-        acc = _cut(self.run[0], self.m_acc)
+        acc = max(_cut(self.run[0], self.m_acc), int(self.start[-1]))
         if self.acc_fixed is not None:
             acc = min(acc, self.acc_fixed)
         if self.overflow:
@@ -704,13 +708,16 @@ class _Engine:
         with _torch_single_thread():
             return run_tiles(list(range(len(self.tiles))), work, lambda: self.make_state(count), description)
 
-    def plan_windows(self, needs: ExactNeeds, n_key: np.ndarray, m_all: int, m_group: np.ndarray, full: np.ndarray,
-                     seed: int) -> list[list[tuple[int, int]]]:
-        """Bin windows per key for what the reservoir may not reach: EER crossings (overall, per group) and
-        thresholds beyond ``RESERVOIR_MAX``, planned from the pilot (see the module doc); fixed thresholds' bins."""
+    def plan(self, needs: ExactNeeds, n_key: np.ndarray, m_all: int, m_group: np.ndarray, m_acc: int,
+             full: np.ndarray, seed: int) -> tuple[list[list[tuple[int, int]]], np.ndarray]:
+        """Bin windows per key for what the reservoir may not reach (EER crossings overall and per group, thresholds
+        beyond ``RESERVOIR_FMR``), planned from the pilot (see the module doc), plus fixed thresholds' bins; and
+        where the cuts may start: (all, each group..., accepted pairs) at the pilot's lower band, below the final
+        cuts unless the band misses (then the bins in between are not exact and a further pass collects them)."""
         gp = self.grouping
         k, n_groups = gp.n_keys, len(gp.labels)
         windows: list[list[tuple[int, int]]] = [[] for _ in range(k)]
+        start = np.ones(n_groups + 2, dtype=np.int64)
         for tau in needs.thresholds:
             if tau == tau and abs(tau) != math.inf:
                 b = _tau_bin(tau)
@@ -726,7 +733,7 @@ class _Engine:
             sets.append((keys, n_g, far, needs.group_eer))
         todo = [(i, s) for i, s in enumerate(sets) if s[1] > 0 and not full[s[0]].all() and (s[2] or s[3])]
         if not todo:
-            return windows
+            return windows, start
         counts = self._pilot_counts(seed)
         gen_bins, gen_set = self._plan_genuine(seed)
         for i, (keys, n_s, far, eer) in todo:
@@ -735,6 +742,9 @@ class _Engine:
             if m < PILOT_MIN_PAIRS:
                 full[keys] = True
                 continue
+            for j, m_keep in ((i, m_all if i == 0 else m_group[i - 1]), (n_groups + 1, m_acc if i == 0 else 0)):
+                if m_keep > 0:
+                    start[j] = _last(surv - PILOT_Z * sd >= m_keep / n_s)
             for t in far:
                 q = (max_allowed_false_matches(t, n_s) + 1) / n_s
                 lo, hi = _last(surv - PILOT_Z * sd >= q), _last(surv + PILOT_Z * sd >= q)
@@ -748,7 +758,7 @@ class _Engine:
                 hi = _last(surv + PILOT_Z * sd_all - cum >= 0)
                 for kk in keys:
                     windows[kk].append((max(1, lo - EER_MARGIN), min(NB - 1, max(lo, hi) + EER_MARGIN)))
-        return windows
+        return windows, start
 
     def _set_lut(self) -> np.ndarray:
         """(C, C) reported group + 1 of a pair of classes (0: none), in either order."""
@@ -972,8 +982,8 @@ def score_all_pairs(emb: np.ndarray, subjects, grouping: PairGrouping, block: in
         m_acc = 0
     fixed = [_tau_bin(t) for t in needs.thresholds if t == t and abs(t) != math.inf]
     acc_fixed = min(fixed) if fixed else None
-    windows = eng.plan_windows(needs, n_key, m_all, m_group, full, seed)
-    keep = _Keep(grouping, m_all, m_group, m_acc, acc_fixed, windows, full, needs.max_accepted)
+    windows, start = eng.plan(needs, n_key, m_all, m_group, m_acc, full, seed)
+    keep = _Keep(grouping, m_all, m_group, m_acc, acc_fixed, windows, full, needs.max_accepted, start)
     states = eng.stream(keep, True, "scoring pairs")
     ps = _pair_scores(eng, states, codes, True)
     hist = np.sum([st.hist for st in states], axis=0)

@@ -13,16 +13,17 @@ same aligned faces and model reuses them.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from agebias import distributed
 from agebias.atomic import atomic_path
 from agebias.data.records import DatasetScan, FaceRecord, Problem
 from agebias.errors import DataError, SettingsError
@@ -87,14 +88,6 @@ def describe_preparation(methods: dict[str, int], data_aligned: bool | None, set
             + ".") if parts else "No faces."
 
 
-def _spec_stamp(spec: str) -> str:
-    p = Path(spec)
-    if p.is_file():
-        st = p.stat()
-        return f"{p.resolve()}|{st.st_size}|{int(st.st_mtime)}"
-    return str(spec)
-
-
 def _cached(path: Path, paths: list[str], stamp: str) -> np.ndarray | None:
     if not path.is_file():
         return None
@@ -107,38 +100,55 @@ def _cached(path: Path, paths: list[str], stamp: str) -> np.ndarray | None:
         return None
 
 
-def embed_records(scan: DatasetScan, specs: Sequence[str], settings: EmbedSettings | None = None,
-                  cache_dir: str | os.PathLike | None = None) -> Embedded:
-    """Prepare the faces once, embed them with every model (cached in ``cache_dir`` when given)."""
+def _embed_with(spec: str, settings: EmbedSettings, crops: np.ndarray) -> np.ndarray:
     from agebias.models.embedder import build_embedder
 
+    return build_embedder(spec, arch=settings.arch, device=settings.device, flip=settings.flip,
+                          batch_size=settings.batch_size, trust_checkpoint=settings.trust_checkpoint,
+                          backend=settings.backend).embed(crops)
+
+
+def _write_cache(path: Path, paths: list[str], stamp: str, emb: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, paths=np.asarray(paths, dtype=str), embeddings=emb.astype(np.float32), model=np.asarray(stamp))
+
+
+def embed_records(scan: DatasetScan, specs: Sequence[str], settings: EmbedSettings | None = None,
+                  cache_dir: str | os.PathLike | None = None) -> Embedded:
+    """Prepare the faces once, embed them with every model (cached in ``cache_dir`` when given).
+
+    Under torchrun each process prepares and embeds a block of the records (``<cache_dir>/<model>.parts/``, see
+    :mod:`agebias.evaluate.embed_shards`); rank 0 joins the blocks and returns the whole result, the other ranks
+    raise :class:`agebias.distributed.ShareDone` once their blocks are written."""
+    from agebias.evaluate.embed_shards import embed_in_parts, model_stamp, prepare_in_shares
+
     settings = settings or EmbedSettings()
-    faces, preparation = prepare_faces(scan, settings)
-    kept = list(faces.records)
+    if distributed.from_env().enabled and not cache_dir:
+        raise SettingsError("embedding under torchrun needs a cache folder that every process can reach "
+                            "(cache_dir)")
+    shared = prepare_in_shares(scan, lambda part: prepare_faces(part, settings))
+    kept = shared.records
     if len(kept) < 2:
         raise DataError(f"only {len(kept)} usable face images in {scan.root}; need at least two")
+    preparation = {**shared.preparation, "methods": shared.methods,
+                   "summary": describe_preparation(shared.methods, scan.aligned, settings.aligned, settings.flip)}
     paths = [str(r.path) for r in kept]
-    crops_digest = hashlib.sha256(np.ascontiguousarray(faces.crops).tobytes()).hexdigest()[:16]
     out: dict[str, np.ndarray] = {}
-    for name, spec in zip(model_names(specs), specs):
+    for name, spec in zip(model_names(specs), specs, strict=True):
         # the crops' digest: new image content or other alignment settings must not reuse old embeddings
-        stamp = _spec_stamp(spec) + f"|flip={settings.flip}|backend={settings.backend}|crops={crops_digest}"
+        stamp = model_stamp(spec) + f"|flip={settings.flip}|backend={settings.backend}|crops={shared.digest}"
         cache = Path(cache_dir) / f"{name}.npz" if cache_dir else None
         emb = _cached(cache, paths, stamp) if cache else None
         if emb is None:
             log.info(f"embedding {len(kept)} faces with {spec}")
-            embedder = build_embedder(spec, arch=settings.arch, device=settings.device, flip=settings.flip,
-                                      batch_size=settings.batch_size, trust_checkpoint=settings.trust_checkpoint,
-                                      backend=settings.backend)
-            emb = embedder.embed(faces.crops)
-            if cache is not None:
-                with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
-                    np.savez(fh, paths=np.asarray(paths, dtype=str), embeddings=emb.astype(np.float32),
-                             model=np.asarray(stamp))
+            emb = embed_in_parts(shared, partial(_embed_with, spec, settings),
+                                 cache.with_suffix(".parts") if cache else None, stamp,
+                                 partial(_write_cache, cache, paths, stamp) if cache else None)
         else:
             log.info(f"reusing cached embeddings for {name}")
         out[name] = emb
-    return Embedded(kept, out, list(faces.skipped), preparation)
+    distributed.finish_share(shared.info)
+    return Embedded(kept, out, list(shared.skipped), preparation)
 
 
 def read_embeddings(scan: DatasetScan, npz_files: Sequence[str | os.PathLike]) -> Embedded:
@@ -149,7 +159,7 @@ def read_embeddings(scan: DatasetScan, npz_files: Sequence[str | os.PathLike]) -
     by_model: dict[str, np.ndarray] = {}
     records: list[FaceRecord] | None = None
     skipped: list[Problem] = []
-    for name, npz in zip(model_names([str(f) for f in npz_files]), npz_files):
+    for name, npz in zip(model_names([str(f) for f in npz_files]), npz_files, strict=True):
         recs, emb, probs = match_embeddings(scan.records, npz, scan.root)
         if records is None:
             records, skipped = recs, probs

@@ -82,7 +82,7 @@ class FinetuneConfig(Settings):
                                                "at 112, 56, 28, 14, 7 pixels); freezing 1 freezes the stem too; '' or "
                                                "none trains everything; backbones without stages (timm:) train whole",
                                  check=_frozen_layers)
-    head: str = setting("arcface", help="margin head", choices=_heads)
+    head: str = setting("arcface", help="margin head: arcface, cosface or combined", choices=_heads)
     scale: float = setting(64.0, help="logit scale s", check=positive)
     margin: str | None = setting(None, help="margin: arcface radians (default 0.5), cosface cosine units (0.35); "
                                             "combined m1,m2,m3 (1.0,0.5,0.0); unset = the head's default",

@@ -21,7 +21,7 @@ import torch
 
 from agebias.atomic import write_json
 from agebias.errors import UserError
-from agebias.finetune import ddp
+from agebias import distributed as ddp
 from agebias.finetune.cache import FeatureCache
 from agebias.finetune.checkpointing import rng_state, save_checkpoint
 from agebias.finetune.config import FinetuneConfig

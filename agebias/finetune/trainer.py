@@ -31,7 +31,6 @@ does a run given more ``epochs`` when its schedule does not depend on the total 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 import time
@@ -44,7 +43,8 @@ import torch
 from torch import nn
 
 from agebias.errors import DataError, UserError
-from agebias.finetune import ddp
+from agebias import distributed as ddp
+from agebias.devices import resolve_device
 from agebias.finetune.backbone import arch_name, build_backbone, embedding_dim
 from agebias.finetune.cache import FeatureCache, build_cache
 from agebias.finetune.checkpointing import load_checkpoint, set_rng_state
@@ -82,20 +82,6 @@ def run_finetune(config: FinetuneConfig | dict[str, Any]) -> FinetuneResult:
         return run.execute()
     finally:
         run.cleanup()
-
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto``/``cuda``: this process's GPU (``cuda:LOCAL_RANK``) when there is one; else the named device."""
-    if spec in ("auto", "", None):
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if spec == "cuda" and torch.cuda.is_available():
-        return torch.device(f"cuda:{local_rank}")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: CUDA is not available on this machine")
-    try:
-        return torch.device(spec)
-    except RuntimeError:
-        raise UserError(f"bad --device '{spec}'") from None
 
 
 def autocast_factory(precision: str, device: torch.device) -> Autocast:
@@ -136,7 +122,7 @@ class _Run:
         """Check the run directory, then load data, build, restore, record, cache, train with the epoch-end steps,
         finish."""
         cfg = self.config
-        self.device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = resolve_device(cfg.device)  # under torchrun: cuda:LOCAL_RANK
         self.dist = ddp.init_distributed(self.device.type)
         self.dir_state = check_run_dir(self.run_dir, cfg)
         if self.dir_state.kind == "done":

@@ -157,13 +157,18 @@ def _what_was_run(exp: Experiment, summaries: dict[str, Any]) -> list[str]:
         lines.append(f"Training data: {g.get('dataset')} (no generation).")
     if f.get("enabled"):
         frozen = ft["frozen_layers"] or "nothing"
+        if e.get("identities") == "held-out":
+            kept = f"evaluated: the final epoch ({f.get('epochs')}), no epoch chosen on the evaluated identities"
+        else:
+            kept = f"evaluated: {f.get('backbone_kind')} ({f.get('best_epoch') or f.get('epochs')})"
         lines.append(f"Fine-tune: {ft['backbone']} ({ft['init']}), frozen: {frozen}, {ft['head']} head, "
-                     f"{ft['optimizer']} lr {ft['lr']}, batch {ft['batch_size']}, {f.get('epochs')} epochs; "
-                     f"kept: {f.get('backbone_kind')} ({f.get('best_epoch') or f.get('epochs')}).")
+                     f"{ft['optimizer']} lr {ft['lr']}, batch {ft['batch_size']}, {f.get('epochs')} epochs; {kept}.")
     if e:
         lines.append(f"Evaluate: {', '.join(e.get('models', {}))} on {e.get('dataset')} "
                      f"({e.get('images')} images, {e.get('subjects')} identities), protocols: "
                      f"{', '.join(e.get('protocols', {}))}.")
+        if e.get("preparation"):
+            lines.append(e["preparation"])
     return lines
 
 

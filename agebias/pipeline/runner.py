@@ -34,8 +34,10 @@ def run_experiment(exp: Experiment, out: str | Path | None = None, from_stage: s
                    only: str | None = None, stage_fns: dict[str, StageFn] | None = None) -> Path:
     """Run the stages in order and return the output folder.
 
-    A stage is skipped when ``stage.json`` says it completed with the same settings. ``from_stage`` forces that
-    stage and every later one to run again; ``only`` runs just that stage (its upstream stages must be complete).
+    A stage is skipped when ``stage.json`` says it completed with the same settings; an interrupted stage with the
+    same settings continues; a stage whose settings changed (its own or upstream) runs in a fresh folder, the earlier
+    one renamed ``<stage>-<old settings hash>`` (nothing is overwritten). ``from_stage`` forces that stage and every
+    later one to run again; ``only`` runs just that stage (its upstream stages must be complete).
     """
     for name, value in (("--from", from_stage), ("--only", only)):
         if value is not None and value not in STAGES:
@@ -65,8 +67,10 @@ def run_experiment(exp: Experiment, out: str | Path | None = None, from_stage: s
             log.info(f"[{stage}] up to date, skipped ({stage_dir})")
         else:
             log.info(f"[{stage}] running -> {stage_dir}")
-            state.invalidate(stage_dir)
-            stage_dir.mkdir(parents=True, exist_ok=True)
+            retired = state.retire_if_changed(stage_dir, digest)
+            if retired is not None:
+                log.info(f"[{stage}] its settings changed: the earlier outputs are kept in {retired}")
+            state.mark_running(stage_dir, stage, digest)
             started = time.time()
             summary = stage_fns[stage](exp, out_dir, summaries)
             state.mark_complete(stage_dir, stage, digest, settings, summary, started)

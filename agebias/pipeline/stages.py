@@ -156,6 +156,7 @@ def run_evaluate_stage(exp: Experiment, out: Path, summaries: dict[str, Any]) ->
     summary: dict[str, Any] = {"dataset": label, "dataset_root": str(scan.root), "images": len(embedded.records),
                                "subjects": len({r.subject for r in embedded.records}), "models": specs,
                                "identities": ev["identities"], "held_out_identities": held_out,
+                               "preparation": embedded.preparation.get("summary", ""),
                                "skipped": [p.as_dict() for p in skipped], "protocols": {}}
     for protocol in ev["protocols"]:
         settings = exp.settings("evaluate", EvalSettings, protocol=protocol, seed=_experiment(exp)["seed"])

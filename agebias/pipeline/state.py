@@ -47,5 +47,21 @@ def mark_complete(stage_dir: Path, stage: str, digest: str, settings: dict[str, 
     })
 
 
-def invalidate(stage_dir: Path) -> None:
-    (stage_dir / STATE_FILE).unlink(missing_ok=True)
+def mark_running(stage_dir: Path, stage: str, digest: str) -> None:
+    """Record that the stage is running with these settings (an interruption leaves this record)."""
+    write_json(stage_dir / STATE_FILE, {"stage": stage, "status": "running", "settings_hash": digest})
+
+
+def retire_if_changed(stage_dir: Path, digest: str) -> Path | None:
+    """When ``stage_dir`` holds outputs made with other settings, rename it ``<stage>-<their hash>`` and return the
+    new path (so a changed setting never mixes or overwrites earlier outputs); else None."""
+    old = read_state(stage_dir)
+    if old is None or old.get("settings_hash") in (None, digest):
+        return None
+    target = stage_dir.with_name(f"{stage_dir.name}-{old['settings_hash']}")
+    n = 2
+    while target.exists():
+        target = stage_dir.with_name(f"{stage_dir.name}-{old['settings_hash']}-{n}")
+        n += 1
+    stage_dir.rename(target)
+    return target
