@@ -50,10 +50,9 @@ def _model_and_data(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _embed_args(model: Path, data: Path, out: Path) -> list[str]:
-    return ["embed", str(data), "--model", str(model), "--arch", TINY, "--out", str(out), "--device", "cpu"]
+    return ["embed", str(data), "--model", str(model), "--arch", TINY, "--out", str(out), "--device", "cpu", "--aligned"]
 
 
-@pytest.mark.slow
 def test_two_process_embed_equals_one_process(tmp_path):
     model, data = _model_and_data(tmp_path)
     assert main(["-q", *_embed_args(model, data, tmp_path / "one.npz")]) == 0
@@ -112,7 +111,6 @@ def _checksums(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(TOM is None, reason="insightface test image not installed")
 def test_two_process_generate_equals_one_process(tmp_path, monkeypatch):
     sources = _sources(tmp_path / "src")
@@ -127,7 +125,6 @@ def test_two_process_generate_equals_one_process(tmp_path, monkeypatch):
     assert two == one
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(TOM is None, reason="insightface test image not installed")
 def test_generate_resumes_a_run_that_died_before_merging(tmp_path, monkeypatch):
     sources = _sources(tmp_path / "src")

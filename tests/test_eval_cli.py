@@ -230,3 +230,37 @@ def test_nan_or_zero_embedding_rows_are_skipped_not_fatal(tmp_path, monkeypatch)
     reasons = sorted(s["reason"] for s in res["dataset"]["skipped"])
     assert len(reasons) == 2 and "all zeros" in reasons[0] and "not finite" in reasons[1]
     assert res["models"]["bad"]["data"]["n_images"] == len(z["paths"]) - 2
+
+
+def test_embeddings_need_no_images_on_disk(tmp_path, monkeypatch):
+    """With --embeddings the manifest's paths are keys only: the same numbers with the image files deleted."""
+    monkeypatch.setenv("AGEBIAS_QUIET", "1")
+    manifest, npz = _dataset(tmp_path)
+    args = ["evaluate", "dataset", str(manifest), "--embeddings", str(npz), "--no-plots", "--bootstrap", "0"]
+    assert main([*args, "--out", str(tmp_path / "with")]) == 0
+    for image in (tmp_path / "img").iterdir():
+        image.unlink()
+    assert main([*args, "--out", str(tmp_path / "without")]) == 0
+    with_images = json.loads((tmp_path / "with" / "results.json").read_text())
+    without = json.loads((tmp_path / "without" / "results.json").read_text())
+    assert without["dataset"]["skipped"] == [] and without["dataset"]["n_records"] == 72
+    assert without["models"] == with_images["models"]
+
+
+def test_python_api_gives_the_cli_numbers(tmp_path, monkeypatch):
+    """agebias.evaluate on arrays == agebias evaluate dataset --embeddings on the same data."""
+    import agebias
+
+    monkeypatch.setenv("AGEBIAS_QUIET", "1")
+    manifest, npz = _dataset(tmp_path)
+    assert main(["evaluate", "dataset", str(manifest), "--embeddings", str(npz), "--out", str(tmp_path / "o"),
+                 "--no-plots", "--bootstrap", "100", "--target-fmr", "0.01"]) == 0
+    cli = json.loads((tmp_path / "o" / "results.json").read_text())["models"]["emb"]
+    rows = list(csv.DictReader(open(manifest)))
+    emb = np.load(npz)["embeddings"]
+    res = agebias.evaluate(emb, [r["subject"] for r in rows], [int(r["age"]) for r in rows], bootstrap=100,
+                           target_fmr=0.01)
+    res.save(tmp_path / "api", plots=False)  # results.json writes undefined values (NaN in memory) as null
+    api = json.loads((tmp_path / "api" / "results.json").read_text())["models"]["model"]
+    assert api["overall"] == cli["overall"] and api["groups"] == cli["groups"] and api["fairness"] == cli["fairness"]
+    assert list(res.by_group.index) == list(cli["groups"]) and res.overall["eer"] == cli["overall"]["eer"]

@@ -49,17 +49,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_summary(summary) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # pragma: no cover - rich is a dependency
-        Console = None
-    if Console is None:
-        typer.echo(f"{summary.name} at {summary.root}: {summary.subjects} subjects, {summary.images} images")
-        for label, n in summary.per_age_bin.items():
-            typer.echo(f"  age {label}: {n}")
-        _print_problems(summary, typer.echo)
-        return
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(soft_wrap=True)
     console.print(f"[bold]{summary.name}[/bold] at {summary.root}")
     console.print(f"subjects: {summary.subjects}   images: {summary.images}   "
