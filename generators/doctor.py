@@ -51,19 +51,38 @@ def environment_checks() -> list[Check]:
             f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s): {torch.cuda.get_device_name(0)}"
             if cuda else "no CUDA device (CPU only: fine for cardioid, eval and tests; EG3D/CUSP/diffusion are slow)")
         out.append(Check("runtime", "torch", True, detail))
-    except Exception as err:  # pragma: no cover - torch is a hard dependency
+    except Exception as err:  # noqa: BLE001 - a broken torch install is reported, not raised
         out.append(Check("runtime", "torch", False, f"import failed: {err}"))
+    out.append(bf16_check())
     try:
         import onnxruntime as ort
 
         out.append(Check("runtime", "onnxruntime", True,
                          f"{ort.__version__}; providers: {', '.join(ort.get_available_providers())}"))
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - whatever a broken onnxruntime raises is reported as the finding
         out.append(Check("runtime", "onnxruntime", False, f"not importable ({err}): pip install onnxruntime"))
     for mod, advice in OPTIONAL_PACKAGES.items():
         found = importlib.util.find_spec(mod) is not None
         out.append(Check("optional", mod, found, _version(mod) or "installed" if found else f"missing: {advice}"))
     return out
+
+
+def bf16_check() -> Check:
+    """Whether this CPU (and GPU) computes bf16 natively, and what ``--precision auto`` therefore picks."""
+    import torch
+
+    from agebias.precision import cpu_bf16_flags, cuda_bf16
+
+    flags = cpu_bf16_flags()
+    cpu = (f"CPU has native bf16 ({', '.join(flags)}): finetune --precision auto trains in bf16 on it, embed "
+           f"--backend torch-bf16 is fastest" if flags else
+           "CPU has no native bf16 (no amx_bf16/avx512_bf16 flag): bf16 would be emulated and slow, so "
+           "finetune --precision auto keeps fp32 on it")
+    gpu = ""
+    if torch.cuda.is_available():
+        gpu = "; GPU " + ("supports bf16 (--precision auto: bf16)" if cuda_bf16("cuda") else
+                          "has no bf16 (--precision auto: fp32; fp16 works)")
+    return Check("runtime", "bf16", bool(flags), cpu + gpu)
 
 
 def generator_checks(options: dict[str, dict[str, Any]] | None = None) -> list[Check]:
@@ -75,7 +94,7 @@ def generator_checks(options: dict[str, dict[str, Any]] | None = None) -> list[C
         try:
             cls = get_generator_class(name)
             rows = cls.doctor(**(options or {}).get(name, {}))
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - a generator plug-in that fails to load is reported, not fatal
             out.append(Check(f"generator {name}", "load", False, f"cannot import: {err}"))
             continue
         device = "cpu" if name == "cardioid" else _device_note()
@@ -90,7 +109,7 @@ def _device_note() -> str:
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu (slow; CUDA advised)"
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001 - the device note is informational
         return "unknown"
 
 

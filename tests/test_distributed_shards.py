@@ -50,7 +50,8 @@ def _model_and_data(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _embed_args(model: Path, data: Path, out: Path) -> list[str]:
-    return ["embed", str(data), "--model", str(model), "--arch", TINY, "--out", str(out), "--device", "cpu", "--aligned"]
+    return ["embed", str(data), "--model", str(model), "--arch", TINY, "--out", str(out), "--device", "cpu",
+            "--aligned"]
 
 
 def test_two_process_embed_equals_one_process(tmp_path):

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agebias.cli import main
 
@@ -112,7 +113,7 @@ def test_msc_protocol(tmp_path, monkeypatch):
     assert res["legacy"] is True and set(res["columns"]) == {"mated_young", "mated_middle", "mated_old",
                                                              "young_vs_old", "non_mated"}
     sw = res["garbe_sweep"]
-    assert len(sw["threshold"]) == 41 and sw["threshold"][1] == 0.025
+    assert len(sw["threshold"]) == 40 and sw["threshold"][1] == 0.025 and sw["threshold"][-1] == pytest.approx(0.975)
     # legacy flaw kept: identities without a young pair count as false non-matches even at threshold 0
     assert sw["fnmr_young"][0] > 0 or all(v is not None for v in res["columns"]["mated_young"].values())
     assert (out / "plots" / "msc_garbe.png").exists() and "Legacy" in (out / "report.html").read_text()

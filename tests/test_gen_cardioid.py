@@ -12,7 +12,9 @@ from PIL import Image
 from agebias.cli import main
 from agebias.errors import UserError
 from generators.base import Identity
-from generators.cardioid import CardioidGenerator, cardioid_warp, strain_for_age
+from agebias.data.align import template_for
+from generators.cardioid import (CardioidGenerator, aligned_landmarks, cardioid_warp, head_centre, strain_for_age,
+                                 warp_points)
 from helpers_faces import astronaut_path, grace_hopper_path, insightface_image
 
 TOM = insightface_image("Tom_Hanks_54745.png")
@@ -24,7 +26,7 @@ def _tom() -> np.ndarray:
 
 def test_strain_grows_with_age():
     ks = [strain_for_age(a) for a in (0, 3, 8, 14, 18, 30, 60)]
-    assert ks[0] == 0.0 and all(b > a for a, b in zip(ks, ks[1:]))
+    assert ks[0] == 0.0 and all(b > a for a, b in zip(ks, ks[1:], strict=False))
 
 
 @pytest.mark.skipif(TOM is None, reason="insightface test image not installed")
@@ -37,14 +39,56 @@ def test_warp_changes_lower_face_keeps_crown_and_identity():
     for a, b in ((3, 8), (8, 14), (3, 14)):
         assert np.abs(imgs[a] - imgs[b]).mean() > 2.0, (a, b)  # visibly different
     src = ident.image.astype(np.float32)
-    top = slice(0, 35)  # around and above the crown centre: theta ~ 0, strain ~ 0
-    bottom = slice(80, 112)  # the chin: theta ~ pi, largest strain
-    d3 = np.abs(imgs[3] - src)
-    assert d3[bottom].mean() > 3 * d3[top].mean()
     # identity roughly kept: the warped face stays highly correlated with the source in the eye region
     eyes = slice(35, 70)
     corr = np.corrcoef(imgs[14][eyes].ravel(), src[eyes].ravel())[0, 1]
     assert corr > 0.8
+
+
+def test_landmarks_after_cardioid_stay_on_the_template():
+    """The strain moves the template points (30 -> 4: mouth corners 11.6 px up); re-aligning the output puts them
+    back within 1 px of the template from age 3 up (a similarity cannot undo the change of proportions fully)."""
+    tpl = template_for(112).astype(np.float64)
+    k30 = strain_for_age(30)
+    moved = warp_points(tpl, k30, strain_for_age(4), head_centre(112, 112)) - tpl
+    assert moved[3:, 1] == pytest.approx([-11.55, -11.55], abs=0.05)  # mouth corners up (y down in images)
+    assert moved[2, 1] == pytest.approx(-6.9, abs=0.05) and abs(moved[0, 0]) == pytest.approx(3.4, abs=0.05)
+    worst = {age: float(np.linalg.norm(aligned_landmarks(tpl, k30, strain_for_age(age)) - tpl, axis=1).max())
+             for age in range(0, 101)}
+    assert max(v for a, v in worst.items() if a >= 3) < 1.0
+    assert worst[4] == pytest.approx(0.86, abs=0.01) and max(v for a, v in worst.items() if a >= 14) < 0.2
+    assert worst[0] == pytest.approx(1.74, abs=0.01)  # the youngest ages keep the eyes within 1.75 px
+
+
+def _landmark_blobs(size: int = 112) -> np.ndarray:
+    """A grey crop with a dark Gaussian blob on each of the five template points."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    img = np.full((size, size), 200.0)
+    for x, y in template_for(size):
+        img -= 150.0 * np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * 2.0 ** 2))
+    return np.repeat(np.clip(img, 0, 255).round().astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def _blob_centres(img: np.ndarray) -> np.ndarray:
+    """Darkness-weighted centroid of each blob, searched within 6 px of its template point."""
+    w = 200.0 - img[:, :, 0].astype(np.float64)
+    ys, xs = np.mgrid[0:img.shape[0], 0:img.shape[1]].astype(np.float64)
+    out = []
+    for x, y in template_for(img.shape[0]):
+        m = np.clip(w, 0, None) * ((xs - x) ** 2 + (ys - y) ** 2 <= 36)
+        out.append([(m * xs).sum() / m.sum(), (m * ys).sum() / m.sum()])
+    return np.array(out)
+
+
+def test_cardioid_output_is_aligned_like_a_real_crop():
+    gen = CardioidGenerator(source_age=30)
+    ident = Identity(id="dots", image=_landmark_blobs())
+    tpl = template_for(112)
+    for age in (4, 8, 60):
+        out = gen.generate_one(ident, age).image
+        assert np.linalg.norm(_blob_centres(out) - tpl, axis=1).max() < 1.0, age
+    same = cardioid_warp(ident.image, strain_for_age(30), strain_for_age(30))  # no strain change: the crop itself
+    assert np.linalg.norm(_blob_centres(same) - tpl, axis=1).max() < 0.3
 
 
 def test_out_of_range_age_and_bad_options():

@@ -89,26 +89,32 @@ def test_label_flip_hook_stays_inside_groups():
 def test_mixfair_offsets_match_formula_and_keep_bn_stats():
     setup, model = _setup()
     model.train()
-    hooks = create_hooks("mixfair")
+    hooks = create_hooks("mixfair:detach=true")
     hooks.setup(setup)
     ctx = _ctx(setup, model, [0, 2, 4, 6])
     before = model.features.running_mean.clone()
     off = hooks.margin_offsets(ctx)
     assert torch.equal(model.features.running_mean, before)  # extra forward leaves BN statistics alone
     # recompute with the same partner permutation (train-mode BN uses batch statistics: same output again)
-    from agebias.mitigation.mixfair import mixfair_shift, random_partner
+    from agebias.mitigation.mixfair import cifp_margin, mixfair_shift, random_partner
 
     perm = random_partner(4, torch.Generator().manual_seed(0))
     with torch.no_grad():
         f_mix = model.forward_head(0.5 * ctx.feature_maps + 0.5 * ctx.feature_maps[perm])
         expected = mixfair_shift(ctx.embeddings, ctx.embeddings[perm], f_mix)
+        expected += cifp_margin(setup.head.cosine(ctx.embeddings), ctx.labels, 0.3)  # the head's margin is 0.3
     assert torch.allclose(off, expected, atol=1e-6)
     assert not off.requires_grad and float(off.abs().sum()) > 0
+    without = create_hooks("mixfair:detach=true,cifp=false")
+    without.setup(setup)
+    with torch.no_grad():  # a fresh context: the same batch, partner permutation and embeddings
+        assert torch.allclose(without.margin_offsets(_ctx(setup, model, [0, 2, 4, 6])), expected - cifp_margin(
+            setup.head.cosine(ctx.embeddings), ctx.labels, 0.3), atol=1e-6)
     # the main forward's graph survives the extra forward (BN buffers saved for backward are not touched)
     setup.head(ctx.embeddings, ctx.labels, off).sum().backward()
     assert model.fc.weight.grad is not None
-    # with detach=false the shift carries gradient too
-    live = create_hooks("mixfair:detach=false")
+    # by default (as MixFairFace's released training step) the shift carries gradient too
+    live = create_hooks("mixfair")
     live.setup(setup)
     ctx2 = _ctx(setup, model, [0, 2, 4, 6])
     off2 = live.margin_offsets(ctx2)
@@ -146,3 +152,28 @@ def test_ddl_hook_batches_and_loss():
         s2, _ = _setup()
         s2.groups = np.zeros_like(s2.groups)
         one_group.setup(s2)
+
+
+def test_label_flip_default_flips_the_adult_group_in_every_batch():
+    setup, _ = _setup()  # groups 0-10, 10-40, 40+: the adult group (holding age 30) is 10-40
+    hooks = create_hooks("label-flip:p=0.5")
+    hooks.setup(setup)
+    assert hooks.group == 1 and hooks.describe()["flipped_group"] == 1
+    labels = torch.tensor([0, 1, 2, 3, 2, 3, 4, 5, 4])
+    groups = torch.tensor([0, 0, 1, 1, 1, 1, 2, 2, 2])
+    for seed in range(6):  # every batch: int(0.5 * 4) = 2 of group 1's four samples, nothing else
+        new = hooks.transform_labels(labels, groups, torch.Generator().manual_seed(seed))
+        changed = (new != labels).nonzero().flatten().tolist()
+        assert len(changed) == 2 and all(2 <= i <= 5 for i in changed)
+        assert all(int(new[i]) in {0, 2, 3} for i in changed)  # identities with an image in group 1 (C_1)
+    assert hooks.state_dict()["flipped"] == 12
+
+
+def test_group_margin_default_base_is_the_adult_group():
+    setup, model = _setup()
+    setup.group_names = ["0-12", "13-19", "20-39", "40-69"]
+    setup.groups = np.array([0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 0, 1, 2, 3])
+    hooks = create_hooks("group-margin:step=0.1")
+    hooks.setup(setup)
+    assert hooks.base_group == 2  # 20-39, not the middle index 1 (13-19)
+    assert hooks.margins == pytest.approx([0.5, 0.4, 0.3, 0.4])  # the head's 0.3 for adults, +0.1 per group away

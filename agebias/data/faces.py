@@ -6,11 +6,14 @@ Detectors:
   with the reason;
 - ``"mtcnn"``: MTCNN finds faces; the largest central one is used (see :mod:`agebias.data.detect`), or every
   face with ``all_faces`` (each becomes its own record with ``extra["face"] = "0", "1", ...``);
+- ``"squash"``: no detection, no alignment: the whole image resized to 112x112 exactly as the MSc thesis fed it
+  to ArcFace (:mod:`agebias.data.squash`); every image that decodes is used;
 - ``"none"`` (or ``aligned=True``): the image must already be a 112x112 aligned crop and passes through as is;
   other sizes are skipped with the reason;
 - ``"auto"``: ``"landmarks"`` for records that carry landmarks, else ``"mtcnn"`` (``"none"`` when ``aligned``).
 
 No face found, unreadable files and the like go to ``skipped`` with their reason; nothing is dropped silently.
+Squashed crops are not cached (they cost one resize).
 
 Cache: crops are stored as PNG under ``cache_dir`` (default ``$AGEBIAS_CACHE/aligned``, where ``AGEBIAS_CACHE``
 defaults to ``~/.cache/agebias``), keyed by SHA-256 of the image bytes plus the settings (detector, all_faces,
@@ -38,7 +41,7 @@ from agebias.progress import track
 
 log = logging.getLogger(__name__)
 
-DETECTORS = ("auto", "mtcnn", "landmarks", "none")
+DETECTORS = ("auto", "mtcnn", "landmarks", "squash", "none")
 CROP_SIZE = 112
 _CACHE_VERSION = 2  # 2: landmark crops of EXIF-rotated files use the stored pixels
 
@@ -64,7 +67,7 @@ def default_cache_dir() -> Path:
 def load_aligned_faces(
     records: Iterable[FaceRecord],
     *,
-    detector: Literal["auto", "mtcnn", "landmarks", "none"] = "auto",
+    detector: Literal["auto", "mtcnn", "landmarks", "squash", "none"] = "auto",
     aligned: bool = False,
     all_faces: bool = False,
     cache_dir: str | os.PathLike | None | Literal[False] = None,
@@ -117,9 +120,11 @@ def use_as_aligned(data_aligned: bool | None, setting: bool | None) -> bool:
 
 
 def preparation_of(record: FaceRecord, detector: str, aligned: bool) -> str:
-    """How a record's face is prepared: ``as given`` (an aligned crop), ``landmarks`` or ``mtcnn``."""
+    """How a record's face is prepared: ``as given`` (an aligned crop), ``landmarks``, ``mtcnn`` or ``squash``."""
     if aligned or detector == "none":
         return "as given"
+    if detector == "squash":
+        return "squash"
     if detector == "landmarks" or (detector == "auto" and record.landmarks is not None):
         return "landmarks"
     return detector if detector != "auto" else "mtcnn"
@@ -135,6 +140,10 @@ def align_record(record: FaceRecord, *, detector: str = "auto", all_faces: bool 
     except OSError as err:
         raise BadInputFile(record.path, f"cannot read file ({err.strerror or err})") from None
     image = None
+    if detector == "squash":
+        from agebias.data.squash import squash_file
+
+        return [squash_file(data, str(record.path))]
     if detector == "auto":
         detector = "landmarks" if record.landmarks is not None else "mtcnn"
     if detector == "none":

@@ -5,6 +5,13 @@ a lowercase ``a`` and same-age letter suffixes (``010A07a.JPG``) occur. Regroupe
 (an optional letter suffix after the age is kept apart as ``extra["duplicate"]``). Names that do not parse are
 reported as problems, never guessed.
 
+agebias reads every FG-NET image whatever the case of its extension. The MSc thesis did not: its organiser
+(MSc_FR_Bias ``src/data/data_preprocessing.py``, ``orgranize_fgnet_dataset``) moved only files whose names end in
+upper-case ``.JPG`` into the ``<id>/<id>_<age>.jpg`` folders its ``ImageFolder`` read (anything else stayed
+behind, unread), and split names at an upper-case ``A`` (a lower-case ``001a02.JPG`` stops it with an
+IndexError). :func:`thesis_organiser_moves` states that rule; ``--protocol msc`` counts the images it would have
+left out (``organiser`` in its results) but uses every image.
+
 The 68-point ``.pts`` files give the five alignment points. FG-NET's own files follow Cootes's XM2VTS-style
 markup (0-based: image-left eye outline 27-30 around its pupil 31, image-right eye outline 32-35 around its pupil
 36, nose tip 67, mouth corners 48 and 54; checked on published FG-NET point files), so that markup is tried first;
@@ -39,6 +46,12 @@ def parse_fgnet_name(name: str) -> tuple[str, int, str] | None:
     if not m:
         return None
     return m.group(1), int(m.group(2)), m.group(3).lower()
+
+
+def thesis_organiser_moves(name: str) -> bool:
+    """Whether the MSc thesis's FG-NET organiser would have moved (and so used) an original-layout file: its name
+    ends in upper-case ``.JPG`` and holds an upper-case ``A`` before the extension (see the module notes)."""
+    return name.endswith(".JPG") and "A" in name.split(".")[0]
 
 
 def read_pts(path: str | os.PathLike) -> np.ndarray:

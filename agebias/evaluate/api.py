@@ -17,15 +17,18 @@ Schema 1 files also repeated the first model's SECTION at the top level (``resul
 each model once, under ``models``: read ``results["models"][results["model_order"][0]]["overall"]``, or load either
 schema with :meth:`EvaluationResult.load`.
 
-SECTION (all-pairs protocol): ``data`` (counts), ``pair_grouping``, ``overall`` {threshold, target_fmr,
-realised_fmr, fmr, fnmr, fmr_ci, fnmr_ci, eer, eer_threshold, auc, d_prime, fnmr_at_fmr {"0.01", "0.001",
-"0.0001"}, fnmr_at_fmr_detail, ...}, ``groups`` {label: {n_genuine, n_impostor, fmr, fnmr, fmr_ci, fnmr_ci (all at
-the global threshold), eer, auc, d_prime, fnmr_at_fmr (each at the group's own threshold for that FMR), ...}},
-``fairness`` {garbe, fdr, ir, alpha, garbe_ci, fdr_ci, bootstrap, disparities, ...}, ``fairness_vs_fmr``
-[{target_fmr, threshold, garbe, fdr, group_fmr, group_fnmr}], ``impostor_table`` (group x group FMR),
-``age_gap`` (genuine FNMR by age gap), ``curves`` (DET data per group), ``histograms``, ``genuine_vs_gap``,
-``instance_level``, ``identification``, ``warnings``. The ``msc`` protocol's section is described in
-:mod:`agebias.evaluate.msc`.
+SECTION (all-pairs protocol): ``data`` (counts), ``pair_grouping``, ``intervals`` (how ``*_ci`` were made),
+``overall`` {threshold, target_fmr, realised_fmr, fmr, fnmr, fmr_ci, fnmr_ci (subject bootstrap), fmr_pairs_ci,
+fnmr_pairs_ci (Clopper-Pearson, pairs assumed independent), eer, eer_threshold, auc, d_prime, fnmr_at_fmr {"0.01",
+"0.001", "0.0001"}, fnmr_at_fmr_detail, ...}, ``groups`` {label: {n_genuine, n_impostor, fmr, fnmr, fmr_ci,
+fnmr_ci, fmr_pairs_ci, fnmr_pairs_ci (all at the global threshold), eer, auc, d_prime, fnmr_at_fmr (at the global
+threshold for each target FMR, from the pooled impostors), fnmr_at_group_fmr (at the group's own threshold for
+each target FMR, from the group's impostors), ...}}, ``groups_small_gap`` (same-group genuine pairs with a small
+age gap), ``fairness`` {garbe, fdr, ir, alpha, garbe_ci, fdr_ci, bootstrap, disparities, ...},
+``fairness_vs_fmr`` [{target_fmr, threshold, garbe, fdr, group_fmr, group_fnmr}], ``impostor_table`` (age group x
+age group FMR), ``age_gap`` (genuine FNMR by age gap), ``curves`` (DET data per group), ``histograms``,
+``genuine_vs_gap``, ``instance_level``, ``identification``, ``warnings``. The ``msc`` protocol's section is
+described in :mod:`agebias.evaluate.msc`.
 """
 
 from __future__ import annotations
@@ -47,8 +50,10 @@ log = logging.getLogger(__name__)
 SCHEMA = "agebias.evaluate/2"
 
 
-def evaluate_section(records: Sequence[FaceRecord], embeddings: np.ndarray, st: EvalSettings) -> dict:
-    """One model's results section (no files written)."""
+def evaluate_section(records: Sequence[FaceRecord], embeddings: np.ndarray, st: EvalSettings, *,
+                     identification_embeddings: np.ndarray | None = None, flip_fused: bool | None = None) -> dict:
+    """One model's results section (no files written). ``identification_embeddings``: flip-fused embeddings for
+    FR-NAS's identification metrics (default: ``embeddings``; ``flip_fused`` says whether those were fused)."""
     emb = np.asarray(embeddings)
     if emb.ndim != 2 or emb.shape[0] != len(records):
         raise DataError(f"{emb.shape[0] if emb.ndim else 0} embeddings for {len(records)} images (need one (N, D) "
@@ -65,14 +70,19 @@ def evaluate_section(records: Sequence[FaceRecord], embeddings: np.ndarray, st: 
         return evaluate_msc(emb, subjects, ages, st, paths=[str(r.path) for r in records])
     from agebias.evaluate.allpairs import evaluate_embeddings_allpairs
 
-    return evaluate_embeddings_allpairs(emb, subjects, ages, st)
+    return evaluate_embeddings_allpairs(emb, subjects, ages, st, identification_emb=identification_embeddings,
+                                        flip_fused=flip_fused)
 
 
 def evaluate_records(records: Sequence[FaceRecord], embeddings_by_model: dict[str, np.ndarray],
                      settings: EvalSettings | None = None, *, dataset_name: str = "", dataset_root: str = "",
-                     skipped: Sequence[Problem] = (), preparation: dict[str, Any] | None = None):
+                     skipped: Sequence[Problem] = (), preparation: dict[str, Any] | None = None,
+                     identification_embeddings: dict[str, np.ndarray] | None = None):
     """Evaluate one or more models on the same images (``embeddings_by_model``: name -> (N, D) array in
-    ``records`` order). Returns an :class:`~agebias.evaluate.result.EvaluationResult`; nothing is written."""
+    ``records`` order). ``identification_embeddings``: per model, embeddings fused with their mirror images for
+    FR-NAS's identification metrics (without them those metrics use the given embeddings and say whether
+    ``preparation`` records them as fused). Returns an :class:`~agebias.evaluate.result.EvaluationResult`;
+    nothing is written."""
     from agebias.evaluate.result import EvaluationResult
 
     st = settings or EvalSettings()
@@ -81,7 +91,9 @@ def evaluate_records(records: Sequence[FaceRecord], embeddings_by_model: dict[st
     models = {}
     for name, emb in embeddings_by_model.items():
         log.info(f"evaluating {name} on {len(records)} images ({st.protocol})")
-        models[name] = evaluate_section(records, emb, st)
+        fused = (identification_embeddings or {}).get(name)
+        models[name] = evaluate_section(records, emb, st, identification_embeddings=fused,
+                                        flip_fused=True if fused is not None else (preparation or {}).get("flip"))
     return EvaluationResult({
         "schema": SCHEMA,
         "settings": st.to_dict(),
@@ -172,12 +184,13 @@ def _evaluate_scores_file(p: Path, group_column: str | None, target_fmr: float, 
             sm = M.summarize(s[m & gm], s[m & ~gm], tau, fmr_targets)
             rates[name] = sm.rates
             d = sm.as_dict()
-            extra[name] = {k: d[k] for k in ("eer", "eer_threshold", "auc", "d_prime", "fnmr_at_fmr")}
+            extra[name] = {k: d[k] for k in ("eer", "eer_threshold", "auc", "d_prime")}
+            extra[name]["fnmr_at_group_fmr"] = d["fnmr_at_fmr"]  # at the group's own threshold for each FMR
         table = GroupTable(tau, rates, overall.rates, alpha, extra)
         result["groups"] = {name: {"n_genuine": r.n_genuine, "n_impostor": r.n_impostor,
                                    "false_matches": r.false_matches, "false_non_matches": r.false_non_matches,
-                                   "fmr": r.fmr, "fnmr": r.fnmr, "fmr_ci": list(r.fmr_ci),
-                                   "fnmr_ci": list(r.fnmr_ci), **extra[name]} for name, r in rates.items()}
+                                   "fmr": r.fmr, "fnmr": r.fnmr, "fmr_pairs_ci": list(r.fmr_ci),
+                                   "fnmr_pairs_ci": list(r.fnmr_ci), **extra[name]} for name, r in rates.items()}
         result["fairness"] = table.fairness()
     return result
 

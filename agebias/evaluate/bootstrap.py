@@ -1,13 +1,18 @@
-"""Subject-level bootstrap intervals for GARBE and FDR at a fixed threshold.
+"""Subject-level bootstrap intervals: per-group and overall FMR/FNMR, FNMR of any set of genuine pairs, GARBE
+and FDR at a fixed threshold.
+
+These are the default intervals of agebias (``fmr_ci``/``fnmr_ci`` in results.json, groups.csv and the reports):
+the pairs of one subject share that subject's images and are correlated, so intervals that treat pairs as
+independent draws (Clopper-Pearson, kept as ``fmr_pairs_ci``/``fnmr_pairs_ci``) are too narrow.
 
 Subjects (not pairs) are resampled with replacement; replicate b gives subject s the weight w_bs (how often it was
 drawn). A genuine pair of subject s counts w_bs times; an impostor pair of subjects a != b counts w_ba * w_bb
 times (pairs between two copies of one subject are not formed). Per group g, with image classes c and the
-group's pair look-up L_g (1 where a (class, class) pair belongs to g):
+group's impostor look-up L_g (1 where a (class, class) pair belongs to g):
 
 - FNMR_g(w) = sum_s w_s rejected_gs / sum_s w_s genuine_gs
 - FMR_g(w)  = sum_{(a,b) accepted} w_a w_b / (1/2) [ sum_{x,y} (W H)_x L_g (W H)_y - sum_s w_s^2 h_s L_g h_s ],
-  H = images per subject and class.
+  H = images per subject and class (overall: L = 1 everywhere).
 
 Everything is a few matrix products over replicates x subjects (vectorised; no per-replicate loop over pairs).
 The threshold is held at its point estimate, so the interval reflects which subjects were sampled at that
@@ -27,8 +32,10 @@ from agebias.evaluate.grouping import PairGrouping
 def subject_bootstrap(grouping: PairGrouping, subjects: np.ndarray, gen_i: np.ndarray, gen_j: np.ndarray,
                       gen_accept: np.ndarray, acc_i: np.ndarray, acc_j: np.ndarray, *, alpha: float = 0.5,
                       n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                      weights: np.ndarray | None = None) -> dict:
-    """Percentile intervals for GARBE and FDR (and per-group FMR/FNMR) over ``n_boot`` subject resamples.
+                      weights: np.ndarray | None = None,
+                      genuine_sets: dict[str, np.ndarray] | None = None) -> dict:
+    """Percentile intervals over ``n_boot`` subject resamples: GARBE, FDR, per-group and overall FMR/FNMR, and
+    the FNMR of each of ``genuine_sets`` (name -> boolean mask over the genuine pairs).
 
     ``subjects``: (N,) integer subject code per image; ``gen_*``: genuine pairs and whether each was accepted;
     ``acc_*``: impostor pairs accepted at the threshold."""
@@ -36,8 +43,8 @@ def subject_bootstrap(grouping: PairGrouping, subjects: np.ndarray, gen_i: np.nd
 
     n_g = len(grouping.labels)
     n_s = int(subjects.max()) + 1 if subjects.size else 0
-    if n_boot <= 0 or n_s < 2 or n_g < 2:
-        return {"n_boot": 0, "note": "bootstrap not run (needs >= 2 subjects, >= 2 groups and n_boot > 0)"}
+    if n_boot <= 0 or n_s < 2:
+        return {"n_boot": 0, "note": "bootstrap not run (needs >= 2 subjects and n_boot > 0)"}
     rng = np.random.default_rng(seed)
     w = rng.multinomial(n_s, np.full(n_s, 1.0 / n_s), size=n_boot).astype(np.float64)  # (B, S)
     if weights is not None:  # explicit replicate weights (tests: all ones reproduce the point estimate)
@@ -48,31 +55,39 @@ def subject_bootstrap(grouping: PairGrouping, subjects: np.ndarray, gen_i: np.nd
     h = np.zeros((n_s, c))
     np.add.at(h, (subjects, grouping.image_class), 1.0)
     wh = w @ h                                   # (B, C)
-    gk = grouping.pair_keys(gen_i, gen_j)
-    gg = grouping.key_group[gk]
-    ak = grouping.pair_keys(acc_i, acc_j)
-    ag = grouping.key_group[ak]
-    fmr = np.full((n_boot, n_g), np.nan)
-    fnmr = np.full((n_boot, n_g), np.nan)
-    kg = grouping.key_group[grouping.key_lut]    # (C, C) group of a class pair
-    for g in range(n_g):
-        lg = (kg == g).astype(np.float64)
+    gg = grouping.genuine_groups(gen_i, gen_j)
+    ag = grouping.key_group[grouping.pair_keys(acc_i, acc_j)]
+    acc_a, acc_b = subjects[acc_i], subjects[acc_j]
+    gen_s = subjects[gen_i]
+    rejected = ~np.asarray(gen_accept, dtype=bool)
+
+    def fmr_of(lg: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """FMR per replicate of the impostor pairs whose class pair has weight 1 in ``lg`` (accepted: mask m)."""
         lg = (lg + lg.T) / 2.0  # unordered pairs: symmetric
         self_terms = np.einsum("sc,cd,sd->s", h, lg, h)
         denom = 0.5 * (np.einsum("bc,cd,bd->b", wh, lg, wh) - (w ** 2) @ self_terms)
-        m = ag == g
-        a, b = subjects[acc_i[m]], subjects[acc_j[m]]
+        a, b = acc_a[m], acc_b[m]
         mat = sparse.csr_matrix((np.ones(a.size), (a, b)), shape=(n_s, n_s))
         num = ((mat @ w.T).T * w).sum(axis=1) if a.size else np.zeros(n_boot)
         with np.errstate(invalid="ignore", divide="ignore"):
-            fmr[:, g] = np.where(denom > 0, num / np.where(denom > 0, denom, 1), np.nan)
-        mg = gg == g
-        s = subjects[gen_i[mg]]
-        tot = np.bincount(s, minlength=n_s).astype(np.float64)
-        rej = np.bincount(s, weights=(~gen_accept[mg]).astype(np.float64), minlength=n_s)
+            return np.where(denom > 0, num / np.where(denom > 0, denom, 1), np.nan)
+
+    def fnmr_of(m: np.ndarray) -> np.ndarray:
+        """FNMR per replicate of the genuine pairs in mask m."""
+        tot = np.bincount(gen_s[m], minlength=n_s).astype(np.float64)
+        rej = np.bincount(gen_s[m], weights=rejected[m].astype(np.float64), minlength=n_s)
         d = w @ tot
         with np.errstate(invalid="ignore", divide="ignore"):
-            fnmr[:, g] = np.where(d > 0, (w @ rej) / np.where(d > 0, d, 1), np.nan)
+            return np.where(d > 0, (w @ rej) / np.where(d > 0, d, 1), np.nan)
+
+    kg = grouping.key_group[grouping.key_lut]    # (C, C) impostor group of a class pair
+    fmr = np.full((n_boot, n_g), np.nan)
+    fnmr = np.full((n_boot, n_g), np.nan)
+    for g in range(n_g):
+        fmr[:, g] = fmr_of((kg == g).astype(np.float64), ag == g)
+        fnmr[:, g] = fnmr_of(gg == g)
+    all_fmr = fmr_of(np.ones((c, c)), np.ones(acc_a.size, dtype=bool))
+    all_fnmr = fnmr_of(np.ones(gen_s.size, dtype=bool))
     gar = np.array([garbe(fmr[b], fnmr[b], alpha) for b in range(n_boot)])
     fd = np.array([fdr(fmr[b], fnmr[b], alpha) for b in range(n_boot)])
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
@@ -87,6 +102,9 @@ def subject_bootstrap(grouping: PairGrouping, subjects: np.ndarray, gen_i: np.nd
         "garbe_valid_replicates": int(np.isfinite(gar).sum()), "fdr_valid_replicates": int(np.isfinite(fd).sum()),
         "replicate_fmr": fmr if weights is not None else None,
         "replicate_fnmr": fnmr if weights is not None else None,
+        "overall_fmr_ci": ci(all_fmr), "overall_fnmr_ci": ci(all_fnmr),
         "group_fmr_ci": {lab: ci(fmr[:, g]) for g, lab in enumerate(grouping.labels)},
         "group_fnmr_ci": {lab: ci(fnmr[:, g]) for g, lab in enumerate(grouping.labels)},
+        "genuine_set_fnmr_ci": {name: ci(fnmr_of(np.asarray(m, dtype=bool)))
+                                for name, m in (genuine_sets or {}).items()},
     }

@@ -1,4 +1,4 @@
-"""Verification metrics with pinned conventions (REFERENCE section 5), as pure functions.
+"""Verification metrics with pinned conventions (ISO/IEC 19795-1 definitions of FMR and FNMR), as pure functions.
 
 Conventions (the same everywhere in agebias):
 
@@ -14,7 +14,10 @@ Conventions (the same everywhere in agebias):
 - **AUC** = P(genuine > impostor) + 0.5 P(genuine == impostor) (the Mann-Whitney form; equals scikit-learn's
   ``roc_auc_score`` with genuine as the positive class).
 - **d'** = |mean_g - mean_i| / sqrt((var_g + var_i) / 2) with population variances (ddof 0).
-- Intervals for a rate k / n: Clopper-Pearson (exact binomial), 95 % by default.
+- Intervals for a rate k / n: :func:`clopper_pearson` (exact binomial), 95 % by default. It treats the n pairs as
+  independent draws; the evaluator reports it as ``fmr_pairs_ci``/``fnmr_pairs_ci`` and uses the subject
+  bootstrap (:mod:`agebias.evaluate.bootstrap`) for ``fmr_ci``/``fnmr_ci``, since pairs sharing a subject are
+  correlated.
 
 Score collections are :class:`ScoreDist` objects: :class:`ExactDist` wraps a sorted array; the streamed all-pairs
 engine (:mod:`agebias.evaluate.pairs`) provides a histogram-backed distribution with the same interface whose
@@ -122,7 +125,8 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Rates:
-    """Error rates at one threshold with their counts and Clopper-Pearson intervals."""
+    """Error rates at one threshold with their counts and Clopper-Pearson intervals (pairs assumed independent;
+    reported as ``fmr_pairs_ci``/``fnmr_pairs_ci``)."""
 
     tau: float
     n_genuine: int
@@ -266,16 +270,16 @@ class VerificationSummary:
             "n_genuine": self.n_genuine, "n_impostor": self.n_impostor, "threshold": self.threshold,
             "false_matches": r.false_matches if r else None, "false_non_matches": r.false_non_matches if r else None,
             "fmr": r.fmr if r else math.nan, "fnmr": r.fnmr if r else math.nan,
-            "fmr_ci": list(r.fmr_ci) if r else [math.nan, math.nan],
-            "fnmr_ci": list(r.fnmr_ci) if r else [math.nan, math.nan],
+            "fmr_pairs_ci": list(r.fmr_ci) if r else [math.nan, math.nan],
+            "fnmr_pairs_ci": list(r.fnmr_ci) if r else [math.nan, math.nan],
             "eer": self.eer, "eer_threshold": self.eer_threshold, "auc": self.auc, "d_prime": self.d_prime,
             "mean_genuine": self.mean_genuine, "mean_impostor": self.mean_impostor,
-            "fnmr_at_fmr": {_target_key(t): v["fnmr"] for t, v in self.fnmr_at_fmr.items()},
-            "fnmr_at_fmr_detail": {_target_key(t): v for t, v in self.fnmr_at_fmr.items()},
+            "fnmr_at_fmr": {target_key(t): v["fnmr"] for t, v in self.fnmr_at_fmr.items()},
+            "fnmr_at_fmr_detail": {target_key(t): v for t, v in self.fnmr_at_fmr.items()},
         }
 
 
-def _target_key(t: float) -> str:
+def target_key(t: float) -> str:
     """"0.01", "0.001", "0.0001", "1e-05" (decimal down to 1e-4, as the results schema asks)."""
     s = np.format_float_positional(t, trim="-") if t >= 1e-4 else f"{t:g}"
     return s

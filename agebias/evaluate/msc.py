@@ -1,22 +1,28 @@
-"""The legacy protocol of the MSc thesis pipeline (MSc_FR_Bias), reproduced exactly, flaws included.
+"""The legacy protocol of the MSc thesis pipeline (MSc_FR_Bias), reproduced, flaws included.
 
 Kept only so that old and new numbers can be put side by side (``--protocol msc``); use the all-pairs protocol
-for anything new. What it does (REFERENCE section 3):
+for anything new. What it does, as the thesis's ``src/eval/evaluation.py`` (``compute_sim_scores_fg_net``,
+``evaluate_fairness``, ``calculate_fmr_fnmr_test``, ``gini_aggregation_rate``) does it:
 
-- cosine similarity of the embeddings;
-- per identity, one mean score per column: ``mated_young`` (images aged 10-15, consecutive pairs only, in age
-  order), ``mated_middle`` (20-40, consecutive), ``mated_old`` (45-65, consecutive), ``young_vs_old`` (the
-  identity's 20-30 x 50-70 images, all cross pairs), ``non_mated`` (the identity's 20-30 images x every other
-  identity's 20-30 images); KDE plots of those columns;
+- input: the whole photo squashed to 112x112, no alignment, no flip (:mod:`agebias.data.squash`; under ``msc``
+  the ``auto`` detector means ``squash``, see :func:`agebias.evaluate.settings.embed_for_protocol`);
+- cosine similarity of the embeddings, capped at 1 (``min(1, similarity)``);
+- per identity, one mean score per column: ``mated_young`` (images aged 10-15, consecutive pairs only, in the
+  order of the file names, i.e. by age), ``mated_middle`` (20-40, consecutive), ``mated_old`` (45-65,
+  consecutive), ``young_vs_old`` (the identity's 20-30 x 50-70 images, all cross pairs), ``non_mated`` (the
+  identity's 20-30 images x every other identity's 20-30 images); KDE plots of those columns;
 - GARBE with two groups, young 5-20 and old 45-70: per identity and group one genuine score (mean of consecutive
   pairs) and one impostor score (mean over the identity's group images x other identities' group images);
-  thresholds swept 0..1 step 0.025; alpha 0.5; at each threshold FMR = share of identities whose impostor mean is
-  >= t, FNMR = share whose genuine mean is not >= t.
+  thresholds ``np.arange(0, 1, 0.025)``: 40 values, 0 to 0.975; alpha 0.5 by default; at each threshold FMR =
+  share of identities whose impostor mean is >= t, FNMR = share whose genuine mean is not >= t.
 
 Its flaws, kept on purpose and stated in every output: identities without a pair have a NaN mean and count as
 false non-matches at every threshold; GARBE is NaN where the mean FMR is 0; scores are averaged per identity (one
 number per person, not per pair); only consecutive images are compared; there is no fixed-FMR operating point and
-no EER, ROC or DET.
+no EER, ROC or DET. Not reproduced: the thesis's FG-NET organiser used only files ending in upper-case ``.JPG``
+(see :func:`agebias.data.fgnet.thesis_organiser_moves`); every image is used here and ``organiser`` counts the
+ones it would have left out. Where alpha is 0 or 1 the zero-weight Gini is left out (the thesis fixed alpha at
+0.5).
 
 Figures (:data:`FIGURES`): ``msc_columns`` (KDE of each column) and ``msc_garbe`` (the GARBE sweep).
 """
@@ -24,12 +30,14 @@ Figures (:data:`FIGURES`): ``msc_columns`` (KDE of each column) and ``msc_garbe`
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from agebias.evaluate.fairness import gini
+from agebias.data.fgnet import ORIGINAL_RE, thesis_organiser_moves
+from agebias.evaluate.fairness import gini, weighted
 from agebias.evaluate.figure_style import OKABE_ITO, pyplot, save_figure, smooth
 from agebias.evaluate.settings import EvalSettings
 
@@ -41,7 +49,7 @@ COLUMNS = {
     "non_mated": ("non_mated", (20, 30)),
 }
 GARBE_GROUPS = {"young": (5, 20), "old": (45, 70)}
-THRESHOLDS = np.round(np.arange(0, 1.0 + 1e-9, 0.025), 3)
+THRESHOLDS = np.arange(0, 1, 0.025)  # the thesis's own values (40, 0 .. 0.975), unrounded as it compared them
 FLAWS = [
     "identities without a pair get NaN and count as false non-matches at every threshold",
     "GARBE is NaN wherever the mean FMR is 0",
@@ -49,6 +57,8 @@ FLAWS = [
     "only consecutive images of an identity are compared",
     "no fixed-FMR operating point, no EER/ROC/DET",
 ]
+ORGANISER_RULE = ("the thesis's FG-NET organiser used only files ending in upper-case .JPG with an upper-case 'A'; "
+                  "agebias uses every image")
 
 
 def _in(age, lo_hi) -> bool:
@@ -69,12 +79,12 @@ def evaluate_msc(emb: np.ndarray, subjects: Sequence, ages: Sequence[int | None]
     def consecutive(idx: list[int]) -> float:
         if len(idx) < 2:
             return math.nan
-        return float(np.mean([e[a] @ e[b] for a, b in zip(idx, idx[1:])]))
+        return float(np.mean([min(1.0, e[a] @ e[b]) for a, b in zip(idx, idx[1:], strict=False)]))
 
     def cross(a_idx, b_idx) -> float:
         if not a_idx or not b_idx:
             return math.nan
-        return float((e[a_idx] @ e[b_idx].T).mean())
+        return float(np.minimum(e[a_idx] @ e[b_idx].T, 1.0).mean())
 
     table: dict[str, dict[str, float]] = {c: {} for c in COLUMNS}
     for i in ids:
@@ -106,7 +116,7 @@ def evaluate_msc(emb: np.ndarray, subjects: Sequence, ages: Sequence[int | None]
                 fn.append(float(np.mean(~(gen[g] >= t))))        # NaN genuine: a false non-match (legacy flaw)
                 sweep[f"fmr_{g}"].append(fm[-1])
                 sweep[f"fnmr_{g}"].append(fn[-1])
-            sweep["garbe"].append(st.alpha * _legacy_gini(fm) + (1 - st.alpha) * _legacy_gini(fn))
+            sweep["garbe"].append(weighted(st.alpha, lambda fm=fm: _legacy_gini(fm), lambda fn=fn: _legacy_gini(fn)))
     summary = {}
     for col, vals in table.items():
         v = np.array(list(vals.values()), dtype=float)
@@ -114,12 +124,19 @@ def evaluate_msc(emb: np.ndarray, subjects: Sequence, ages: Sequence[int | None]
         summary[col] = {"n_identities": int(ok.size), "n_nan": int(v.size - ok.size),
                         "mean": float(ok.mean()) if ok.size else math.nan,
                         "std": float(ok.std()) if ok.size else math.nan}
+    names = [os.path.basename(p) for p in (paths or [])]
+    left_out = [n for n in names if ORIGINAL_RE.match(n) and not thesis_organiser_moves(n)]
+    warnings = ["Legacy MSc protocol: " + "; ".join(FLAWS) + "."]
+    if left_out:
+        warnings.append(f"{len(left_out)} images would not have reached the thesis's evaluation ({ORGANISER_RULE}, "
+                        f"e.g. {left_out[0]}); they are used here.")
     return {
         "protocol": "msc", "legacy": True, "flaws": FLAWS,
         "data": {"n_images": len(subj), "n_subjects": len(ids)},
+        "organiser": {"rule": ORGANISER_RULE, "would_leave_out": len(left_out), "examples": left_out[:5]},
         "columns": table, "column_summary": summary, "garbe_sweep": sweep,
         "garbe_groups": {g: list(r) for g, r in GARBE_GROUPS.items()},
-        "warnings": ["Legacy MSc protocol: " + "; ".join(FLAWS) + "."],
+        "warnings": warnings,
     }
 
 

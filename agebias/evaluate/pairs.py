@@ -760,12 +760,12 @@ class _Engine:
                     windows[kk].append((max(1, lo - EER_MARGIN), min(NB - 1, max(lo, hi) + EER_MARGIN)))
         return windows, start
 
-    def _set_lut(self) -> np.ndarray:
-        """(C, C) reported group + 1 of a pair of classes (0: none), in either order."""
+    def _set_lut(self, genuine: bool = False) -> np.ndarray:
+        """(C, C) reported group + 1 of an impostor (or ``genuine``) pair of classes (0: none), in either order."""
         gp = self.grouping
         a = np.arange(gp.n_classes)
         keys = gp.key_lut[np.minimum(a[:, None], a[None, :]), np.maximum(a[:, None], a[None, :])]
-        return gp.key_group[keys] + 1
+        return (gp.gen_key_group if genuine else gp.key_group)[keys] + 1
 
     def _pilot_counts(self, seed: int) -> np.ndarray:
         """(J, 1 + groups, NB) impostor counts of J chunks of sampled rows against every image (set 0: pairs of no
@@ -794,7 +794,7 @@ class _Engine:
         s = self.subj[by]
         starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if s.size else np.zeros(0, np.int64)
         sizes = np.diff(np.r_[starts, s.size])
-        lut = self._set_lut()
+        lut = self._set_lut(genuine=True)
         bins, sets = [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
         for m in np.unique(sizes[sizes >= 2]):
             pos = by[starts[sizes == m][:, None] + np.arange(m)]  # (subjects, m)

@@ -15,8 +15,8 @@ All-pairs figures, ``kind`` -> file stem (:data:`PLOT_KINDS`):
 - ``fairness_vs_fmr`` -> ``fairness_vs_fmr``: GARBE and FDR against the target FMR of the global threshold; a panel
   with nothing defined says why.
 - ``rates`` -> ``group_rates``: FMR and FNMR per age group at each model's global threshold with 95 % intervals.
-- ``impostor_table`` -> ``impostor_heatmap``: group x group FMR (the ``both`` pair grouping), one log colour scale
-  shared by every model.
+- ``impostor_table`` -> ``impostor_heatmap``: age group x age group FMR (every pair grouping), one log colour
+  scale shared by every model.
 
 Kinds that draw one panel (``genuine_vs_gap``; ``det`` for one model) draw into a given ``ax``. The legacy ``msc``
 protocol's figures are in :mod:`agebias.evaluate.msc`; the shared look in :mod:`agebias.evaluate.figure_style`.
@@ -460,7 +460,8 @@ def _draw_impostor(results: dict, ax=None):
     from matplotlib.colors import LogNorm
 
     secs = _sections(results, "impostor_table")
-    labels = secs[0][1]["pair_grouping"]["labels"]
+    grouping = secs[0][1]["pair_grouping"]
+    labels = grouping.get("cell_labels") or grouping["labels"]  # age groups (gap mode reports gap bins elsewhere)
     mats = [_impostor_matrices(sec, labels) for _, sec in secs]
     scale = shared_fmr_scale([m for m, _, _ in mats])
     norm = LogNorm(*scale) if scale else None

@@ -57,17 +57,24 @@ def _tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             continue
         if "groups" not in s:
             continue
-        hdr = ["age group", "genuine pairs", "impostor pairs", "FMR", "FMR 95% CI", "FNMR", "FNMR 95% CI", "EER",
-               "AUC"]
+        hdr = ["age group", "genuine pairs", "impostor pairs", "FMR", "FMR 95% CI (subjects)", "FNMR",
+               "FNMR 95% CI (subjects)", "EER", "AUC"]
         rows = [[g, _f(d.get("n_genuine")), _f(d.get("n_impostor")), _f(d.get("fmr")), _ci(d.get("fmr_ci")),
                  _f(d.get("fnmr")), _ci(d.get("fnmr_ci")), _f(d.get("eer")), _f(d.get("auc"))]
                 for g, d in s["groups"].items()]
         out.append((f"Per age group: {n}", hdr, rows))
+        small = (s.get("groups_small_gap") or {}).get("groups")
+        if small:
+            rows = [[g, _f(d["n_genuine"]), _f(d["fnmr"]), _ci(d["fnmr_ci"]), _f(d["mean_score"])]
+                    for g, d in small.items()]
+            out.append((f"Genuine pairs within {s['groups_small_gap']['max_gap']} years, same age group: {n} "
+                        f"(FNMR without the age-gap effect)", ["age group", "genuine pairs", "FNMR",
+                                                              "95% CI (subjects)", "mean score"], rows))
         if s.get("age_gap"):
             rows = [[g, _f(d["n_genuine"]), _f(d["fnmr"]), _ci(d["fnmr_ci"]), _f(d["mean_score"])]
                     for g, d in s["age_gap"].items()]
-            out.append((f"Genuine pairs by age gap: {n}", ["age gap", "genuine pairs", "FNMR", "95% CI",
-                                                           "mean score"], rows))
+            out.append((f"Genuine pairs by age gap: {n}", ["age gap", "genuine pairs", "FNMR",
+                                                           "95% CI (subjects)", "mean score"], rows))
         ident = s.get("identification")
         if ident:
             rows = [[g, _f(d["n_probes"]), _f(d["rank1_accuracy"]), _f(d["mean_rank_by_identity"])]
@@ -106,7 +113,9 @@ def _summary_lines(results: dict) -> list[str]:
             f"Subjects: {data.get('n_subjects')}, genuine pairs: {_f(data.get('n_genuine'))}, impostor pairs: "
             f"{_f(data.get('n_impostor'))}; images per age group: "
             + ", ".join(f"{k} {v}" for k, v in (data.get("images_per_group") or {}).items()) + ".",
-            "Conventions: accept iff score >= tau; Clopper-Pearson 95 % intervals; bootstrap over subjects.",
+            "Conventions: accept iff score >= tau; intervals are percentile intervals over resampled subjects "
+            "(results.json: fmr_ci, fnmr_ci); Clopper-Pearson intervals, which assume independent pairs, are in "
+            "fmr_pairs_ci and fnmr_pairs_ci.",
         ]
     return lines
 

@@ -3,8 +3,10 @@ evaluate``, the pipeline and :func:`agebias.evaluate_dataset`.
 
 Face preparation follows :class:`~agebias.evaluate.settings.EmbedSettings`. ``aligned`` unset means "ask the data":
 a set agebias generated as aligned crops (``generation.json``: ``aligned_crops``) is used as given, anything else is
-detected and aligned. A user choice that contradicts what the data says is followed, with a warning. How the faces
-were prepared is recorded (``dataset.preparation`` in results.json, and the report's first lines).
+detected and aligned; under ``--protocol msc`` the ``auto`` detector squashes whole photos instead, as the MSc thesis
+did (:func:`~agebias.evaluate.settings.embed_for_protocol`). A user choice that contradicts what the data says is
+followed, with a warning. How the faces were prepared, and the rule that chose the detector, are recorded
+(``dataset.preparation`` in results.json, and the report's first lines).
 
 Embeddings are cached per model in ``<cache_dir>/<model>.npz`` (arrays ``paths``, ``embeddings`` as written by
 ``agebias embed``, plus the model spec, its file size/mtime and a digest of the aligned crops); a rerun with the
@@ -13,10 +15,11 @@ same aligned faces and model reuses them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +30,7 @@ from agebias import distributed
 from agebias.atomic import atomic_path
 from agebias.data.records import DatasetScan, FaceRecord, Problem
 from agebias.errors import DataError, SettingsError
-from agebias.evaluate.settings import EmbedSettings, EvalSettings
+from agebias.evaluate.settings import EmbedSettings, EvalSettings, embed_for_protocol
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +60,15 @@ def model_names(specs: Sequence[str]) -> list[str]:
 
 
 def prepare_faces(scan: DatasetScan, settings: EmbedSettings, *, progress: str | None = "aligning"):
-    """Aligned 112x112 crops of a scan's records, and a description of how they were prepared."""
+    """112x112 crops of a scan's records (aligned, as given, or squashed), and a description of how they were
+    prepared.
+
+    ``squash`` takes every image whole, whatever the data says about alignment (a 112x112 crop is left as it is),
+    so only an explicit ``aligned = True`` conflicts with it."""
     from agebias.data.faces import load_aligned_faces, use_as_aligned
 
-    aligned = use_as_aligned(scan.aligned, settings.aligned)
+    squash = settings.detector == "squash"
+    aligned = bool(settings.aligned) if squash else use_as_aligned(scan.aligned, settings.aligned)
     if aligned and settings.detector not in ("auto", "none"):
         raise SettingsError(f"images used as given (aligned) cannot also go through the '{settings.detector}' "
                             f"detector", field="detector", stage=settings.stage)
@@ -80,7 +88,7 @@ def describe_preparation(methods: dict[str, int], data_aligned: bool | None, set
              "mtcnn": "detected with MTCNN and aligned", "squash": "squashed whole to 112x112 (no alignment)"}
     parts = [f"{n} {names.get(m, m)}" for m, n in sorted(methods.items(), key=lambda kv: -kv[1])]
     why = ""
-    if setting is None and data_aligned:
+    if setting is None and data_aligned and "as given" in methods:
         why = " because the generated set says its images are aligned crops"
     elif setting is not None:
         why = f" (--{'aligned' if setting else 'no-aligned'} given)"
@@ -173,23 +181,64 @@ def read_embeddings(scan: DatasetScan, npz_files: Sequence[str | os.PathLike]) -
     return Embedded(records, by_model, skipped, preparation)
 
 
+def flip_fused_embeddings(records: Sequence[FaceRecord], aligned: bool | None, specs: Sequence[str],
+                          settings: EmbedSettings, cache_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Embeddings of ``records`` (faces prepared as ``settings`` say) fused with their mirror images, one (N, D)
+    array per model, in ``records`` order: FR-NAS's identification metrics use them. Single process; cached in
+    ``<cache_dir>/<model>.flip.npz`` like :func:`embed_records`' files."""
+    from agebias.evaluate.embed_shards import model_stamp
+
+    fused = replace(settings, flip=True)
+    faces, _ = prepare_faces(DatasetScan("flip", Path("."), list(records), aligned=aligned), fused,
+                             progress="preparing faces (flip-fused embeddings)")
+    if len(faces.records) != len(records):
+        raise DataError("a face prepared before could not be prepared again for the flip-fused embeddings")
+    paths = [str(r.path) for r in faces.records]
+    digest = hashlib.sha256(np.ascontiguousarray(faces.crops).tobytes()).hexdigest()[:16]
+    out: dict[str, np.ndarray] = {}
+    for name, spec in zip(model_names(specs), specs, strict=True):
+        stamp = model_stamp(spec) + f"|flip=True|backend={fused.backend}|crops={digest}"
+        cache = Path(cache_dir) / f"{name}.flip.npz" if cache_dir else None
+        emb = _cached(cache, paths, stamp) if cache else None
+        if emb is None:
+            log.info(f"embedding {len(paths)} faces with {spec}, fused with their mirror images (FR-NAS "
+                     f"identification)")
+            emb = _embed_with(spec, fused, faces.crops)
+            if cache:
+                _write_cache(cache, paths, stamp, emb)
+        out[name] = emb
+    return out
+
+
 def evaluate_source(source: str | os.PathLike, *, kind: str = "auto", models: Sequence[str] = (),
                     embeddings: Sequence[str | os.PathLike] = (), settings: EvalSettings | None = None,
                     embed: EmbedSettings | None = None, cache_dir: str | os.PathLike | None = None):
     """Scan a dataset, embed it with ``models`` (or read precomputed ``embeddings``) and evaluate it. Returns an
-    :class:`~agebias.evaluate.result.EvaluationResult` (``.save(folder)`` writes the files)."""
+    :class:`~agebias.evaluate.result.EvaluationResult` (``.save(folder)`` writes the files).
+
+    Faces are prepared for the protocol (:func:`agebias.evaluate.settings.embed_for_protocol`: under ``msc`` the
+    ``auto`` detector squashes whole photos, as the thesis did); the rule is recorded in ``dataset.preparation``.
+    When the all-pairs protocol computes FR-NAS's identification ranks and the embeddings are not flip-fused
+    already, the models also embed every face fused with its mirror image for those metrics."""
     from agebias.data.sources import open_dataset
+    from agebias.evaluate.allpairs import identification_ranks
     from agebias.evaluate.api import evaluate_records
 
     if bool(models) == bool(embeddings):
         raise SettingsError("give either models (--model SPEC, one or more) or embeddings (--embeddings FILE.npz)")
+    settings = settings or EvalSettings()
+    embed, rule = embed_for_protocol(embed or EmbedSettings(), settings.protocol)
     scan = open_dataset(source, kind=kind, check_files=not embeddings)
     if not scan.records:
         raise DataError(f"no face images found in {source}")
+    fused = None
     if models:
         embedded = embed_records(scan, models, embed, cache_dir)
+        embedded.preparation["detector_rule"] = rule
+        if not embed.flip and identification_ranks(settings, len(embedded.records)):
+            fused = flip_fused_embeddings(embedded.records, scan.aligned, models, embed, cache_dir)
     else:
         embedded = read_embeddings(scan, embeddings)
     return evaluate_records(embedded.records, embedded.by_model, settings, dataset_name=scan.name,
                             dataset_root=str(scan.root), skipped=[*scan.problems, *embedded.skipped],
-                            preparation=embedded.preparation)
+                            preparation=embedded.preparation, identification_embeddings=fused)

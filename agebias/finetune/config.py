@@ -112,9 +112,13 @@ class FinetuneConfig(Settings):
     mitigation: str | None = setting(None, help="bias mitigation NAME[:key=value,...] using the age groups of "
                                                 "age_bins (agebias finetune --help lists the methods)",
                                      check=_mitigation)
-    precision: str = setting("fp32", help="fp32, bf16 (autocast), fp16 (CUDA only)", choices=("fp32", "bf16", "fp16"))
-    cache_dtype: str = setting("fp32", help="element type of the frozen-prefix cache: fp32 (exact) or fp16 (half "
-                                            "the memory, not bit-exact)", choices=("fp32", "fp16"))
+    precision: str = setting("fp32", help="fp32; bf16 or fp16 (autocast with fp32 master weights, channels-last; "
+                                          "fp16 on CUDA only); auto: bf16 on a GPU or CPU with native bf16 (AMX, "
+                                          "AVX512-BF16; see agebias doctor), else fp32 (recorded as the one chosen)",
+                             choices=("fp32", "bf16", "fp16", "auto"))
+    cache_dtype: str = setting("fp32", help="element type of the frozen-prefix cache: fp32 (exact), bf16 or fp16 "
+                                            "(half the memory; bf16 is exact too when the prefix runs in bf16)",
+                               choices=("fp32", "bf16", "fp16"))
     # --- not part of the training identity ---
     resume: bool = setting(False, help="continue an unfinished run in --out (or extend a finished one to more "
                                        "epochs)", toml=False, training=False)

@@ -15,10 +15,12 @@ class TrainNet(nn.Module):
 
     ``start`` is the first stage run here (0 = the first stage, e.g. the stem; the number of stages = only the
     head); its input is the frozen prefix's output (or the images when ``start == 0``). Backbones without stages run
-    whole.
+    whole. With ``channels_last`` (bf16 and fp16 runs, see :func:`agebias.precision.channels_last`) the 4-D weights
+    of every part, the frozen prefix included, and the inputs are channels-last.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, hooks: TrainingHooks, start: int, focal_gamma: float):
+    def __init__(self, backbone: nn.Module, head: nn.Module, hooks: TrainingHooks, start: int, focal_gamma: float,
+                 channels_last: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -27,8 +29,13 @@ class TrainNet(nn.Module):
         self.start = start
         self.focal_gamma = focal_gamma
         self.staged = has_stages(backbone)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def embed_from(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=self.memory_format)
         if self.staged:
             fmap = run_stages(self.backbone, x, self.start)
             return fmap, self.backbone.forward_head(fmap)

@@ -30,6 +30,7 @@ does a run given more ``epochs`` when its schedule does not depend on the total 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import shutil
@@ -66,6 +67,7 @@ from agebias.models.checkpoints import save_backbone
 from agebias.models.heads import create_head
 from agebias.models.onnx_export import export_onnx
 from agebias.models.preprocess import to_tensor
+from agebias.precision import channels_last, cpu_bf16_flags, resolve_precision
 from agebias.progress import bar
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "TrainNet", "lr_factor", "make_optimizer", "run_finetune"]
@@ -121,9 +123,9 @@ class _Run:
     def execute(self) -> FinetuneResult:
         """Check the run directory, then load data, build, restore, record, cache, train with the epoch-end steps,
         finish."""
-        cfg = self.config
-        self.device = resolve_device(cfg.device)  # under torchrun: cuda:LOCAL_RANK
+        self.device = resolve_device(self.config.device)  # under torchrun: cuda:LOCAL_RANK
         self.dist = ddp.init_distributed(self.device.type)
+        self.config = cfg = self.concrete_precision(self.config)
         self.dir_state = check_run_dir(self.run_dir, cfg)
         if self.dir_state.kind == "done":
             log.info(f"finetune: {self.run_dir} already holds this finished run; nothing to do")
@@ -157,6 +159,18 @@ class _Run:
         ddp.shutdown(self.dist)
 
     # -- the steps of execute, in order --
+    def concrete_precision(self, cfg: FinetuneConfig) -> FinetuneConfig:
+        """``cfg`` with ``precision="auto"`` replaced by what it means on this device (bf16 where native, else
+        fp32): the run directory records, and its settings hash covers, the precision that trains."""
+        if cfg.precision != "auto":
+            return cfg
+        chosen = resolve_precision("auto", self.device)
+        if self.dist.is_main:
+            why = (f"native bf16 ({', '.join(cpu_bf16_flags())})" if self.device.type == "cpu" else "GPU bf16")
+            log.info(f"finetune: --precision auto: {chosen} on {self.device}"
+                     + (f" ({why})" if chosen == "bf16" else " (no native bf16 here)"))
+        return dataclasses.replace(cfg, precision=chosen)
+
     def load_data(self) -> TrainingData:
         """Read, align and split the sources (rank 0 first, so that the alignment cache is filled once)."""
         cfg = self.config
@@ -200,7 +214,7 @@ class _Run:
                               head=head, device=device, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                               batch_size=cfg.batch_size, seed=cfg.seed, world_size=self.dist.world_size,
                               options=cfg.to_dict()))
-        net = TrainNet(model, head, hooks, depth, cfg.focal_gamma).to(device)
+        net = TrainNet(model, head, hooks, depth, cfg.focal_gamma, channels_last(cfg.precision)).to(device)
         optimizer = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
         train_net: nn.Module = net
         if self.dist.enabled:

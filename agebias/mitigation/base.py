@@ -28,6 +28,7 @@ discriminator may sit idle during a warm-up).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -120,6 +121,27 @@ class TrainingHooks:
     def describe(self) -> dict[str, Any]:
         """Settings written to config.json."""
         return {"name": self.name}
+
+
+ADULT_AGE = 30
+"""The age whose group stands for "adults" in the methods' defaults (label-flip's flipped group, group-margin's
+base group): face-recognition models trained on web photos of adults serve young adults best, as FR-NAS's
+gender experiments take "male", the group those models serve best, as the group to flip."""
+
+
+def adult_group(group_names: list[str]) -> int:
+    """Index of the age group that holds :data:`ADULT_AGE` (labels like ``20-39`` or ``70+``); when none does, the
+    group nearest to it; when no label reads as an age range, the middle group."""
+    spans = []
+    for i, name in enumerate(group_names):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)|\+)\s*", str(name))
+        if m:
+            lo = int(m.group(1))
+            spans.append((i, lo, int(m.group(2)) if m.group(2) else 10**6))
+    if not spans:
+        return (len(group_names) - 1) // 2
+    return min(spans, key=lambda s: (0 if s[1] <= ADULT_AGE <= s[2] else min(abs(ADULT_AGE - s[1]),
+                                                                             abs(ADULT_AGE - s[2])), s[0]))[0]
 
 
 @dataclass(frozen=True)

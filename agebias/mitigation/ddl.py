@@ -6,10 +6,11 @@ images of the same identity. Per branch ``g`` with L2-normalised embeddings:
 - positive similarities ``S+_g``: cosines of all pairs with the same label;
 - negative similarities ``S-_g``: the ``topk`` largest cosines among pairs with different labels (hard negatives
   mined online; ``topk = 0`` keeps all);
-- soft histogram over ``K`` bins on [0, 1) with centres ``c_k = (k + 0.5) / K``: each similarity ``x`` adds
-  ``exp(-(x - c_k)^2 / (2 sigma^2))`` to bin ``k``; the histogram is normalised to sum 1 (``sigma`` defaults to
-  one bin width ``1/K``). Values are not clamped: a negative cosine lands in the tail of the first bins, so it
-  still gets a gradient (clamping to 0 would freeze it).
+- soft histogram with ``K`` nodes spread evenly over [-1, 1], ``t_k = -1 + 2k / (K - 1)``, as in the DDL paper
+  (after Ustinova & Lempitsky's histogram loss): each similarity ``x`` adds ``exp(-(x - t_k)^2 / (2 sigma^2))`` to
+  node ``k``; the histogram is normalised to sum 1 (``sigma`` defaults to the node spacing ``2 / (K - 1)``). Every
+  cosine, negative ones included, lies inside the nodes' range and gets a gradient. (The FairFace-challenge code,
+  CdtQin/FairFace ``model.py`` ``cal_local_prob``, used nodes 0, 0.01, ..., 0.99 and sigma 0.1: [0, 1) only.)
 
 With ``t`` the teacher branch (``teacher = K`` fixed, or ``-1``: the branch with the largest
 ``mean(S+) - mean(S-)`` in this batch) and ``KL(p || q) = sum_k p_k log(p_k / q_k)``::
@@ -41,10 +42,15 @@ log = logging.getLogger(__name__)
 EPS = 1e-8
 
 
+def histogram_nodes(bins: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The ``bins`` nodes ``-1 + 2k / (bins - 1)``, k = 0 .. bins - 1, evenly over [-1, 1] (both ends included)."""
+    return torch.linspace(-1.0, 1.0, bins, dtype=dtype, device=device)
+
+
 def soft_histogram(x: torch.Tensor, bins: int = 20, sigma: float | None = None) -> torch.Tensor:
-    """Gaussian-bump histogram over ``bins`` centres ``(k + 0.5) / bins`` on [0, 1); sums to 1."""
-    sigma = 1.0 / bins if sigma is None else sigma
-    centres = (torch.arange(bins, dtype=x.dtype, device=x.device) + 0.5) / bins
+    """Gaussian-bump histogram over ``bins`` nodes evenly over [-1, 1]; sums to 1 (``sigma``: node spacing)."""
+    sigma = 2.0 / (bins - 1) if sigma is None else sigma
+    centres = histogram_nodes(bins, x.dtype, x.device)
     bumps = torch.exp(-((x[:, None] - centres[None, :]) ** 2) / (2 * sigma**2))
     hist = bumps.sum(0)
     return hist / hist.sum().clamp_min(EPS)
@@ -163,8 +169,9 @@ class GroupBranchSampler:
 @register_mitigation("ddl", "distribution distillation: per-age-group batches, KL between soft histograms of pos/neg "
                      "similarities (teacher group detached), order and entropy terms", (
                          Param("weight", "float", 1.0, "weight of the DDL loss"),
-                         Param("bins", "int", 20, "histogram bins over [0, 1)", low=2),
-                         Param("sigma", "float", 0.0, "Gaussian bump width; 0 = one bin width", low=0.0),
+                         Param("bins", "int", 20, "histogram nodes evenly over [-1, 1]", low=2),
+                         Param("sigma", "float", 0.0, "Gaussian bump width; 0 = the node spacing 2/(bins-1)",
+                               low=0.0),
                          Param("topk", "int", 32, "hard negatives per branch (0 = all negative pairs)", low=0),
                          Param("teacher", "int", -1, "teacher age group; -1 = the best separated group in each batch"),
                          Param("order", "float", 1.0, "weight of the order loss on mean(pos) - mean(neg)"),

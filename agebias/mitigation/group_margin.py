@@ -1,4 +1,5 @@
-"""Group margin (FR-NAS's "angular" method): CosFace with a separate additive cosine margin per age group.
+"""Group margin (FR-NAS's "angular" method; dooleys/FR-NAS ``src/head/metrics_angular.py``, ``CosFace`` with a
+margin ``m_maj``/``m_min`` per group): CosFace with a separate additive cosine margin per age group.
 
 For sample ``i`` of group ``g_i`` with label ``y_i`` and cosines ``cos_ij`` between its L2-normalised embedding
 and the L2-normalised class weights::
@@ -9,7 +10,8 @@ then softmax cross-entropy. A larger margin for a group asks for tighter, better
 group (e.g. children, whose faces change fastest). Samples without a group (``g < 0``) get ``default`` margin.
 
 Without explicit margins, :func:`resolve_margins` uses ``m[g] = m_head + step * |g - base|``: the head's margin for
-the ``base`` group (default the middle one, adults) and larger margins toward the youngest and oldest groups.
+the ``base`` group and larger margins toward the youngest and oldest groups. The default base group is the adult
+group, the one holding age 30 (:func:`agebias.mitigation.base.adult_group`; ``20-39`` with the default bins).
 With the trainer's margin heads the method is applied as per-sample margin offsets ``m[g_i] - m_head``.
 """
 
@@ -23,15 +25,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from agebias.errors import SettingsError
-from agebias.mitigation.base import HookSetup, MethodHooks, StepContext
+from agebias.mitigation.base import HookSetup, MethodHooks, StepContext, adult_group
 from agebias.mitigation.registry import Param, register_mitigation
 
 log = logging.getLogger(__name__)
 
 
 def resolve_margins(margins: Sequence[float], n_groups: int, head_margin: float, step: float = 0.05,
-                    base: int = -1) -> list[float]:
-    """The margin of every group: ``margins`` as given (one value = all groups), else the ramp of the docstring."""
+                    base: int = 0) -> list[float]:
+    """The margin of every group: ``margins`` as given (one value = all groups), else the ramp of the docstring
+    around group index ``base``."""
     margins = [float(m) for m in margins]
     if len(margins) == 1:
         return margins * n_groups
@@ -39,7 +42,6 @@ def resolve_margins(margins: Sequence[float], n_groups: int, head_margin: float,
         if len(margins) != n_groups:
             raise ValueError(f"group-margin: {len(margins)} margins given for {n_groups} age groups")
         return margins
-    base = (n_groups - 1) // 2 if base < 0 else base
     return [head_margin + step * abs(g - base) for g in range(n_groups)]
 
 
@@ -70,7 +72,7 @@ def head_margin(head: nn.Module) -> float:
                          Param("step", "float", 0.05, "when margins is empty: margin grows by step per group away "
                                "from 'base'"),
                          Param("base", "int", -1, "when margins is empty: group with the head's own margin; -1 = the "
-                               "middle group"),
+                               "adult group (the one holding age 30)"),
                      ))
 class GroupMarginHooks(MethodHooks):
     """Hook point: ``margin_offsets`` = ``m[g] - m_head``."""
@@ -81,9 +83,11 @@ class GroupMarginHooks(MethodHooks):
             log.info("group-margin: FR-NAS's method is CosFace with a margin per age group (--head cosface); with "
                      "this head the per-group margins go to its own margin (radians for arcface)")
         base = head_margin(setup.head)
+        given = int(self.params["base"])
+        self.base_group = given if given >= 0 else adult_group(setup.group_names)
         try:
             self.margins = resolve_margins(self.params["margins"], setup.num_groups, base, self.params["step"],
-                                           self.params["base"])
+                                           self.base_group)
         except ValueError as err:
             raise SettingsError(f"{err} ({', '.join(setup.group_names)})", field="mitigation") from None
         self.offsets = torch.tensor([m - base for m in self.margins], dtype=torch.float32)
@@ -94,4 +98,5 @@ class GroupMarginHooks(MethodHooks):
         return torch.where(g >= 0, offsets[g.clamp(0, len(offsets) - 1)], torch.zeros_like(offsets[:1]))
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "resolved_margins": getattr(self, "margins", None)}
+        return {**super().describe(), "resolved_margins": getattr(self, "margins", None),
+                "base_group": getattr(self, "base_group", None)}

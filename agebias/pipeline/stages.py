@@ -127,10 +127,13 @@ def model_specs(exp: Experiment, summaries: dict[str, Any]) -> dict[str, str]:
 
 
 def run_evaluate_stage(exp: Experiment, out: Path, summaries: dict[str, Any]) -> dict[str, Any]:
+    """Embed the evaluation set once per face preparation its protocols need (``msc`` squashes whole photos by
+    default, as the thesis did; ``all-pairs`` aligns) and evaluate each protocol on its own embeddings."""
     from agebias.data.sources import open_dataset
+    from agebias.evaluate.allpairs import identification_ranks
     from agebias.evaluate.api import evaluate_records
-    from agebias.evaluate.runner import embed_records
-    from agebias.evaluate.settings import EmbedSettings, EvalSettings
+    from agebias.evaluate.runner import embed_records, flip_fused_embeddings
+    from agebias.evaluate.settings import EmbedSettings, EvalSettings, embed_for_protocol
 
     ev = exp.section("evaluate")
     if ev["dataset"] == "generated":
@@ -148,22 +151,37 @@ def run_evaluate_stage(exp: Experiment, out: Path, summaries: dict[str, Any]) ->
         scan, held_out = _held_out_only(scan, summaries.get("finetune", {}))
     specs = model_specs(exp, summaries)
     stage_dir = out / "evaluate"
-    embed = exp.settings("evaluate", EmbedSettings, device=_device(exp))
-    embedded = embed_records(scan, list(specs.values()), embed, stage_dir / "embeddings")
-    by_model = dict(zip(specs, embedded.by_model.values(), strict=True))
+    base = exp.settings("evaluate", EmbedSettings, device=_device(exp))
     label = {"generated": "the generated set", "fgnet": "FG-NET"}.get(ev["dataset"], scan.name)
-    skipped = [*scan.problems, *embedded.skipped]
-    summary: dict[str, Any] = {"dataset": label, "dataset_root": str(scan.root), "images": len(embedded.records),
-                               "subjects": len({r.subject for r in embedded.records}), "models": specs,
-                               "identities": ev["identities"], "held_out_identities": held_out,
-                               "preparation": embedded.preparation.get("summary", ""),
-                               "skipped": [p.as_dict() for p in skipped], "protocols": {}}
+    summary: dict[str, Any] = {"dataset": label, "dataset_root": str(scan.root), "models": specs,
+                               "identities": ev["identities"], "held_out_identities": held_out, "protocols": {}}
+    prepared: dict[str, Any] = {}  # detector -> embeddings of the faces prepared that way
+    folders: dict[str, Path] = {}
+    how: dict[str, str] = {}
     for protocol in ev["protocols"]:
         settings = exp.settings("evaluate", EvalSettings, protocol=protocol, seed=_experiment(exp)["seed"])
+        embed, rule = embed_for_protocol(base, protocol)
+        if embed.detector not in prepared:
+            folders[embed.detector] = stage_dir / ("embeddings" if not folders else f"embeddings-{embed.detector}")
+            prepared[embed.detector] = embed_records(scan, list(specs.values()), embed, folders[embed.detector])
+        embedded = prepared[embed.detector]
+        by_model = dict(zip(specs, embedded.by_model.values(), strict=True))
+        fused = None
+        if not embed.flip and identification_ranks(settings, len(embedded.records)):
+            fused = dict(zip(specs, flip_fused_embeddings(embedded.records, scan.aligned, list(specs.values()),
+                                                          embed, folders[embed.detector]).values(), strict=True))
+        skipped = [*scan.problems, *embedded.skipped]
         target = stage_dir / protocol
         evaluate_records(embedded.records, by_model, settings, dataset_name=scan.name, dataset_root=str(scan.root),
-                         skipped=skipped, preparation=embedded.preparation).save(target)
+                         skipped=skipped, preparation={**embedded.preparation, "detector_rule": rule},
+                         identification_embeddings=fused).save(target)
         summary["protocols"][protocol] = str(target)
+        how[protocol] = embedded.preparation.get("summary", "")
+        if "images" not in summary:  # the first protocol's faces give the stage's counts
+            summary.update({"images": len(embedded.records), "subjects": len({r.subject for r in embedded.records}),
+                            "skipped": [p.as_dict() for p in skipped]})
+    summary["preparation"] = (next(iter(how.values())) if len(set(how.values())) == 1
+                              else " ".join(f"{protocol}: {text}" for protocol, text in how.items()))
     return summary
 
 
