@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agebias.errors import SettingsError
+from agebias.errors import DataError, SettingsError
 from agebias.evaluate.result import EvaluationResult
 from agebias.evaluate.settings import EmbedSettings, EvalSettings
 
@@ -65,7 +65,8 @@ def evaluate(embeddings: np.ndarray | dict[str, np.ndarray], subjects: Sequence[
     if len(ages) != n or (paths is not None and len(paths) != n):
         raise SettingsError(f"subjects ({n}), ages ({len(ages)}) and paths must have one entry per image")
     names = list(paths) if paths is not None else [f"image{i}" for i in range(n)]
-    records = [FaceRecord(path=Path(p), subject=str(s), age=_age(a)) for p, s, a in zip(names, subjects, ages)]
+    records = [FaceRecord(path=Path(p), subject=str(s), age=_age(a))
+               for p, s, a in zip(names, subjects, ages, strict=True)]
     return evaluate_records(records, {k: np.asarray(v) for k, v in by_model.items()}, st,
                             preparation={"summary": "Faces: embeddings given to agebias.evaluate."})
 
@@ -109,8 +110,6 @@ def embed(images: Sequence[str | os.PathLike] | np.ndarray, model: str = "sface"
     records = [FaceRecord(path=Path(p), subject=Path(p).parent.name) for p in images]
     faces, _ = prepare_faces(DatasetScan("images", Path("."), records), st, progress=None)
     if faces.skipped:
-        from agebias.errors import DataError
-
         first = faces.skipped[0]
         raise DataError(f"{len(faces.skipped)} image(s) without a usable face, e.g. {first.path}: {first.reason}")
     return embedder.embed(faces.crops)
@@ -126,7 +125,7 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None, trust_checkp
 
 def finetune(config=None, **kwargs: Any):
     """Fine-tune a backbone (``config``: a :class:`~agebias.finetune.config.FinetuneConfig`, or its fields as
-    keywords). Returns a :class:`~agebias.finetune.trainer.FinetuneResult` (``.history`` DataFrame,
+    keywords). Returns a :class:`~agebias.finetune.result.FinetuneResult` (``.history`` DataFrame,
     ``.backbone_path``, ``.best_path``)."""
     from agebias.finetune.config import FinetuneConfig
     from agebias.finetune.trainer import run_finetune

@@ -1,6 +1,7 @@
 """Devices: one rule for every command. ``None``/``"auto"`` means CUDA when present, else the CPU; a device torch
 does not know, or CUDA asked for where there is none, is a :class:`UserError` with one clear line. Under torchrun
-(``LOCAL_RANK`` set) ``auto`` and ``cuda`` mean this process's GPU, ``cuda:LOCAL_RANK``."""
+(``LOCAL_RANK`` set) ``auto`` and ``cuda`` mean this process's GPU, ``cuda:LOCAL_RANK`` (modulo the number of GPUs,
+so that more processes than GPUs share them)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def resolve_device(device=None):
     if device is None or str(device) in ("", "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device) == "cuda" and local is not None and torch.cuda.is_available():
-        return torch.device(f"cuda:{int(local)}")
+        return torch.device(f"cuda:{int(local) % torch.cuda.device_count()}")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):

@@ -241,7 +241,7 @@ class Settings:
                                     stage=cls.stage)
             if key not in allowed_set:
                 raise SettingsError(f"{where}'{key}' cannot be set here", field=key, stage=cls.stage)
-        missing = [f.name for f in dataclasses.fields(cls) if _required(f) and f.name not in values]
+        missing = [f.name for f in dataclasses.fields(cls) if is_required(f) and f.name not in values]
         if missing:
             raise SettingsError(f"{where}missing required setting(s): {', '.join(missing)}", field=missing[0],
                                 stage=cls.stage)
@@ -267,7 +267,7 @@ class Settings:
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """Every field's default (required fields left out)."""
-        return {f.name: default_of(f) for f in dataclasses.fields(cls) if not _required(f)}
+        return {f.name: default_of(f) for f in dataclasses.fields(cls) if not is_required(f)}
 
     @classmethod
     def describe(cls, name: str) -> str:
@@ -285,7 +285,8 @@ def _choices(f: dataclasses.Field) -> Sequence[Any] | None:
     return choices() if callable(choices) else choices
 
 
-def _required(f: dataclasses.Field) -> bool:
+def is_required(f: dataclasses.Field) -> bool:
+    """A field without a default (the caller must give it)."""
     return f.default is MISSING and f.default_factory is MISSING
 
 

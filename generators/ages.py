@@ -4,7 +4,7 @@
 Conventions: ages are whole years. An interval ``lo-hi`` is half-open, ``lo <= age < hi``, except the last one,
 which also includes ``hi`` (so ``0-5,5-10,...,50-70`` covers 0..70 without overlaps, as in the MSc thesis pipeline
 (MSc_FR_Bias), which drew one random age per interval 0-5, 5-10, 10-15, 15-20, 20-30, 30-40, 40-50, 50-70).
-These are sampling intervals for target ages, not the inclusive age *groups* of evaluation (``--age-intervals
+These are sampling intervals for target ages, not the inclusive age *groups* of evaluation (``--age-bins
 0-12,13-19``, :mod:`agebias.data.ages`).
 Random draws are seeded per identity (``seed`` and the identity id), so a rerun or a resumed run draws the
 same ages, and adding identities does not change the ages of the others.

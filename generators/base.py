@@ -54,11 +54,14 @@ class Generator:
     """Base class of every generator adapter.
 
     Subclasses set ``name``, ``needs`` ("seeds" or "sources"), ``age_range`` (inclusive, years) and implement
-    :meth:`generate_one` (or override :meth:`__call__` for batching) and :meth:`parameters`.
+    :meth:`generate_one` (or override :meth:`__call__` for batching) and :meth:`parameters`. ``wants_landmarks``:
+    source identities also carry the full photo and its five landmarks (``Identity.original``/``landmarks``), for
+    generators that make their own crop.
     """
 
     name: ClassVar[str] = "base"
     needs: ClassVar[str] = "sources"  # "seeds" | "sources"
+    wants_landmarks: ClassVar[bool] = False
     description: ClassVar[str] = ""
     age_range: tuple[int, int] = (0, 100)
     batch_size: int = 1

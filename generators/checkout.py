@@ -16,9 +16,9 @@ import importlib
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import Any, Sequence
 
-from agebias.errors import UserError
+from agebias.errors import ModelError, UserError
 
 STYLEGAN_MODULES = ("legacy", "dnnlib", "torch_utils", "training", "camera_utils", "metrics")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +84,22 @@ def import_from_checkout(code_dir: Path, module: str) -> ModuleType:
     except ImportError as err:
         raise UserError(f"cannot import {module} from the checkout {code_dir}: {err} "
                         f"(install the checkout's requirements)") from err
+
+
+def load_g_ema(name: str, code_dir: Path, checkpoint: Path, requirements: str) -> Any:
+    """The ``G_ema`` network of an upstream training snapshot, read with the checkout's ``legacy.load_network_pkl``
+    (which runs the pickle's code: call :func:`require_checkpoint` first). ``requirements``: what to install when
+    the pickle's code imports a module that is missing here."""
+    import_from_checkout(code_dir, "dnnlib")
+    legacy = import_from_checkout(code_dir, "legacy")
+    try:
+        with open(checkpoint, "rb") as fh:
+            data = legacy.load_network_pkl(fh)
+    except ImportError as err:  # the pickle's embedded code imports the checkout's requirements
+        raise ModelError(f"{name}: loading {checkpoint.name} needs {err.name or err} ({requirements})") from None
+    if not isinstance(data, dict) or "G_ema" not in data:
+        raise ModelError(f"{name}: {checkpoint} holds no 'G_ema' network")
+    return data["G_ema"]
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

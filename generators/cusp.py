@@ -45,8 +45,8 @@ import numpy as np
 from agebias.errors import ModelError, SettingsError
 from generators.ages import AgesArg, ages_for
 from generators.base import Generator, Identity, Sample, to_uint8_image
-from generators.checkout import (doctor_rows, file_sha256, find_code_dir, import_from_checkout, pick_device,
-                                 require_checkpoint)
+from generators.checkout import (doctor_rows, file_sha256, find_code_dir, import_from_checkout, load_g_ema,
+                                 pick_device, require_checkpoint)
 from generators.ffhq_crop import FFHQ_AGING_MOUTH_FACTOR, FFHQ_MOUTH_FACTOR
 
 CHECKOUT_NAME = "cusp"
@@ -143,18 +143,9 @@ class CUSPGenerator(Generator):
         import torch
 
         self.device = pick_device(self.device_request)
-        import_from_checkout(self.code_dir, "dnnlib")
-        legacy = import_from_checkout(self.code_dir, "legacy")
+        G = load_g_ema("cusp", self.code_dir, self.checkpoint,
+                       f"the checkout's requirements: pip install {' '.join(CHECKOUT_REQUIREMENTS)}")
         networks = import_from_checkout(self.code_dir, "training.networks")
-        try:
-            with open(self.checkpoint, "rb") as fh:
-                data = legacy.load_network_pkl(fh)
-        except ImportError as err:  # the pickle's embedded code imports the checkout's requirements
-            raise ModelError(f"cusp: loading {self.checkpoint.name} needs {err.name or err} (the checkout's "
-                             f"requirements: pip install {' '.join(CHECKOUT_REQUIREMENTS)})") from None
-        if not isinstance(data, dict) or "G_ema" not in data:
-            raise ModelError(f"cusp: {self.checkpoint} holds no 'G_ema' network")
-        G = data["G_ema"]
         for attr in ("content_enc", "style_enc", "style_map", "attr_map", "image_dec", "skip_grad_blur"):
             if getattr(G, attr, None) is None:
                 raise ModelError(f"cusp: the pickled G_ema has no '{attr}' (not a CUSP generator?)")
@@ -188,7 +179,7 @@ class CUSPGenerator(Generator):
         """The checkout's ``VGG`` with the DEX weights (built on the meta device, then given the loaded tensors)."""
         try:
             state = torch.load(self.dex, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for non-checkpoint files
+        except Exception as err:  # noqa: BLE001 - torch raises several types for non-checkpoint files
             raise ModelError(f"cusp: cannot read DEX weights {self.dex}: {err}") from None
         with torch.device("meta"):
             vgg = networks.VGG()
@@ -255,14 +246,14 @@ class CUSPGenerator(Generator):
             s_out = G.style_map(s_out, None, 1, None)
             a_out = G.attr_map(onehot, None, 1, None)
             w = G.__interleave_attr_style__(a_out, s_out)
-            for i, (f, c) in enumerate(zip(G.skip_transf, skips)):
+            for i, (f, c) in enumerate(zip(G.skip_transf, skips, strict=True)):
                 if f is not None:
                     c = G._batch_blur(c, blur_val=self.global_blur)
                     blur_c = G._batch_blur(c, blur_val=self.mask_blur)
                     if msk.size(2) != c.size(-1):
                         msk = F.interpolate(msk, size=(c.size(-1), c.size(-1)), mode="area")
                     skips[i] = c * msk + blur_c * (1 - msk)
-            skips = [f(c) if f is not None else c for f, c in zip(G.skip_transf, skips)]
+            skips = [f(c) if f is not None else c for f, c in zip(G.skip_transf, skips, strict=True)]
             return G.image_dec(skips, w)
 
     def __call__(self, identities: Iterable[Identity], ages: AgesArg) -> Iterator[Sample]:
@@ -279,7 +270,7 @@ class CUSPGenerator(Generator):
                 if ident.id not in crops:
                     crops[ident.id] = to_model_input(self._crop(ident)).to(self.device)
             if new:
-                for ident_id, m in zip(new, self.saliency(torch.cat([crops[i] for i in new]))):
+                for ident_id, m in zip(new, self.saliency(torch.cat([crops[i] for i in new])), strict=True):
                     masks[ident_id] = m[None]
             img = torch.cat([crops[ident.id] for ident, _ in chunk])
             msk = torch.cat([masks[ident.id] for ident, _ in chunk])

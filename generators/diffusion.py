@@ -113,7 +113,7 @@ class DiffusionGenerator(Generator):
                     self.pipe = cls.from_pretrained(self.model, **kw)
             except UserError:
                 raise
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - diffusers/hub raise many types; each becomes one line
                 raise UserError(f"diffusion: cannot load {self.model} ({type(err).__name__}: {str(err)[:160]}); "
                                 f"give a local pipeline folder, or a hub id on a machine that can reach the hub") \
                     from None

@@ -51,8 +51,7 @@ import numpy as np
 from agebias.errors import ModelError, SettingsError
 from generators.ages import AgesArg, ages_for
 from generators.base import Generator, Identity, Sample, to_uint8_image
-from generators.checkout import (doctor_rows, file_sha256, find_code_dir, import_from_checkout, pick_device,
-                                 require_checkpoint)
+from generators.checkout import doctor_rows, file_sha256, find_code_dir, load_g_ema, pick_device, require_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -274,17 +273,8 @@ class EG3DAgeGenerator(Generator):
         self.device = pick_device(self.device_request)
         if self.device == "cpu":
             log.info("eg3d: running on CPU (very slow; CUDA strongly advised)")
-        import_from_checkout(self.code_dir, "dnnlib")
-        legacy = import_from_checkout(self.code_dir, "legacy")
-        try:
-            with open(self.checkpoint, "rb") as fh:
-                data = legacy.load_network_pkl(fh)
-        except ImportError as err:  # the pickle's embedded code imports the checkout's requirements
-            raise ModelError(f"eg3d: loading {self.checkpoint.name} needs {err.name or err} (install the checkout's "
-                             f"requirements, eg3d/environment.yml)") from None
-        if not isinstance(data, dict) or "G_ema" not in data:
-            raise ModelError(f"eg3d: {self.checkpoint} holds no 'G_ema' network")
-        G = data["G_ema"]
+        G = load_g_ema("eg3d", self.code_dir, self.checkpoint,
+                       "install the checkout's requirements, eg3d/environment.yml")
         for attr in ("z_dim", "c_dim", "mapping", "synthesis"):
             if not hasattr(G, attr):
                 raise ModelError(f"eg3d: the pickled G_ema has no '{attr}' (not an EG3D generator?)")

@@ -153,8 +153,7 @@ def plot_contact_sheet(rows: Sequence[dict[str, Any]], images: dict[str, np.ndar
             else:
                 labels.append((x + cell / 2, y + cell + band / 2, f"looks {r['apparent_age']:.0f}", "black"))
     with style():
-        scale = 1.0  # one mosaic pixel per output pixel at DPI
-        fig = new_figure(w / DPI * scale + 1.6, h / DPI * scale + 0.5)
+        fig = new_figure(w / DPI + 1.6, h / DPI + 0.5)  # one mosaic pixel per output pixel at DPI
         ax = fig.add_subplot()
         ax.imshow(mosaic, interpolation="nearest")
         for x, y, text, colour in labels:
@@ -162,7 +161,8 @@ def plot_contact_sheet(rows: Sequence[dict[str, Any]], images: dict[str, np.ndar
         ax.set_xticks([c * (cell + pad) + cell / 2 for c in range(cols)],
                       (["source"] if refs else []) + [f"target {a}" for a in ages])
         ax.xaxis.tick_top()
-        ax.set_yticks([i * (cell + band + pad) + cell / 2 for i in range(len(ids))], [i if len(i) <= 36 else i[:35] + "…" for i in ids])
+        ax.set_yticks([i * (cell + band + pad) + cell / 2 for i in range(len(ids))],
+                      [i if len(i) <= 36 else i[:35] + "…" for i in ids])
         ax.tick_params(length=0)
         ax.grid(False)
         for spine in ax.spines.values():

@@ -59,8 +59,8 @@ class GenerateSettings(Settings):
 
     out: str = setting(help="output folder: <out>/<id>/<id>_<age>.png, manifest.csv, contact_sheet.png",
                        short="-o", toml=False)
-    method: str = setting("cardioid", help="generator: cardioid, eg3d, cusp, diffusion or an installed entry point (agebias doctor lists them)", short="-m",
-                          choices=_methods)
+    method: str = setting("cardioid", help="generator: cardioid, eg3d, cusp, diffusion or an installed entry point "
+                                           "(agebias doctor lists them)", short="-m", choices=_methods)
     identities: int | None = setting(None, help="number of seed identities (unconditional generators such as eg3d)",
                                      short="-n", check=at_least(1))
     sources: str | None = setting(None, help="folder of source photos, one identity per photo (editing generators)")
@@ -73,7 +73,7 @@ class GenerateSettings(Settings):
     per_interval: int = setting(1, help="random ages drawn per interval and identity", check=at_least(1))
     seed: int = setting(0, help="first seed (identity seed0000 = seed 0); also seeds the age draws")
     batch_size: int | None = setting(None, help="images per generator call (default: the generator's)",
-                                     check=at_least(1), toml=True)
+                                     check=at_least(1))
     device: str | None = setting(None, help="cpu, cuda or cuda:N (default: CUDA when present)")
     checkpoint: str | None = setting(None, help="generator network pickle, model folder or hub id (eg3d, cusp, "
                                                 "diffusion)")

@@ -64,7 +64,7 @@ def load_source_identities(folder: str | Path, *, aligned: bool = False, with_la
     records = sorted(scan.records, key=lambda r: str(r.path))
     if not records:
         raise UserError(f"no images found in {folder}")
-    ids = dict(zip([str(r.path) for r in records], _unique_ids([Path(r.path) for r in records])))
+    ids = dict(zip([str(r.path) for r in records], _unique_ids([Path(r.path) for r in records]), strict=True))
     index = {str(r.path): i for i, r in enumerate(records)}
     identities: list[Identity] = []
 
@@ -76,7 +76,7 @@ def load_source_identities(folder: str | Path, *, aligned: bool = False, with_la
         faces = load_aligned_faces(records, detector="none" if aligned else "mtcnn", aligned=aligned,
                                    all_faces=all_faces and not aligned, device=device, progress="aligning sources")
         skipped.extend(faces.skipped)
-        for record, crop in zip(faces.records, faces.crops):
+        for record, crop in zip(faces.records, faces.crops, strict=True):
             key = str(record.path)
             face = int(record.extra["face"]) if all_faces and "face" in record.extra else None
             ident_id, ident_seed = make_id(key, face)

@@ -55,7 +55,7 @@ def test_mtcnn_aligns_package_photos(tmp_path, monkeypatch):
     monkeypatch.setattr(detect_mod, "detect_faces", real)
     assert not faces.skipped and faces.crops.shape == (3, 112, 112, 3) and len(seen) == 3
     assert len(seen[0][1]) >= 5  # t1.jpg: the group photo
-    for path, crop, (shape, dets) in zip(paths, faces.crops, seen):
+    for path, crop, (shape, dets) in zip(paths, faces.crops, seen, strict=True):
         det = pick_main_face(dets, shape)
         moved = transform_points(estimate_transform(det.landmarks), det.landmarks)
         assert np.abs(moved[:2] - ARCFACE_TEMPLATE[:2]).max() < 5.0, path  # eyes land on the template

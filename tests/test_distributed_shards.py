@@ -32,6 +32,38 @@ def test_shares_are_contiguous_disjoint_and_cover_everything():
     assert DistInfo(1, 3).share(10) == range(3, 6)
 
 
+def test_each_torchrun_process_gets_its_own_gpu(monkeypatch):
+    from agebias.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda:1")  # 4th process, 2 GPUs
+    assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device("cpu").type == "cpu"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_other_ranks_log_warnings_only_with_their_rank(monkeypatch, capsys):
+    import logging
+
+    from agebias.console import configure
+    from agebias.progress import bar
+
+    log = logging.getLogger("agebias.test_shards")
+    monkeypatch.delenv("AGEBIAS_QUIET", raising=False)
+    configure(quiet=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    log.info("hidden")
+    log.warning("shown")
+    with bar(3, "work") as progress:
+        assert progress.disable
+    monkeypatch.setenv("RANK", "0")
+    log.info("main")
+    assert capsys.readouterr().err.splitlines() == ["[rank 1] warning: shown", "main"]
+
+
 def _torchrun(args: list[str], cwd: Path, tmp_path: Path, script: list[str] | None = None, **env_extra):
     env = {**os.environ, "AGEBIAS_QUIET": "1", "OMP_NUM_THREADS": "1", "AGEBIAS_CACHE": str(tmp_path / "cache"),
            **env_extra}

@@ -48,7 +48,7 @@ def _fgnet_tree(root: Path) -> int:
         face = face.resize((160, int(160 * face.height / face.width)))
         variants = [face, face.transpose(Image.FLIP_LEFT_RIGHT), ImageEnhance.Brightness(face).enhance(0.7),
                     face.rotate(6, resample=Image.BILINEAR)]
-        for age, img in zip((5, 16, 31, 52), variants):
+        for age, img in zip((5, 16, 31, 52), variants, strict=True):
             img.save(images / f"{k:03d}A{age:02d}.JPG", quality=92)
     return len(faces)
 

@@ -137,7 +137,7 @@ def test_scalar_age_conditioning_camera_truncation_and_layout(repo, tmp_path):
     assert np.allclose(c[:, 16:25], [f, 0, 0.5, 0, f, 0.5, 0, 0, 1], atol=1e-5)
     assert np.allclose(c[:, 25], [2 * 7 / 75 - 1, 2 * 30 / 75 - 1] * 2, atol=1e-4)
     assert all(m[3] == 0.75 and m[4] == 14 for m in maps)
-    assert all(np.allclose(s[1], m[2]) for s, m in zip(syn, maps))  # same (frontal) c for synthesis
+    assert all(np.allclose(s[1], m[2]) for s, m in zip(syn, maps, strict=True))  # same (frontal) c for synthesis
     assert syn[0][2] == {"noise_mode": "const"}
     rows = _rows(out)
     assert [(r["id"], r["age"]) for r in rows] == [("seed0000", "7"), ("seed0000", "30"), ("seed0001", "7"),
@@ -315,7 +315,7 @@ def test_cli_eg3d_with_standin(repo, tmp_path, capsys):
     assert len(rows) == 9 and {r["id"] for r in rows} == {"seed0000", "seed0001", "seed0002"}
     params = [json.loads(r["parameters"]) for r in rows]
     assert all(p["truncation_psi"] == 0.5 and p["calibration_ab"] == [1.0, 2.0] for p in params)
-    assert all(p["age_fed"] == int(r["age"]) - 2 for p, r in zip(params, rows))
+    assert all(p["age_fed"] == int(r["age"]) - 2 for p, r in zip(params, rows, strict=True))
     assert main(["generate", "--method", "eg3d", "--identities", "1", "--ages", "5", "--checkpoint", str(pkl),
                  "--repo", str(repo), "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

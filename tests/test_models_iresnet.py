@@ -1,6 +1,7 @@
 """The iresnets match insightface arcface_torch: key names/shapes, parameter count, and the forward computation.
 
-The forward reference below is written independently from the documented block order (REFERENCE.md section 1)
+The forward reference below is written independently from the block order of arcface_torch's
+``recognition/arcface_torch/backbones/iresnet.py`` (``IBasicBlock.forward``, ``IResNet.forward``)
 with torch.nn.functional ops driven only by the state dict, so "same embedding as arcface_torch's iresnet" is
 checked without our module code on the reference side.
 """

@@ -154,7 +154,7 @@ def test_two_workers_share_one_postgres_study_and_survive_a_kill(tmp_path, postg
         if t.number != killed:
             tdir = out_b / "trials" / str(t.number)
             assert json.loads((tdir / "objectives.json").read_text()) == pytest.approx(
-                dict(zip(["error", "fairness"], t.values)))
+                dict(zip(["error", "fairness"], t.values, strict=True)))
     # the password stays out of the workers' messages and files
     for path in [*out_a.rglob("*.json"), *out_b.rglob("*.json"), *out_b.rglob("*.txt")]:
         assert PASSWORD_IN_URL not in path.read_text() and PASSWORD not in path.read_text(), path

@@ -47,7 +47,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=540)[0] for p in procs]
-    for p, text_out in zip(procs, outputs):
+    for p, text_out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, text_out[-3000:]
     out = tmp_path / "runs" / "search_demo"
     import optuna
@@ -64,6 +64,6 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
         tdir = out / "trials" / str(t.number)
         assert (tdir / "finetune" / "backbone.pth").is_file() and (tdir / "finetune" / "done.json").is_file()
         assert json.loads((tdir / "objectives.json").read_text()) == pytest.approx(dict(zip(["error", "fairness"],
-                                                                                            t.values)))
+                                                                                            t.values, strict=True)))
         metrics = json.loads((tdir / "metrics.json").read_text())
         assert len(metrics["metrics"][-1]["groups"]) == 3  # per age group rates kept

@@ -13,16 +13,20 @@ from agebias.cli.messages import report_skipped
 
 log = logging.getLogger(__name__)
 
+_HELP = ("Align faces to the ArcFace 112x112 template.\n\n"
+         "Exit 0 when every input was used, 1 when some were skipped (the first few shown; all of them listed in "
+         "skipped.csv / skipped.json with the reason).")
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("align")
+    @app.command("align", help=_HELP)
     def align(
         sources: List[Path] = typer.Argument(..., help="Image files, folders, FG-NET/AgeDB/generated roots or "
                                                        "manifest CSVs."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder for crops, manifest.csv, skipped.csv."),
         detector: str = typer.Option("auto", "--detector", "-d",
                                      help="auto (landmarks when the dataset has them, else mtcnn) | mtcnn | "
-                                          "landmarks | none"),
+                                          "landmarks | squash (the whole image resized, no alignment) | none"),
         all_faces: bool = typer.Option(False, "--all-faces", help="Keep every face, not only the largest central "
                                                                   "one."),
         aligned: bool = typer.Option(False, "--aligned", help="Inputs are already aligned 112x112 crops: pass "
@@ -33,8 +37,6 @@ def register(app: typer.Typer) -> None:
                                                  help="Aligned-crop cache (default $AGEBIAS_CACHE/aligned)."),
         device: str = typer.Option("cpu", "--device", help="Device for MTCNN (cpu, cuda)."),
     ) -> int:
-        """Align faces to the ArcFace 112x112 template. Exit 0 when every input was used, 1 when some were
-        skipped (listed in skipped.csv / skipped.json with the reason)."""
         from agebias.data.export import align_to_folder
         from agebias.data.faces import default_cache_dir
 

@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
     def check(
         kind: str = typer.Argument(..., help="fgnet | agedb | manifest | generated | folder | auto"),
         root: Optional[Path] = typer.Option(None, "--root", "-r",
-                                            help="Dataset folder or manifest CSV (fgnet default: datasets/fgnet)."),
+                                            help="Dataset folder or manifest CSV (default for fgnet and agedb: "
+                                                 "datasets/fgnet, datasets/agedb)."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (every problem)."),
         deep: bool = typer.Option(False, "--deep", help=f"Decode every image (default: a sample of {DECODE_SAMPLE})."),
     ) -> int:

@@ -19,14 +19,14 @@ from agebias.errors import DataError, SettingsError
 
 log = logging.getLogger(__name__)
 
-_HELP = """Apparent age of the face in each image (whole photos or aligned crops), written to a CSV.
+_HELP = (
+    "Apparent age of the face in each image (whole photos or aligned crops), written to a CSV.\n\n"
+    "Columns: path, apparent_age (years: the expected value over the estimator's 81 classes, 0-80), face_found, "
+    "faces (how many were found; the largest central one is measured), age (the known age, when the data has one), "
+    "reason (why an image has no estimate).\n\n"
+    "Exit 1 when some images had no face or could not be read (the first few reasons shown).\n\n"
+    "Example:  agebias estimate-age photos/ gen/ --out ages.csv")
 
-Columns: path, apparent_age (years: the expected value over the estimator's 81 classes, 0-80), face_found,
-faces (how many were found; the largest central one is measured), age (the known age, when the data has one),
-reason (why an image has no estimate).
-
-Example:  agebias estimate-age photos/ gen/ --out ages.csv
-"""
 
 def register(app: typer.Typer) -> None:
     @app.command("estimate-age", help=_HELP)

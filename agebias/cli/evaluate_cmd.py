@@ -20,21 +20,14 @@ evaluate_app = typer.Typer(help="Measure verification accuracy and age bias (pin
                            no_args_is_help=True)
 
 
-def _out_dir(path: Path) -> Path:
+def _out_dir(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise SettingsError(f"--out {path} is a file; give a folder for results.json, plots and reports")
-    return path
 
 
-def _out_file(path: Path | None, flag: str = "--json") -> Path | None:
+def _json_file(path: Path | None) -> None:
     if path is not None and path.is_dir():
-        raise SettingsError(f"{flag} {path} is a folder; give a file name such as {path / 'results.json'}")
-    return path
-
-
-def _resumable(out: Path) -> None:
-    on_interrupt(f"the embeddings of the models finished so far are cached in {out / 'embeddings'}, and the same "
-                 f"command reuses them")
+        raise SettingsError(f"--json {path} is a folder; give a file name such as {path / 'results.json'}")
 
 
 def _num(v, fmt: str = ".4f") -> str:
@@ -60,6 +53,21 @@ def _summary(results: dict, out: Path) -> int:
     return report_skipped(results["dataset"]["skipped"], f"{out / 'results.json'} (dataset.skipped)")
 
 
+def _evaluate_into(out: Path, source: Path, kind: str, models: list[str], embeddings: list[Path],
+                   settings: EvalSettings, embed: EmbedSettings, plots: bool) -> int:
+    """Evaluate ``source`` (resumable: embeddings cached in ``out/embeddings``), save every output in ``out`` and
+    print the summary; returns the exit code."""
+    from agebias.evaluate.runner import evaluate_source
+
+    _out_dir(out)
+    on_interrupt(f"the embeddings of the models finished so far are cached in {out / 'embeddings'}, and the same "
+                 f"command reuses them")
+    result = evaluate_source(source, kind=kind, models=models, embeddings=embeddings, settings=settings, embed=embed,
+                             cache_dir=out / "embeddings")
+    result.save(out, plots=plots)
+    return _summary(result.to_dict(), out)
+
+
 _MODEL_HELP = "Model spec (.pth/.safetensors/.onnx file or a name such as sface); repeat to compare models."
 _EMB_HELP = ".npz from 'agebias embed' (paths, embeddings) instead of --model; repeat for several models."
 
@@ -77,14 +85,7 @@ def dataset_cmd(
     kind: str = typer.Option("auto", "--kind", help="Dataset kind: auto, fgnet, manifest, generated, agedb, folder."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the figures."),
 ) -> int:
-    from agebias.evaluate.runner import evaluate_source
-
-    _out_dir(out)
-    _resumable(out)
-    result = evaluate_source(source, kind=kind, models=model, embeddings=embeddings, settings=settings, embed=embed,
-                             cache_dir=out / "embeddings")
-    result.save(out, plots=not no_plots)
-    return _summary(result.to_dict(), out)
+    return _evaluate_into(out, source, kind, model, embeddings, settings, embed, plots=not no_plots)
 
 
 @evaluate_app.command("fgnet", help="Evaluate models on FG-NET (see datasets/README.md for where to get it).")
@@ -98,18 +99,11 @@ def fgnet_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the figures."),
 ) -> int:
-    from agebias.evaluate.runner import evaluate_source
-
     if not root.exists():
         from agebias.data.fgnet import FGNET_HELP
 
         raise DataError(f"FG-NET not found at {root}. {FGNET_HELP}")
-    _out_dir(out)
-    _resumable(out)
-    result = evaluate_source(root, kind="fgnet", models=model, embeddings=embeddings, settings=settings, embed=embed,
-                             cache_dir=out / "embeddings")
-    result.save(out, plots=not no_plots)
-    return _summary(result.to_dict(), out)
+    return _evaluate_into(out, root, "fgnet", model, embeddings, settings, embed, plots=not no_plots)
 
 
 @evaluate_app.command("scores", help="Metrics from any system's scores: CSV with columns score, genuine (1/0) and "
@@ -124,7 +118,7 @@ def scores_cmd(
     from agebias.atomic import write_json
     from agebias.evaluate.api import evaluate_scores
 
-    _out_file(json_out)
+    _json_file(json_out)
     res = evaluate_scores(path, group_column, settings.target_fmr, settings.threshold, settings.alpha,
                           settings.fmr_targets)
     write_json(json_out, res)
@@ -156,7 +150,7 @@ def bin_cmd(
     from agebias.atomic import write_json
     from agebias.evaluate.verification_bin import evaluate_bin
 
-    _out_file(json_out)
+    _json_file(json_out)
     res = evaluate_bin(path, model, embed)
     for name, r in res["models"].items():
         log.info(f"{name}: accuracy {r['accuracy_mean'] * 100:.2f} +- {r['accuracy_std'] * 100:.2f} %")

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 _HELP = (
     "Fine-tune a face-recognition backbone on aligned faces (e.g. a generated <id>/<id>_<age>.png set).\n\n"
-    "Freezing 1-4 means layer1..layer4 (layer1 takes the stem with it); frozen parts keep their BatchNorm "
+    "Freezing 1-4 means the stages layer1..layer4 of an iresnet or sface backbone (layer1 takes the stem with it); "
+    "frozen parts keep their BatchNorm "
     "statistics, and a frozen prefix is computed once and cached. Validation holds out whole identities. "
     "Works under `torchrun --nproc_per_node N -m agebias finetune ...` (DDP).\n\n"
     "Bias mitigation methods (--mitigation NAME[:key=value,...]):\n\n")

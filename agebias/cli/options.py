@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from agebias.errors import SettingsError
-from agebias.settings import Settings, default_of, field_type, settings_fields
+from agebias.settings import Settings, default_of, field_type, is_required, settings_fields
 
 
 def flag_of(f: dataclasses.Field) -> str:
@@ -31,7 +31,7 @@ def _option(cls: type[Settings], f: dataclasses.Field, overrides: bool) -> tuple
     ftype = field_type(cls, f.name)
     flag = flag_of(f)
     decls = [flag] + ([f.metadata["short"]] if f.metadata.get("short") else [])
-    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    required = is_required(f)
     default = ... if required and not overrides else None if overrides else default_of(f)
     help_text = cls.describe(f.name)
     if ftype.base is bool and ftype.sequence is None:
@@ -94,7 +94,8 @@ def with_settings(*, overrides: bool = False, exclude: tuple[str, ...] = (), inc
                     built[key] = {k: v for k, v in given.items() if v is not None}
                     continue
                 try:
-                    built[key] = cls(**{k: v for k, v in given.items() if not (v is None and _required(cls, k))})
+                    required = {f.name for f in derived[key] if is_required(f)}
+                    built[key] = cls(**{k: v for k, v in given.items() if not (v is None and k in required)})
                 except SettingsError as err:
                     raise _with_flag(err, cls, derived[key]) from None
                 except TypeError as err:  # a required option missing (typer normally catches it first)
@@ -113,11 +114,6 @@ def with_settings(*, overrides: bool = False, exclude: tuple[str, ...] = (), inc
         return wrapper
 
     return decorate
-
-
-def _required(cls: type[Settings], name: str) -> bool:
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _ordered(params: list[inspect.Parameter]) -> list[inspect.Parameter]:

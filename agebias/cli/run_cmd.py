@@ -10,9 +10,15 @@ import typer
 from agebias.cli.interrupt import on_interrupt
 from agebias.cli.messages import read_skipped_csv, report_skipped
 
+_HELP = (
+    "Run generate -> finetune -> evaluate -> report from one experiment file.\n\n"
+    "Stages whose outputs are complete and whose settings are unchanged are skipped, so an interrupted run continues "
+    "where it stopped.\n\n"
+    "Exit code 1 when a stage left input files out (the first few are shown, with where each stage lists them all).")
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("run")
+    @app.command("run", help=_HELP)
     def run(
         experiment: Path = typer.Argument(..., help="Experiment file, e.g. experiments/demo.toml."),
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: the file's \\[experiment] out)."),
@@ -20,9 +26,6 @@ def register(app: typer.Typer) -> None:
                                                  "generate, finetune, evaluate, report."),
         only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (earlier ones must be done)."),
     ) -> int:
-        """Run generate -> finetune -> evaluate -> report. Stages whose outputs are complete and whose settings
-        are unchanged are skipped, so an interrupted run continues where it stopped. Exit code 1 when a stage
-        left input files out (the first few are shown, with where each stage lists them all)."""
         from agebias.pipeline import load_experiment, run_experiment
         from agebias.pipeline.runner import output_dir
 
@@ -47,6 +50,9 @@ def skipped_by_stage(out_dir: Path) -> list[tuple[list[dict], str]]:
         if summary.get("skipped"):
             found.append((summary["skipped"], f"{out_dir / stage / 'stage.json'} (summary.skipped)"))
     run_dir = ((read_state(out_dir / "finetune") or {}).get("summary") or {}).get("run_dir")
-    if run_dir and read_skipped_csv(Path(run_dir) / "skipped.csv"):
-        found.append((read_skipped_csv(Path(run_dir) / "skipped.csv"), str(Path(run_dir) / "skipped.csv")))
+    if run_dir:
+        listed = Path(run_dir) / "skipped.csv"
+        skipped = read_skipped_csv(listed)
+        if skipped:
+            found.append((skipped, str(listed)))
     return found

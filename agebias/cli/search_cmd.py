@@ -13,9 +13,15 @@ from agebias.cli.messages import SHOWN
 from agebias.cli.options import with_settings
 from agebias.search.settings import SearchSettings
 
+_HELP = (
+    "Run trials (fine-tune + evaluate each) of a multi-objective study.\n\n"
+    "Start the same command on several machines with one --storage URL to share the work. Options not given take "
+    "the search file's \\[search] values. Writes OUT/pareto.json and OUT/pareto.png after every trial.\n\n"
+    "Exit code 1 when a trial of this worker failed (recorded as FAIL in the study; the first reasons are shown).")
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("search")
+    @app.command("search", help=_HELP)
     @with_settings(overrides=True, given=SearchSettings)
     def search(
         given: dict,
@@ -24,10 +30,6 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder: trials/, pareto.json, pareto.png "
                                            "(default: experiment.out in the file)."),
     ) -> int:
-        """Run trials (fine-tune + evaluate each) of a multi-objective study; start the same command on several
-        machines with one --storage URL to share the work. Options not given take the search file's [search]
-        values. Writes OUT/pareto.json and OUT/pareto.png after every trial. Exit code 1 when a trial of this
-        worker failed (recorded as FAIL in the study)."""
         from agebias.search.experiment import load_search_experiment
         from agebias.search.study import run_search
 
@@ -35,7 +37,7 @@ def register(app: typer.Typer) -> None:
         exp.search = exp.search.replace(**given)
         on_interrupt("the trials finished so far are recorded in the study, and the same command continues it")
         started = time.time()
-        summary = run_search(exp, study_name=study, out=out, seed=exp.search.seed)
+        summary = run_search(exp, study_name=study, out=out)
         typer.echo(f"pareto: {summary.pareto_path}")
         typer.echo(f"plot:   {summary.plot_path}")
         if summary.failed:

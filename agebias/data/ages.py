@@ -3,13 +3,15 @@
 Bins are written ``0-12,13-19,20-39,40-69``: inclusive whole years; ``70+`` for an open end. The default
 (:data:`DEFAULT_AGE_BINS`) suits FG-NET (ages 0-69, most images under 20): children 0-12, teenagers 13-19, young
 adults 20-39, older adults 40-69. A real-valued age m (e.g. a pair's mean age) falls in the bin with
-lo <= m < hi + 1. (Generators' ``--age-bins 0-5,5-10`` are sampling intervals for target ages, not groups.)
+lo <= m < hi + 1. (Generators' ``--age-intervals 0-5,5-10`` are sampling intervals for target ages, not
+groups: :mod:`generators.ages`.)
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Sequence
 
 import numpy as np
@@ -43,7 +45,7 @@ class AgeBins:
         if not edges:
             raise UserError(f"no age bins in {text!r}")
         edges.sort()
-        for (a, b), (c, _) in zip(edges, edges[1:]):
+        for (_, b), (c, _) in pairwise(edges):
             if c <= b:
                 raise UserError(f"age bins overlap in {text!r}")
         return cls(tuple(edges))

@@ -62,7 +62,7 @@ def detect_faces(image: np.ndarray, device: str = "cpu", min_probability: float 
     if boxes is None:
         return []
     out = []
-    for box, prob, pts in zip(boxes, probs, points):
+    for box, prob, pts in zip(boxes, probs, points, strict=True):
         if prob is None or not np.isfinite(prob) or prob < min_probability:
             continue
         out.append(Detection(box=tuple(float(v) for v in box), score=float(prob),

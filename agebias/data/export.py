@@ -20,7 +20,7 @@ from agebias.atomic import write_json, write_text
 from agebias.data.faces import load_aligned_faces
 from agebias.data.folder import scan_folder
 from agebias.data.images import is_image_name, save_png
-from agebias.data.manifest import REQUIRED, rows_to_csv
+from agebias.data.manifest import REQUIRED, csv_columns, rows_to_csv
 from agebias.data.records import FaceRecord, Problem
 from agebias.data.sources import KINDS, open_dataset
 from agebias.errors import DataError, UserError
@@ -94,9 +94,7 @@ def align_to_folder(sources: Sequence[str | os.PathLike], out: str | os.PathLike
                "source_path": str(record.path), "face": record.extra.get("face", "")}
         row.update({k: v for k, v in record.extra.items() if k not in row and k not in REQUIRED})
         rows.append(row)
-    head = list(REQUIRED) + ["source_path", "face"]
-    extras = list(dict.fromkeys(k for row in rows for k in row if k not in head))
-    write_text(out / "manifest.csv", rows_to_csv(rows, head + extras))
+    write_text(out / "manifest.csv", rows_to_csv(rows, csv_columns(rows, [*REQUIRED, "source_path", "face"])))
     write_skipped(out, result.skipped)
     return result
 

@@ -93,13 +93,13 @@ def load_aligned_faces(
         except BadInputFile as err:
             skipped.append(Problem(str(record.path), err.reason))
             continue
-        prepared = {"extra": {**record.extra, "prepared": preparation_of(record, detector, aligned)}}
+        extra = {**record.extra, "prepared": preparation_of(record, detector, aligned)}
         if all_faces:
             for i, crop in enumerate(faces):
-                out_records.append(record.with_(extra={**prepared["extra"], "face": str(i)}))
+                out_records.append(record.with_(extra={**extra, "face": str(i)}))
                 crops.append(crop)
         else:
-            out_records.append(record.with_(**prepared))
+            out_records.append(record.with_(extra=extra))
             crops.append(faces[0])
     arr = np.stack(crops) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8)
     return AlignedFaces(records=out_records, crops=arr, skipped=skipped)
@@ -139,7 +139,6 @@ def align_record(record: FaceRecord, *, detector: str = "auto", all_faces: bool 
         raise BadInputFile(record.path, "file not found") from None
     except OSError as err:
         raise BadInputFile(record.path, f"cannot read file ({err.strerror or err})") from None
-    image = None
     if detector == "squash":
         from agebias.data.squash import squash_file
 

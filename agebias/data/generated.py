@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 from agebias.atomic import write_text
 from agebias.data.images import is_image_name
-from agebias.data.manifest import parse_age, rows_to_csv
+from agebias.data.manifest import csv_columns, parse_age, rows_to_csv
 from agebias.data.records import DatasetScan, FaceRecord, Problem
 from agebias.errors import UserError
 
@@ -105,13 +105,8 @@ def write_generated_manifest(root: str | os.PathLike, rows: Iterable[Mapping[str
             row["checksum"] = file_checksum(file_path)
         merged[(identity, str(age))] = row
     ordered = sorted(merged.values(), key=lambda r: (str(r.get("id")), int(r.get("age", 0))))
-    extras: dict[str, None] = {}
-    for r in ordered:
-        for k in r:
-            if k not in GENERATED_COLUMNS:
-                extras.setdefault(k, None)
     path = root / MANIFEST_NAME
-    write_text(path, rows_to_csv(ordered, list(GENERATED_COLUMNS) + list(extras)))
+    write_text(path, rows_to_csv(ordered, csv_columns(ordered, GENERATED_COLUMNS)))
     return path
 
 
@@ -183,16 +178,22 @@ def generation_info(root: str | os.PathLike) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
+def manifest_header(folder: Path, name: str = MANIFEST_NAME) -> list[str]:
+    """The column names of ``<folder>/<name>`` (empty when there is no such file)."""
+    path = folder / name
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            return [h.strip() for h in next(csv.reader(fh), [])]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{path} is not a readable UTF-8 CSV file ({type(err).__name__})") from None
+
+
 def looks_like_generated(root: Path) -> bool:
     """True when ``root`` has a ``manifest.csv`` with an ``id`` column, or its images follow the layout."""
-    path = root / MANIFEST_NAME
-    if path.is_file():
-        try:
-            with path.open(newline="", encoding="utf-8-sig") as fh:
-                header = next(csv.reader(fh), [])
-        except (UnicodeDecodeError, csv.Error) as err:
-            raise UserError(f"{path} is not a readable UTF-8 CSV file ({type(err).__name__})") from None
-        return "id" in [h.strip() for h in header]
+    if (root / MANIFEST_NAME).is_file():
+        return "id" in manifest_header(root)
     files = _layout_images(root)[:50]
     return bool(files) and all(parse_generated_name(p) is not None for p in files)
 
@@ -209,13 +210,11 @@ def _generator_extra(root: Path, path: Path) -> bool:
     return parts[0] == "qc" or (len(parts) == 1 and parts[0].startswith("contact_sheet"))
 
 
-def _image_files(root: Path, limit: int | None = None) -> list[Path]:
+def _image_files(root: Path) -> list[Path]:
     out: list[Path] = []
     for dirpath, dirs, files in os.walk(root):
         dirs.sort()
         for f in sorted(files):
             if is_image_name(f) and not f.startswith("."):
                 out.append(Path(dirpath) / f)
-                if limit is not None and len(out) >= limit:
-                    return out
     return out

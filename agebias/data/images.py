@@ -80,7 +80,7 @@ def decode_image(data: bytes, name: str = "<bytes>", exif_transpose: bool = True
     try:
         if exif_transpose:
             img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block must not lose an otherwise good image
+    except Exception:  # noqa: BLE001 - a broken EXIF block (any error type from PIL) must not lose a good image
         pass
     return to_rgb_array(img)
 

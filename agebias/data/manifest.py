@@ -1,8 +1,9 @@
 """CSV manifests: ``path,subject,age`` plus any extra columns; paths are relative to the CSV's folder.
 
 The subject column may be named ``id`` instead, as in the manifest.csv of a set agebias generated (read here as a
-plain manifest, e.g. by ``agebias datasets check manifest``). ``age`` may be empty (unknown). Optional landmark columns ``lm0_x, lm0_y, ..., lm4_x, lm4_y`` (five points in
-image pixels, ArcFace order) become ``FaceRecord.landmarks``. Every other column goes to ``extra`` as a string.
+plain manifest, e.g. by ``agebias datasets check manifest``). ``age`` may be empty (unknown). Optional landmark
+columns ``lm0_x, lm0_y, ..., lm4_x, lm4_y`` (five points in image pixels, ArcFace order) become
+``FaceRecord.landmarks``. Every other column goes to ``extra`` as a string.
 Rows whose file is missing or whose age does not parse are reported as problems.
 """
 
@@ -102,14 +103,15 @@ def records_to_rows(records: Iterable[FaceRecord], base: str | os.PathLike) -> l
     return rows
 
 
+def csv_columns(rows: Iterable[Mapping[str, Any]], head: Sequence[str] = ()) -> list[str]:
+    """``head``, then every other key of ``rows`` in first-seen order."""
+    return list(dict.fromkeys([*head, *(k for row in rows for k in row)]))
+
+
 def rows_to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """CSV text for rows; columns default to the union of keys in first-seen order."""
+    """CSV text for rows; columns default to the union of keys in first-seen order (:func:`csv_columns`)."""
     if columns is None:
-        seen: dict[str, None] = {}
-        for row in rows:
-            for k in row:
-                seen.setdefault(k, None)
-        columns = list(seen)
+        columns = csv_columns(rows)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -122,14 +124,5 @@ def write_manifest(csv_path: str | os.PathLike, records: Iterable[FaceRecord]) -
     """Write records as a manifest CSV (atomic); paths relative to the CSV's folder. Returns the path."""
     csv_path = Path(csv_path)
     rows = records_to_rows(records, csv_path.parent)
-    head = list(REQUIRED)
-    write_text(csv_path, rows_to_csv(rows, head + [k for k in _union_keys(rows) if k not in head]))
+    write_text(csv_path, rows_to_csv(rows, csv_columns(rows, REQUIRED)))
     return csv_path
-
-
-def _union_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for row in rows:
-        for k in row:
-            seen.setdefault(k, None)
-    return list(seen)

@@ -11,7 +11,6 @@ agedb; else folder. (``.bin`` verification files are pairs, not records: read th
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Callable
@@ -19,7 +18,7 @@ from typing import Callable
 from agebias.data.agedb import looks_like_agedb, scan_agedb
 from agebias.data.fgnet import FGNET_HELP, looks_like_fgnet, scan_fgnet
 from agebias.data.folder import scan_folder
-from agebias.data.generated import MANIFEST_NAME, looks_like_generated, scan_generated
+from agebias.data.generated import MANIFEST_NAME, looks_like_generated, manifest_header, scan_generated
 from agebias.data.images import is_image_name
 from agebias.data.manifest import read_manifest
 from agebias.data.records import DatasetScan
@@ -34,17 +33,6 @@ KINDS: dict[str, Callable[[Path, bool], DatasetScan]] = {
 }
 
 
-def _manifest_header(folder: Path, name: str = MANIFEST_NAME) -> list[str]:
-    manifest = folder / name
-    if not manifest.is_file():
-        return []
-    try:
-        with manifest.open(newline="", encoding="utf-8-sig") as fh:
-            return [h.strip() for h in next(csv.reader(fh), [])]
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"{manifest} is not a readable UTF-8 CSV file ({type(err).__name__})") from None
-
-
 def detect_kind(source: str | os.PathLike) -> str:
     """The kind ``open_dataset(kind="auto")`` would use for ``source`` (see the module notes)."""
     path = Path(source)
@@ -52,14 +40,14 @@ def detect_kind(source: str | os.PathLike) -> str:
         raise UserError(f"{path} not found")
     if path.is_file():
         if path.suffix.lower() == ".csv":  # a generated set's own manifest (id column) names the generated set
-            return "generated" if "id" in _manifest_header(path.parent, path.name) and \
-                "subject" not in _manifest_header(path.parent, path.name) else "manifest"
+            header = manifest_header(path.parent, path.name)
+            return "generated" if "id" in header and "subject" not in header else "manifest"
         if path.suffix.lower() == ".bin":
             raise UserError(f"{path} is a .bin verification file (pairs); evaluate it as a .bin set, not a dataset")
         if is_image_name(path.name):
             return "folder"
         raise UserError(f"{path}: not a dataset (expected a folder, a .csv manifest or an image)")
-    header = _manifest_header(path)
+    header = manifest_header(path)
     if "id" in header:
         return "generated"
     if "path" in header:

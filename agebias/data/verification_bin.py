@@ -49,7 +49,7 @@ def restricted_loads(data: bytes) -> object:
         return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except UserError:
         raise
-    except Exception as err:  # truncated / not a pickle
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign pickle fails with many exception types
         raise UserError(f"not a readable .bin pickle ({type(err).__name__}: {err})") from None
 
 

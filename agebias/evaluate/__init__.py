@@ -5,11 +5,13 @@ The package is also callable: ``agebias.evaluate(embeddings, subjects, ages, ...
 
 Pure functions of arrays live in :mod:`~agebias.evaluate.metrics` (rates, thresholds, EER, AUC, d', ROC/DET,
 Clopper-Pearson) and :mod:`~agebias.evaluate.fairness` (Gini, GARBE, FDR, IR, ``GroupTable``). The library entry
-points that write results are in :mod:`~agebias.evaluate.api` (``evaluate_models``, ``evaluate_embeddings``,
-``evaluate_scores``). Module map: ``pairs`` (blocked all-pairs engine), ``grouping`` (age bins, pair groups),
-``allpairs`` (the default protocol), ``msc`` (the legacy protocol), ``verification_bin`` (insightface 10-fold),
-``identification`` (FR-NAS ranks), ``instance`` (MixFairFace), ``bootstrap`` (subject resampling), ``plots``,
-``report``, ``runner`` (dataset -> embeddings -> results), ``settings``.
+points are in :mod:`~agebias.evaluate.api` (``evaluate_records`` -> an ``EvaluationResult``, ``evaluate_embeddings``
+which also writes the files, ``evaluate_scores``, ``match_embeddings``). Module map: ``pairs`` (the one-pass
+all-pairs engine), ``grouping`` (age bins, pair groups), ``allpairs`` (the default protocol), ``msc`` (the MSc
+thesis protocol), ``verification_bin`` (insightface 10-fold), ``identification`` (FR-NAS ranks), ``instance``
+(MixFairFace), ``bootstrap`` (subject resampling), ``result`` (``EvaluationResult``), ``outputs`` (the files),
+``plots``, ``figure_style``, ``report``, ``runner`` and ``embed_shards`` (dataset -> embeddings -> results),
+``settings``.
 """
 
 from agebias.callable_package import make_callable

@@ -21,10 +21,11 @@ import numpy as np
 from agebias.evaluate import metrics as M
 from agebias.evaluate.bootstrap import subject_bootstrap
 from agebias.evaluate.fairness import GroupTable, fdr, garbe
-from agebias.evaluate.grouping import AgeBins, describe_mode, image_groups, make_grouping
+from agebias.evaluate.grouping import AgeBins, ages_array, describe_mode, image_groups, make_grouping
 from agebias.evaluate.identification import identification_by_group, rank1_from_pairs
 from agebias.evaluate.instance import instance_level, mixfair_threshold
-from agebias.evaluate.pairs import NB, ExactNeeds, PairScores, _tau_bin, exactly, normalise, score_all_pairs
+from agebias.evaluate.pairs import (HI, LO, NB, ExactNeeds, PairScores, exactly, normalise, score_all_pairs,
+                                    tau_bin)
 from agebias.evaluate.settings import EvalSettings
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def _histograms(ps: PairScores, gen_groups: np.ndarray, labels: list[str], bins:
             s = ps.imp_score if keys is None else ps.imp_score[np.isin(ps.imp_key, keys)]
             return np.histogram(np.clip(s, -1, 1), edges)[0]
         h = ps.hist.sum(axis=0) if keys is None else ps.hist[np.asarray(keys)].sum(axis=0)
-        centres = -1.0 - 2.0 ** -10 + (np.arange(NB) + 0.5) * ((2 + 2.0 ** -9) / NB)
+        centres = LO + (np.arange(NB) + 0.5) * ((HI - LO) / NB)  # the engine's bins
         pos = np.clip(np.searchsorted(edges, centres, side="right") - 1, 0, edges.size - 2)
         return np.bincount(pos, weights=h, minlength=edges.size - 1)
 
@@ -217,13 +218,13 @@ def evaluate_embeddings_allpairs(emb: np.ndarray, subjects: Sequence, ages: Sequ
         taus = [t for t in (res["tau"], res["instance_tau"][0]) if t == t and abs(t) != math.inf]
         if not ps.streamed or not taus:
             return None
-        need = min(_tau_bin(t) for t in taus)
+        need = min(tau_bin(t) for t in taus)
         if ps.accepted_from_bin is not None and ps.accepted_from_bin <= need:
             return None
         return need if int(ps.hist[:, need:].sum()) <= st.max_accepted_pairs else None
 
     res = exactly(ps, lambda p: _metrics(p, st), accepted_from)
-    ages_arr = np.array([-1 if a is None else int(a) for a in ages], dtype=np.int64)
+    ages_arr = ages_array(ages)
     table: GroupTable = res["table"]
     gen_groups = gp.genuine_groups(ps.gen_i, ps.gen_j)
     tau = res["tau"]

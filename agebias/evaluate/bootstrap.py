@@ -1,9 +1,10 @@
 """Subject-level bootstrap intervals: per-group and overall FMR/FNMR, FNMR of any set of genuine pairs, GARBE
 and FDR at a fixed threshold.
 
-These are the default intervals of agebias (``fmr_ci``/``fnmr_ci`` in results.json, groups.csv and the reports):
-the pairs of one subject share that subject's images and are correlated, so intervals that treat pairs as
-independent draws (Clopper-Pearson, kept as ``fmr_pairs_ci``/``fnmr_pairs_ci``) are too narrow.
+These give the default intervals of agebias (``fmr_ci``/``fnmr_ci`` in results.json, groups.csv and the reports;
+widened to the Clopper-Pearson interval where that is wider, :func:`agebias.evaluate.allpairs.reported_ci`): the
+pairs of one subject share that subject's images and are correlated, so intervals that treat pairs as independent
+draws (Clopper-Pearson, kept as ``fmr_pairs_ci``/``fnmr_pairs_ci``) are too narrow.
 
 Subjects (not pairs) are resampled with replacement; replicate b gives subject s the weight w_bs (how often it was
 drawn). A genuine pair of subject s counts w_bs times; an impostor pair of subjects a != b counts w_ba * w_bb

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from agebias.data.ages import DEFAULT_AGE_BINS, AgeBins  # noqa: F401  (DEFAULT_AGE_BINS re-exported)
+from agebias.data.ages import DEFAULT_AGE_BINS, AgeBins
 from agebias.errors import UserError
 
 DEFAULT_GAP_BINS = "0-5,6-10,11-20,21+"
@@ -86,8 +86,14 @@ class PairGrouping:
         return {cell: sorted(keys) for cell, keys in out.items()}
 
 
-def _ages_array(ages: Sequence[int | None]) -> np.ndarray:
+def ages_array(ages: Sequence[int | None]) -> np.ndarray:
+    """Ages as int64, -1 for unknown (None or NaN)."""
     return np.array([-1 if a is None or a != a else int(a) for a in ages], dtype=np.int64)
+
+
+def as_bins(bins: str | AgeBins) -> AgeBins:
+    """``bins`` parsed (``0-12,13-19,...``) unless already :class:`AgeBins`."""
+    return bins if isinstance(bins, AgeBins) else AgeBins.parse(bins)
 
 
 def make_grouping(ages: Sequence[int | None], mode: str = "both", age_bins: str | AgeBins = DEFAULT_AGE_BINS,
@@ -95,8 +101,8 @@ def make_grouping(ages: Sequence[int | None], mode: str = "both", age_bins: str 
     """Build the pair grouping for images with these ages (None = unknown)."""
     if mode not in MODES:
         raise UserError(f"unknown pair grouping {mode!r}; choose one of {', '.join(MODES)}")
-    bins = age_bins if isinstance(age_bins, AgeBins) else AgeBins.parse(age_bins)
-    a = _ages_array(ages)
+    bins = as_bins(age_bins)
+    a = ages_array(ages)
     if mode == "both":
         g = np.array([bins.index(x) if x >= 0 else -1 for x in a], dtype=np.int64)
         n_g = len(bins)
@@ -116,7 +122,7 @@ def _age_class_grouping(a: np.ndarray, mode: str, bins: AgeBins, gap_bins: str |
     amax = int(a.max()) if a.size and a.max() >= 0 else 0
     c = amax + 2
     cls = np.where(a < 0, amax + 1, a).astype(np.int32)
-    use = bins if mode == "mean" else (gap_bins if isinstance(gap_bins, AgeBins) else AgeBins.parse(gap_bins))
+    use = bins if mode == "mean" else as_bins(gap_bins)
     n_g, n_b = len(use), len(bins)
     class_group = np.array([bins.index(x) for x in range(amax + 1)] + [-1], dtype=np.int64)
     gen = np.full((c, c), n_g, dtype=np.int64)  # reported group of a genuine pair (n_g = none)
@@ -156,5 +162,5 @@ def describe_mode(mode: str) -> str:
 
 def image_groups(ages: Sequence[int | None], age_bins: str | AgeBins = DEFAULT_AGE_BINS) -> np.ndarray:
     """Per-image bin index (-1 = none), for per-image protocols (identification, instance level)."""
-    bins = age_bins if isinstance(age_bins, AgeBins) else AgeBins.parse(age_bins)
+    bins = as_bins(age_bins)
     return np.array([bins.index(x) for x in ages], dtype=np.int64)

@@ -281,8 +281,7 @@ class VerificationSummary:
 
 def target_key(t: float) -> str:
     """"0.01", "0.001", "0.0001", "1e-05" (decimal down to 1e-4, as the results schema asks)."""
-    s = np.format_float_positional(t, trim="-") if t >= 1e-4 else f"{t:g}"
-    return s
+    return np.format_float_positional(t, trim="-") if t >= 1e-4 else f"{t:g}"
 
 
 def summarize(genuine, impostor, tau: float, targets: Sequence[float] = DEFAULT_TARGETS) -> VerificationSummary:

@@ -40,8 +40,9 @@ a bin with a genuine score count as ties; the largest possible error is reported
 
 **Threads.** Tiles are processed on a thread pool (``AGEBIAS_EVAL_THREADS``, default min(cores, 8)); BLAS is then
 limited to one thread per product (and torch, when it counts the bins, to one thread) so that the cores share
-tiles; numpy and torch release the GIL, so the binning work is parallel too. Every tile is computed with the same shapes in every pass, so its scores are bit-identical;
-the engine checks that each exact bin holds as many scores as the histogram counted.
+tiles; numpy and torch release the GIL, so the binning work is parallel too. Every tile is computed with the same
+shapes in every pass, so its scores are bit-identical; the engine checks that each exact bin holds as many scores as
+the histogram counted.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def _ceil32(tau: float) -> np.float32:
     return t
 
 
-def _tau_bin(tau: float) -> int:
+def tau_bin(tau: float) -> int:
     """Bin of the smallest float32 >= tau: the lowest bin a score accepted at tau can be in."""
     return int(bin_index(np.array([_ceil32(tau)]))[0])
 
@@ -247,7 +248,10 @@ class BinnedDist:
         u = np.unique(np.concatenate([gen.values[in_w], imp_w]))
         above = int(self.suffix[window[-1] + 1])
         imp_ge = above + imp_w.size - np.searchsorted(imp_w, u, side="left")
-        return u, imp_ge, math.nan, math.nan, prev is None, nxt is None
+        # below the window only the histogram is known: its lower edge stands in for the next value down, so the
+        # candidate under u[0] gets a threshold with the same rates (between every lower score and u[0])
+        lower_edge = float(bin_floor(window[0])[0])
+        return u, imp_ge, lower_edge, math.nan, prev is None, nxt is None
 
     def curve_points(self, gen: ExactDist, max_points: int = 600):
         """ROC points at bin boundaries (exact counts; thresholds are the nominal bin edges)."""
@@ -337,7 +341,7 @@ class PairScores:
         if not self.streamed:
             m = self.imp_score >= np.float64(tau)
             return self.imp_i[m], self.imp_j[m], self.imp_key[m]
-        if self.accepted_from_bin is None or _tau_bin(tau) < self.accepted_from_bin:
+        if self.accepted_from_bin is None or tau_bin(tau) < self.accepted_from_bin:
             raise RuntimeError("accepted pairs were not collected down to this threshold")
         m = self.acc_score >= np.float64(tau)
         i, j = self.acc_i[m], self.acc_j[m]
@@ -720,7 +724,7 @@ class _Engine:
         start = np.ones(n_groups + 2, dtype=np.int64)
         for tau in needs.thresholds:
             if tau == tau and abs(tau) != math.inf:
-                b = _tau_bin(tau)
+                b = tau_bin(tau)
                 for w in windows:
                     w.append((b, b))
         n_all = int(n_key.sum())
@@ -980,7 +984,7 @@ def score_all_pairs(emb: np.ndarray, subjects, grouping: PairGrouping, block: in
     m_acc = max([max_allowed_false_matches(t, n_all) + 1 for t in needs.accept_fmrs] + [0])
     if m_acc > needs.max_accepted:
         m_acc = 0
-    fixed = [_tau_bin(t) for t in needs.thresholds if t == t and abs(t) != math.inf]
+    fixed = [tau_bin(t) for t in needs.thresholds if t == t and abs(t) != math.inf]
     acc_fixed = min(fixed) if fixed else None
     windows, start = eng.plan(needs, n_key, m_all, m_group, m_acc, full, seed)
     keep = _Keep(grouping, m_all, m_group, m_acc, acc_fixed, windows, full, needs.max_accepted, start)

@@ -548,12 +548,6 @@ def _file_figure(kind: str) -> FigureFunction:
 
 
 FIGURES: dict[str, tuple[str, FigureFunction]] = {PLOT_KINDS[k]: (TITLES[k], _file_figure(k)) for k in PLOT_KINDS}
-score_distributions = FIGURES["score_distributions"][1]
-genuine_vs_age_gap = FIGURES["genuine_vs_age_gap"][1]
-det = FIGURES["det"][1]
-fairness_vs_fmr = FIGURES["fairness_vs_fmr"][1]
-group_rates = FIGURES["group_rates"][1]
-impostor_heatmap = FIGURES["impostor_heatmap"][1]
 
 PROTOCOL_FIGURES: dict[str, dict[str, tuple[str, FigureFunction]]] = {"all-pairs": FIGURES, "msc": msc.FIGURES}
 

@@ -12,7 +12,8 @@ from agebias.atomic import write_text
 from agebias.evaluate.plots import figure_title
 
 
-def _f(x, digits: int = 4) -> str:
+def fmt(x, digits: int = 4) -> str:
+    """A number as the reports show it: ``n/a`` when undefined, 4 decimals (significant digits below 1e-3)."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
     if isinstance(x, float):
@@ -23,10 +24,10 @@ def _f(x, digits: int = 4) -> str:
 def _ci(ci) -> str:
     if not ci or ci[0] is None:
         return "n/a"
-    return f"[{_f(ci[0])}, {_f(ci[1])}]"
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
 
 
-def _tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+def result_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) tables shared by both report formats."""
     out = []
     names = results["model_order"]
@@ -38,20 +39,20 @@ def _tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         for n, s in secs.items():
             o, f = s["overall"], s.get("fairness", {})
             fa = o.get("fnmr_at_fmr", {})
-            rows.append([n, _f(o.get("threshold")), _f(o.get("fmr")), _f(o.get("fnmr")), _f(o.get("eer")),
-                         _f(o.get("auc")), _f(o.get("d_prime")), _f(fa.get("0.01")), _f(fa.get("0.001")),
-                         _f(fa.get("0.0001")), _f(f.get("garbe")), _ci(f.get("garbe_ci")), _f(f.get("fdr")),
-                         _ci(f.get("fdr_ci")), _f(f.get("ir"))])
+            rows.append([n, fmt(o.get("threshold")), fmt(o.get("fmr")), fmt(o.get("fnmr")), fmt(o.get("eer")),
+                         fmt(o.get("auc")), fmt(o.get("d_prime")), fmt(fa.get("0.01")), fmt(fa.get("0.001")),
+                         fmt(fa.get("0.0001")), fmt(f.get("garbe")), _ci(f.get("garbe_ci")), fmt(f.get("fdr")),
+                         _ci(f.get("fdr_ci")), fmt(f.get("ir"))])
         out.append(("Overall (one global threshold)", hdr, rows))
     for n, s in secs.items():
         if s.get("protocol") == "msc":
-            rows = [[c, _f(d["n_identities"]), _f(d["n_nan"]), _f(d["mean"]), _f(d["std"])]
+            rows = [[c, fmt(d["n_identities"]), fmt(d["n_nan"]), fmt(d["mean"]), fmt(d["std"])]
                     for c, d in s["column_summary"].items()]
             out.append((f"Legacy MSc protocol, per-identity mean scores: {n}",
                         ["column", "identities", "NaN (no pair)", "mean", "std"], rows))
             sw = s["garbe_sweep"]
-            rows = [[_f(t), _f(sw["fmr_young"][i]), _f(sw["fmr_old"][i]), _f(sw["fnmr_young"][i]),
-                     _f(sw["fnmr_old"][i]), _f(sw["garbe"][i])] for i, t in enumerate(sw["threshold"]) if i % 4 == 0]
+            rows = [[fmt(t), fmt(sw["fmr_young"][i]), fmt(sw["fmr_old"][i]), fmt(sw["fnmr_young"][i]),
+                     fmt(sw["fnmr_old"][i]), fmt(sw["garbe"][i])] for i, t in enumerate(sw["threshold"]) if i % 4 == 0]
             out.append((f"Legacy MSc GARBE sweep (young 5-20 vs old 45-70, every 0.1): {n}",
                         ["threshold", "FMR young", "FMR old", "FNMR young", "FNMR old", "GARBE"], rows))
             continue
@@ -59,34 +60,34 @@ def _tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             continue
         hdr = ["age group", "genuine pairs", "impostor pairs", "FMR", "FMR 95% CI (subjects)", "FNMR",
                "FNMR 95% CI (subjects)", "EER", "AUC"]
-        rows = [[g, _f(d.get("n_genuine")), _f(d.get("n_impostor")), _f(d.get("fmr")), _ci(d.get("fmr_ci")),
-                 _f(d.get("fnmr")), _ci(d.get("fnmr_ci")), _f(d.get("eer")), _f(d.get("auc"))]
+        rows = [[g, fmt(d.get("n_genuine")), fmt(d.get("n_impostor")), fmt(d.get("fmr")), _ci(d.get("fmr_ci")),
+                 fmt(d.get("fnmr")), _ci(d.get("fnmr_ci")), fmt(d.get("eer")), fmt(d.get("auc"))]
                 for g, d in s["groups"].items()]
         out.append((f"Per age group: {n}", hdr, rows))
         small = (s.get("groups_small_gap") or {}).get("groups")
         if small:
-            rows = [[g, _f(d["n_genuine"]), _f(d["fnmr"]), _ci(d["fnmr_ci"]), _f(d["mean_score"])]
+            rows = [[g, fmt(d["n_genuine"]), fmt(d["fnmr"]), _ci(d["fnmr_ci"]), fmt(d["mean_score"])]
                     for g, d in small.items()]
             out.append((f"Genuine pairs within {s['groups_small_gap']['max_gap']} years, same age group: {n} "
                         f"(FNMR without the age-gap effect)", ["age group", "genuine pairs", "FNMR",
                                                               "95% CI (subjects)", "mean score"], rows))
         if s.get("age_gap"):
-            rows = [[g, _f(d["n_genuine"]), _f(d["fnmr"]), _ci(d["fnmr_ci"]), _f(d["mean_score"])]
+            rows = [[g, fmt(d["n_genuine"]), fmt(d["fnmr"]), _ci(d["fnmr_ci"]), fmt(d["mean_score"])]
                     for g, d in s["age_gap"].items()]
             out.append((f"Genuine pairs by age gap: {n}", ["age gap", "genuine pairs", "FNMR",
                                                            "95% CI (subjects)", "mean score"], rows))
         ident = s.get("identification")
         if ident:
-            rows = [[g, _f(d["n_probes"]), _f(d["rank1_accuracy"]), _f(d["mean_rank_by_identity"])]
+            rows = [[g, fmt(d["n_probes"]), fmt(d["rank1_accuracy"]), fmt(d["mean_rank_by_identity"])]
                     for g, d in ident["groups"].items()]
-            out.append((f"Identification (rank-1, all-vs-all): {n}; disparity {_f(ident['disparity'])}, "
-                        f"error ratio {_f(ident['error_ratio'])}, rank disparity {_f(ident['rank_disparity'])}",
+            out.append((f"Identification (rank-1, all-vs-all): {n}; disparity {fmt(ident['disparity'])}, "
+                        f"error ratio {fmt(ident['error_ratio'])}, rank disparity {fmt(ident['rank_disparity'])}",
                         ["group", "probes", "rank-1 accuracy", "mean rank"], rows))
         inst = s.get("instance_level")
         if inst:
-            rows = [[g, _f(d["tpr_mean"]), _f(d["tpr_std"]), _f(d["fpr_mean"]), _f(d["fpr_std"]),
-                     _f(d["n_identities_tpr"])] for g, d in [("overall", inst["overall"]), *inst["groups"].items()]]
-            out.append((f"Instance level (MixFairFace, tau at FPR {_f(inst['target_fpr'])}): {n}",
+            rows = [[g, fmt(d["tpr_mean"]), fmt(d["tpr_std"]), fmt(d["fpr_mean"]), fmt(d["fpr_std"]),
+                     fmt(d["n_identities_tpr"])] for g, d in [("overall", inst["overall"]), *inst["groups"].items()]]
+            out.append((f"Instance level (MixFairFace, tau at FPR {fmt(inst['target_fpr'])}): {n}",
                         ["group", "TPR mean", "TPR std", "FPR mean", "FPR std", "identities"], rows))
     return out
 
@@ -110,12 +111,12 @@ def _summary_lines(results: dict) -> list[str]:
                                     else f"global threshold at target FMR {st['target_fmr']:g} from the pooled "
                                          f"impostors") + f"; alpha {st['alpha']}.",
             f"Age groups: {st['age_bins']}; pair grouping: {first.get('pair_grouping', {}).get('description', '')}.",
-            f"Subjects: {data.get('n_subjects')}, genuine pairs: {_f(data.get('n_genuine'))}, impostor pairs: "
-            f"{_f(data.get('n_impostor'))}; images per age group: "
+            f"Subjects: {data.get('n_subjects')}, genuine pairs: {fmt(data.get('n_genuine'))}, impostor pairs: "
+            f"{fmt(data.get('n_impostor'))}; images per age group: "
             + ", ".join(f"{k} {v}" for k, v in (data.get("images_per_group") or {}).items()) + ".",
-            "Conventions: accept iff score >= tau; intervals are percentile intervals over resampled subjects "
-            "(results.json: fmr_ci, fnmr_ci); Clopper-Pearson intervals, which assume independent pairs, are in "
-            "fmr_pairs_ci and fnmr_pairs_ci.",
+            "Conventions: accept iff score >= tau; intervals are percentile intervals over resampled subjects, "
+            "widened to Clopper-Pearson where that is wider (results.json: fmr_ci, fnmr_ci); Clopper-Pearson "
+            "intervals, which assume independent pairs, are in fmr_pairs_ci and fnmr_pairs_ci.",
         ]
     return lines
 
@@ -136,7 +137,7 @@ def markdown(results: dict, figures: dict, base: Path) -> str:
     warns = _warnings(results)
     if warns:
         parts += ["", "## Warnings", ""] + [f"- {w}" for w in warns]
-    for title, hdr, rows in _tables(results):
+    for title, hdr, rows in result_tables(results):
         parts += ["", f"## {title}", "", "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
         parts += ["| " + " | ".join(r) + " |" for r in rows]
     if figures:
@@ -174,7 +175,7 @@ def html_report(results: dict, figures: dict) -> str:
     if warns:
         out.append("<div class='warn'><h2>Warnings</h2><ul>" + "".join(f"<li>{e(w)}</li>" for w in warns)
                    + "</ul></div>")
-    for title, hdr, rows in _tables(results):
+    for title, hdr, rows in result_tables(results):
         out.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in hdr) + "</tr>")
         out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
         out.append("</table>")

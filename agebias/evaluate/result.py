@@ -24,8 +24,6 @@ from typing import Any
 
 from agebias.errors import DataError, SettingsError
 
-SCALAR_KEYS = ("n_genuine", "n_impostor", "false_matches", "false_non_matches", "fmr", "fnmr")
-
 
 class EvaluationResult:
     """The evaluation of one or more models on the same images (see the module docstring)."""
@@ -67,20 +65,19 @@ class EvaluationResult:
     # ---- tables ----------------------------------------------------------------------------------------------
     @property
     def overall(self):
-        if len(self.models) == 1:
-            return dict(self.section().get("overall", {}))
-        import pandas as pd
-
-        rows = {m: _flat(self._results["models"][m].get("overall", {})) for m in self.models}
-        return pd.DataFrame.from_dict(rows, orient="index")
+        return self._per_model("overall")
 
     @property
     def fairness(self):
+        return self._per_model("fairness")
+
+    def _per_model(self, key: str):
+        """One model: its ``key`` section as a dict; several: a DataFrame with one flat row per model."""
         if len(self.models) == 1:
-            return dict(self.section().get("fairness", {}))
+            return dict(self.section().get(key, {}))
         import pandas as pd
 
-        rows = {m: _flat(self._results["models"][m].get("fairness", {})) for m in self.models}
+        rows = {m: _flat(self._results["models"][m].get(key, {})) for m in self.models}
         return pd.DataFrame.from_dict(rows, orient="index")
 
     @property

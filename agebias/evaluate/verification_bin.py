@@ -61,9 +61,7 @@ def evaluate_bin(path: str | os.PathLike, models: Sequence[str], embed: EmbedSet
     from agebias.models.embedder import build_embedder
 
     embed = embed or EmbedSettings()
-    images, issame = read_bin(path)
-    if len(images) != 2 * len(issame):
-        raise UserError(f"{path}: {len(images)} images for {len(issame)} pairs")
+    images, issame = read_bin(path)  # two images per pair, or UserError
     if len(issame) < 10:
         raise UserError(f"{path}: {len(issame)} pairs; the 10-fold protocol needs at least 10")
     import cv2
@@ -71,7 +69,7 @@ def evaluate_bin(path: str | os.PathLike, models: Sequence[str], embed: EmbedSet
     crops = np.stack([im if im.shape[:2] == (112, 112) else cv2.resize(im, (112, 112), interpolation=cv2.INTER_AREA)
                       for im in images]).astype(np.uint8)
     out = {"protocol": "insightface 10-fold", "file": str(path), "n_pairs": len(issame), "models": {}}
-    for name, spec in zip(model_names(models), models):
+    for name, spec in zip(model_names(models), models, strict=True):
         emb = build_embedder(spec, arch=embed.arch, device=embed.device, flip=True, batch_size=embed.batch_size,
                              trust_checkpoint=embed.trust_checkpoint, backend=embed.backend).embed(crops)
         out["models"][name] = {"spec": str(spec), **ten_fold_accuracy(pair_distances(emb), np.asarray(issame))}

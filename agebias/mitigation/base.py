@@ -48,7 +48,7 @@ class HookSetup:
     num_classes: int
     group_names: list[str]  # e.g. ["0-5", "5-10", ..., "50+"]
     embedding_dim: int
-    feature_channels: int  # channels of the layer4 feature map (0 for a backbone that is not an iresnet)
+    feature_channels: int  # channels of the last stage's feature map (0 for a backbone without stages: timm:)
     head: nn.Module  # the margin head (agebias.models.heads.MarginHead: .scale, .margin, .num_classes)
     device: torch.device
     epochs: int

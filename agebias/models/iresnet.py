@@ -20,6 +20,7 @@ STAGE_DEPTHS: dict[str, tuple[int, int, int, int]] = {
     "iresnet100": (3, 13, 30, 3),
     "iresnet200": (6, 26, 60, 6),
 }
+DEFAULT_WIDTHS = (64, 128, 256, 512)
 BN_EPS = 1e-5
 
 
@@ -57,7 +58,7 @@ class IResNet(nn.Module):
     fc_scale = 7 * 7
 
     def __init__(self, layers: Sequence[int], num_features: int = 512, dropout: float = 0.0,
-                 widths: Sequence[int] = (64, 128, 256, 512), stem_width: int | None = None):
+                 widths: Sequence[int] = DEFAULT_WIDTHS, stem_width: int | None = None):
         super().__init__()
         self.layers_config = tuple(int(n) for n in layers)
         self.widths = tuple(int(w) for w in widths)
@@ -104,10 +105,6 @@ class IResNet(nn.Module):
         x = self.forward_stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.forward_head(x)
-
-
-def iresnet(depths: Sequence[int], **kwargs) -> IResNet:
-    return IResNet(depths, **kwargs)
 
 
 def iresnet18(**kwargs) -> IResNet:

@@ -16,6 +16,7 @@ import copy
 import numpy as np
 
 from agebias.errors import ModelError
+from agebias.models.onnx_file import node_attr
 
 
 def dequantize_linear(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None = None, axis: int = 1,
@@ -54,13 +55,6 @@ def dequantize_linear(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray |
     return (diff.astype(diff_dtype) * scale_full.astype(diff_dtype)).astype(scale.dtype)
 
 
-def _attr(node, name: str, default: int) -> int:
-    for a in node.attribute:
-        if a.name == name:
-            return int(a.i)
-    return default
-
-
 def dequantized_constants(model, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Output name -> float array for every ``DequantizeLinear`` node of ``model`` whose inputs are all in
     ``values`` (the graph's constants)."""
@@ -74,8 +68,8 @@ def dequantized_constants(model, values: dict[str, np.ndarray]) -> dict[str, np.
         x, scale = values[inputs[0]], values[inputs[1]]
         zp = values[inputs[2]] if len(inputs) > 2 else None
         try:
-            out[node.output[0]] = dequantize_linear(x, scale, zp, axis=_attr(node, "axis", 1),
-                                                    block_size=_attr(node, "block_size", 0))
+            out[node.output[0]] = dequantize_linear(x, scale, zp, axis=int(node_attr(node, "axis", 1)),
+                                                    block_size=int(node_attr(node, "block_size", 0)))
         except ModelError as err:
             raise ModelError(f"node {node.name or node.output[0]}: {err}") from None
     return out

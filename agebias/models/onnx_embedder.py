@@ -1,6 +1,6 @@
 """Run an insightface-style recognition ONNX in onnxruntime as an embedder.
 
-Input convention: see :mod:`agebias.models.onnx_file` (NCHW float32, ``(x - mean) / std``, RGB unless ``bgr``).
+Input convention: see :mod:`agebias.models.onnx_file` (NCHW float32 RGB, ``(x - mean) / std``).
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ def _providers(device: torch.device) -> list[str]:
 
 
 class OnnxEmbedder(BatchedEmbedder):
-    """Run a recognition ONNX (NCHW float input ``(x - mean) / std``) in onnxruntime.
+    """Run a recognition ONNX (NCHW float RGB input ``(x - mean) / std``) in onnxruntime.
 
-    ``input_mean``/``input_std`` default to insightface's rule; ``bgr=True`` feeds channels in BGR order.
+    ``input_mean``/``input_std`` default to insightface's rule (:func:`agebias.models.onnx_file.input_normalisation`).
     """
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None, batch_size: int = 64,
                  flip: bool = False, input_mean: float | None = None, input_std: float | None = None,
-                 bgr: bool = False, name: str | None = None, threads: int | None = None):
+                 name: str | None = None):
         import onnxruntime as ort  # a core dependency, imported here only to keep `import agebias` light
 
         super().__init__(batch_size=batch_size, flip=flip)
@@ -45,12 +45,10 @@ class OnnxEmbedder(BatchedEmbedder):
             mean, std = input_normalisation(path, model)
             input_mean = mean if input_mean is None else input_mean
             input_std = std if input_std is None else input_std
-        self.input_mean, self.input_std, self.bgr = float(input_mean), float(input_std), bool(bgr)
+        self.input_mean, self.input_std = float(input_mean), float(input_std)
         self.device = resolve_device(device)
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = int(threads)
         self._options, self._providers = options, _providers(self.device)
         clean = clean_inputs(copy.deepcopy(model))
         self.session = self._session(clean, path)
@@ -96,8 +94,7 @@ class OnnxEmbedder(BatchedEmbedder):
             self.session, self.fixed_batch = session, None
 
     def _blob(self, faces: np.ndarray) -> np.ndarray:
-        x = faces[..., ::-1] if self.bgr else faces
-        x = (x.astype(np.float32) - np.float32(self.input_mean)) / np.float32(self.input_std)
+        x = (faces.astype(np.float32) - np.float32(self.input_mean)) / np.float32(self.input_std)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
     def _forward(self, faces: np.ndarray) -> np.ndarray:

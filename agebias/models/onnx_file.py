@@ -1,5 +1,5 @@
-"""Read a recognition ONNX file and find its input normalisation (shared by the onnxruntime embedder and the
-iresnet importer).
+"""Read a recognition ONNX file, read node attributes and find its input normalisation (shared by the onnxruntime
+embedder, the dequantiser and the importers).
 
 Input convention of recognition ONNX files (insightface model zoo): NCHW float32 RGB, ``(x - mean) / std`` where
 ``mean, std`` are 0, 1 when the graph starts with its own ``Sub``/``Mul`` normalisation nodes and 127.5, 127.5
@@ -27,6 +27,16 @@ def read_onnx(path: Path):
     except Exception as err:  # noqa: BLE001 - onnx raises DecodeError and other types for bad files
         reason = str(err).splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise ModelError(f"{path}: not a readable ONNX model ({reason})") from None
+
+
+def node_attr(node, name: str, default):
+    """The value of attribute ``name`` of an ONNX node (``default`` when absent)."""
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
 
 
 def clean_inputs(model):

@@ -18,7 +18,7 @@ from agebias.errors import ModelError
 from agebias.models.iresnet import IResNet
 from agebias.models.onnx_dequantize import dequantized_constants
 from agebias.models.onnx_embedder import OnnxEmbedder
-from agebias.models.onnx_file import input_normalisation, read_onnx
+from agebias.models.onnx_file import input_normalisation, node_attr, read_onnx
 from agebias.models.torch_embedder import TorchEmbedder
 
 
@@ -96,15 +96,6 @@ class OnnxGraph:
         raise ModelError(f"ONNX import: node {node.name} has no data input")
 
 
-def node_attr(node, name: str, default):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def input_affine(g: OnnxGraph, first_conv) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel ``a, b`` such that the first Conv sees ``a * graph_input + b`` (Sub/Mul/Div/Add at the input)."""
     a, b = np.ones(3, np.float32), np.zeros(3, np.float32)
@@ -176,14 +167,20 @@ def _set_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, g: OnnxGraph, cb: _ConvBN, in
     if in_scale is not None:
         w = w * in_scale.reshape(1, -1, 1, 1)
     conv.weight.data.copy_(torch.tensor(np.ascontiguousarray(w)))
-    if cb.bn is not None:
-        set_batchnorm(bn, g, cb.bn)
-        if len(cb.conv.input) > 2 and cb.conv.input[2]:  # a conv bias before a BN: fold it into the BN's mean
-            bn.running_mean.data.sub_(torch.tensor(g.const(cb.conv.input[2]).reshape(-1)))
-    else:  # BN folded into the conv: identity BN carrying the conv's bias
-        bias = g.const(cb.conv.input[2]).reshape(-1) if len(cb.conv.input) > 2 and cb.conv.input[2] else \
-            np.zeros(conv.out_channels, np.float32)
+    set_conv_batchnorm(bn, g, cb.conv, cb.bn)
+
+
+def set_conv_batchnorm(bn: nn.modules.batchnorm._BatchNorm, g: OnnxGraph, conv, bn_node) -> None:
+    """The BatchNorm after ``conv`` (which has no bias in torch): ``bn_node``'s values with the conv's bias (if any)
+    folded into the running mean; or, when the exporter folded the BN into the conv (``bn_node`` None), an identity
+    BN carrying the conv's bias."""
+    has_bias = len(conv.input) > 2 and conv.input[2]
+    bias = g.const(conv.input[2]).reshape(-1) if has_bias else np.zeros(bn.num_features, np.float32)
+    if bn_node is None:
         identity_batchnorm(bn, bias)
+        return
+    set_batchnorm(bn, g, bn_node)
+    bn.running_mean.data.sub_(torch.tensor(bias))
 
 
 def identity_batchnorm(bn: nn.modules.batchnorm._BatchNorm, bias: np.ndarray) -> None:
@@ -228,19 +225,24 @@ def import_iresnet_onnx(path: str | os.PathLike, verify: bool = True) -> IResNet
         text = str(err)
         raise ModelError(text if "iresnet" in text else f"{path}: not an importable iresnet ONNX ({text})") from None
     if verify:
-        cos = verify_against_onnxruntime(net, path)
+        cos = worst_cosine(net, path)
         if cos < 0.9999:
             raise ModelError(f"{path}: imported iresnet disagrees with onnxruntime (worst cosine {cos:.5f}); the graph "
                              "has a layout this importer does not know")
     return net
 
 
-def verify_against_onnxruntime(net: nn.Module, path: str | os.PathLike, n: int = 2) -> float:
-    """Worst cosine between ``net`` and onnxruntime on ``n`` random 112x112 crops."""
-    faces = np.random.default_rng(0).integers(0, 256, (n, 112, 112, 3), dtype=np.uint8)
-    a = OnnxEmbedder(path, device="cpu", batch_size=n).embed(faces)
-    b = TorchEmbedder(net, device="cpu", batch_size=n).embed(faces)
-    return float((a * b).sum(1).min())
+def worst_cosine(net: nn.Module, path: str | os.PathLike, faces: np.ndarray | None = None,
+                 input_mean: float | None = None, input_std: float | None = None) -> float:
+    """Worst cosine between ``net`` (torch, fed the toolkit's ``(x/255-0.5)/0.5``) and onnxruntime running ``path``
+    fed ``(x - input_mean) / input_std`` of RGB 0..255 (default: the file's own rule, see
+    :func:`~agebias.models.onnx_file.input_normalisation`), over ``faces`` (uint8 (N, 112, 112, 3) RGB crops;
+    default: two random crops)."""
+    if faces is None:
+        faces = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    a = OnnxEmbedder(path, device="cpu", batch_size=len(faces), input_mean=input_mean, input_std=input_std)
+    b = TorchEmbedder(net, device="cpu", batch_size=len(faces))
+    return float((a.embed(faces) * b.embed(faces)).sum(1).min())
 
 
 def _import_iresnet(path: Path, model) -> IResNet:

@@ -1,9 +1,8 @@
 """Backbones by name, in the manner of timm's ``create_model``.
 
-Names: ``iresnet18`` ... ``iresnet200`` and ``sface`` (SFace's network, :mod:`agebias.models.sface_net`; registered in
-:data:`BACKBONES`); ``iresnet:D1,D2,D3,D4[@W1,W2,W3,W4]``
-for custom stage depths (and widths); ``timm:<name>`` for any timm model (optional extra ``agebias[search]``) with a
-512-d embedding head at 112x112.
+Names: ``iresnet18`` ... ``iresnet200`` and ``sface`` (SFace's network, :mod:`agebias.models.sface_net`), registered
+in :data:`BACKBONES`; ``iresnet:D1,D2,D3,D4[@W1,W2,W3,W4]`` for custom stage depths (and widths); ``timm:<name>`` for
+any timm model (optional extra ``agebias[search]``) with a 512-d embedding head at 112x112.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ def parse_iresnet_spec(name: str) -> tuple[list[int], list[int]]:
     depth_part, _, width_part = name[len("iresnet:"):].partition("@")
     try:
         depths = [int(v) for v in depth_part.split(",")]
-        widths = [int(v) for v in width_part.split(",")] if width_part else [64, 128, 256, 512]
+        widths = [int(v) for v in width_part.split(",")] if width_part else list(_ir.DEFAULT_WIDTHS)
     except ValueError:
         raise SettingsError(f"bad iresnet spec '{name}': expected e.g. iresnet:2,2,2,2@32,64,128,256",
                             field="arch") from None

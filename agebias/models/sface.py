@@ -30,4 +30,4 @@ def sface_path() -> Path:
 def build_sface(device=None, flip: bool = False, batch_size: int = 64) -> OnnxEmbedder:
     """An :class:`OnnxEmbedder` for SFace (RGB, mean 0, std 1)."""
     return OnnxEmbedder(sface_path(), device=device, batch_size=batch_size, flip=flip, input_mean=0.0,
-                        input_std=1.0, bgr=False, name="sface")
+                        input_std=1.0, name="sface")

@@ -18,17 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from agebias.errors import ModelError
-from agebias.models.onnx_embedder import OnnxEmbedder
 from agebias.models.onnx_export import is_toolkit_export
-from agebias.models.onnx_file import read_onnx
-from agebias.models.onnx_import import (OnnxGraph, identity_batchnorm, input_affine, node_attr, set_batchnorm,
-                                        set_prelu, walk_back_to, walk_forward_to)
+from agebias.models.onnx_file import node_attr, read_onnx
+from agebias.models.onnx_import import (OnnxGraph, input_affine, set_batchnorm, set_conv_batchnorm, set_prelu,
+                                        walk_back_to, walk_forward_to, worst_cosine)
 from agebias.models.sface import sface_path
 from agebias.models.sface_net import ConvUnit, SFaceNet
-from agebias.models.torch_embedder import TorchEmbedder
 
 VERIFY_MIN_COSINE = 0.9999
 
@@ -57,7 +54,7 @@ def import_sface_onnx(path: str | os.PathLike, verify: bool = True) -> SFaceNet:
     except ModelError as err:
         raise ModelError(f"{path}: not an importable SFace ONNX ({err})") from None
     if verify:
-        cos = worst_cosine(net, path, convention=convention)
+        cos = worst_cosine(net, path, input_mean=convention[0], input_std=convention[1])
         if cos < VERIFY_MIN_COSINE:
             raise ModelError(f"{path}: imported SFace disagrees with onnxruntime (worst cosine {cos:.5f})")
     return net
@@ -72,19 +69,6 @@ def input_convention(model) -> tuple[float, float]:
     """``(mean, std)`` such that an SFace-layout graph is fed ``(x - mean) / std`` of RGB 0..255 pixels ``x``: the
     toolkit's ``(127.5, 127.5)`` for its own exports, else SFace's raw pixels ``(0, 1)``."""
     return (127.5, 127.5) if is_toolkit_export(model) else (0.0, 1.0)
-
-
-def worst_cosine(net: nn.Module, path: str | os.PathLike, faces: np.ndarray | None = None,
-                 convention: tuple[float, float] = (0.0, 1.0)) -> float:
-    """Worst cosine between ``net`` (torch) and onnxruntime running ``path`` fed ``(x - mean) / std``
-    (``convention``; default SFace's RGB 0..255), over ``faces`` (uint8 (N, 112, 112, 3) RGB aligned crops; default:
-    two random crops)."""
-    if faces is None:
-        faces = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
-    mean, std = convention
-    a = OnnxEmbedder(path, device="cpu", batch_size=len(faces), input_mean=mean, input_std=std).embed(faces)
-    b = TorchEmbedder(net, device="cpu", batch_size=len(faces)).embed(faces)
-    return float((a * b).sum(1).min())
 
 
 def _units(net: SFaceNet) -> list[ConvUnit]:
@@ -111,13 +95,7 @@ def _set_unit(unit: ConvUnit, g: OnnxGraph, conv, data_in: str) -> str:
     if prelu is None:
         raise ModelError(f"conv {label} is not followed by PRelu (with or without BatchNormalization between)")
     c.weight.copy_(torch.tensor(np.ascontiguousarray(w)))
-    bias = g.const(conv.input[2]).reshape(-1) if len(conv.input) > 2 and conv.input[2] else \
-        np.zeros(c.out_channels, np.float32)
-    if bn is not None:
-        set_batchnorm(unit.bn, g, bn)
-        unit.bn.running_mean.sub_(torch.tensor(bias))  # a conv bias before the BN: folded into the BN's mean
-    else:  # BN folded into the conv by an exporter: an identity BN carries the conv's bias
-        identity_batchnorm(unit.bn, bias)
+    set_conv_batchnorm(unit.bn, g, conv, bn)
     set_prelu(unit.prelu, g, prelu)
     return prelu.output[0]
 

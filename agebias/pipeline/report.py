@@ -7,14 +7,14 @@ summaries and the evaluator's ``results.json`` files; it computes no metric itse
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
 from typing import Any
 
 from agebias.atomic import write_text
-from agebias.evaluate.report import _f, _tables
+from agebias.evaluate.report import fmt, result_tables
+from agebias.pipeline.report_format import html_figure, html_table, md_table
 from agebias.pipeline.report_quality import quality_html, quality_markdown
 from agebias.pipeline.schema import Experiment
 
@@ -175,11 +175,11 @@ def _what_was_run(exp: Experiment, summaries: dict[str, Any]) -> list[str]:
 def _headline(results: dict[str, dict]) -> list[tuple[str, list[str], list[list[str]]]]:
     if "all-pairs" in results:
         res = results["all-pairs"]
-        tables = _tables(res)
+        tables = result_tables(res)
         target = res.get("settings", {}).get("target_fmr")
         return [(f"{title}, target FMR {target}" if i == 0 else title, hdr, rows)
                 for i, (title, hdr, rows) in enumerate(tables)]
-    return [t for res in results.values() for t in _tables(res)]
+    return [t for res in results.values() for t in result_tables(res)]
 
 
 def _figures(summaries: dict[str, Any]) -> list[tuple[str, Path]]:
@@ -198,8 +198,8 @@ def _figures(summaries: dict[str, Any]) -> list[tuple[str, Path]]:
 def _history_rows(summaries: dict[str, Any]) -> list[list[str]]:
     rows = []
     for h in summaries.get("finetune", {}).get("history", []) or []:
-        rows.append([str(h.get("epoch")), _f(h.get("loss")), _f(h.get("lr")), _f(h.get("val_eer")),
-                     _f(h.get("val_fnmr_at_fmr_1e-3"))])
+        rows.append([str(h.get("epoch")), fmt(h.get("loss")), fmt(h.get("lr")), fmt(h.get("val_eer")),
+                     fmt(h.get("val_fnmr_at_fmr_1e-3"))])
     return rows
 
 
@@ -222,17 +222,13 @@ def write_experiment_report(exp: Experiment, out: Path, summaries: dict[str, Any
 _HIST_HDR = ["epoch", "loss", "lr", "val EER", "val FNMR@FMR1e-3"]
 
 
-def _md_table(hdr: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def _markdown(exp, out, notes, lines, tables, figures, history, summaries, warnings, change=None) -> str:
     parts = [f"# agebias report: {exp.name}", ""]
     if notes:
         parts += ["> **Read this first.**"] + [f"> - {n}" for n in notes] + [""]
     parts += [f"- {line}" for line in lines] + [""]
     for i, (title, hdr, rows) in enumerate(tables):
-        parts += [f"## {title}", ""] + _md_table(hdr, rows) + [""]
+        parts += [f"## {title}", ""] + md_table(hdr, rows) + [""]
         if i == 0 and change:
             parts += ["## What changed", "", change, ""]
     if warnings:
@@ -243,7 +239,7 @@ def _markdown(exp, out, notes, lines, tables, figures, history, summaries, warni
         parts += [f"![{title}]({p.resolve().relative_to(out.resolve()).as_posix()})" for title, p in figures]
         parts.append("")
     if history:
-        parts += ["## Fine-tuning history", ""] + _md_table(_HIST_HDR, history) + [""]
+        parts += ["## Fine-tuning history", ""] + md_table(_HIST_HDR, history) + [""]
     reports = summaries.get("evaluate", {}).get("protocols", {})
     if reports:
         parts += ["## Full evaluation reports", ""]
@@ -266,8 +262,7 @@ def _html(exp, notes, lines, tables, figures, history, summaries, warnings, chan
                    + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul></div>")
     out.append("<ul>" + "".join(f"<li>{e(line)}</li>" for line in lines) + "</ul>")
     for i, (title, hdr, rows) in enumerate(tables):
-        out.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in hdr) + "</tr>"
-                   + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+        out.append(f"<h2>{e(title)}</h2>" + html_table(hdr, rows))
         if i == 0 and change:
             out.append(f"<h2>What changed</h2><p>{e(change)}</p>")
     if warnings:
@@ -276,14 +271,9 @@ def _html(exp, notes, lines, tables, figures, history, summaries, warnings, chan
     out += quality_html(summaries)
     if figures:
         out.append("<h2>Figures</h2>")
-        for title, path in figures:
-            data = base64.b64encode(path.read_bytes()).decode()
-            out.append(f"<figure><img alt='{e(title)}' src='data:image/png;base64,{data}'>"
-                       f"<figcaption>{e(title)}</figcaption></figure>")
+        out += [html_figure(title, path) for title, path in figures]
     if history:
-        out.append("<h2>Fine-tuning history</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in _HIST_HDR) + "</tr>"
-                   + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in history)
-                   + "</table>")
+        out.append("<h2>Fine-tuning history</h2>" + html_table(_HIST_HDR, history))
     skipped = summaries.get("evaluate", {}).get("skipped", [])
     if skipped:
         out.append("<h2>Skipped files</h2><ul>" + "".join(f"<li>{e(s['path'])}: {e(s['reason'])}</li>"

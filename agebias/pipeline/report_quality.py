@@ -4,12 +4,13 @@ see :mod:`generators.qc`) in words, one table and three figures. It reads the QC
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from agebias.pipeline.report_format import html_figure, html_table, md_table
 
 TITLE = "Synthetic data quality"
 EG3D_REFERENCE = ("For comparison: the EG3D-Age thesis repository reports an apparent-age MAE of 4.1 years on its "
@@ -89,8 +90,7 @@ def quality_markdown(summaries: dict[str, Any], out: Path) -> list[str]:
         parts += [p, ""]
     rows = quality_table(summaries)
     if rows:
-        parts += ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-        parts += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+        parts += md_table(TABLE_HEADER, rows) + [""]
     for title, path in quality_figures(summaries):
         parts += [f"![{title}]({Path(os.path.relpath(path, out)).as_posix()})", ""]
     return parts
@@ -105,10 +105,6 @@ def quality_html(summaries: dict[str, Any]) -> list[str]:
     parts = [f"<h2>{TITLE}</h2>"] + [f"<p>{e(p)}</p>" for p in paragraphs]
     rows = quality_table(summaries)
     if rows:
-        parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER) + "</tr>"
-                     + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
-    for title, path in quality_figures(summaries):
-        data = base64.b64encode(path.read_bytes()).decode()
-        parts.append(f"<figure><img alt='{e(title)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{e(title)}</figcaption></figure>")
+        parts.append(html_table(TABLE_HEADER, rows))
+    parts += [html_figure(title, path) for title, path in quality_figures(summaries)]
     return parts

@@ -29,7 +29,7 @@ from typing import Any
 from agebias.errors import SettingsError, UserError
 from agebias.evaluate.settings import PROTOCOLS, EmbedSettings, EvalSettings
 from agebias.finetune.config import FinetuneConfig
-from agebias.settings import Settings, setting, settings_fields
+from agebias.settings import Settings, is_required, setting, settings_fields
 from generators.settings import GenerateSettings
 
 if sys.version_info >= (3, 11):
@@ -132,8 +132,7 @@ class Experiment:
 
     def settings(self, table: str, cls: type[Settings], **route: Any) -> Settings:
         """The stage's settings object: the table's keys of ``cls`` plus the values the pipeline sets (``route``)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in self.sections[table].items() if k in names and table_keys(table).get(k) is cls}
+        values = {k: v for k, v in self.sections[table].items() if table_keys(table).get(k) is cls}
         return cls.from_dict({**values, **route}, source=f"{self.path} [{table}]")
 
 
@@ -177,8 +176,7 @@ def _checked(cls: type[Settings], given: dict[str, Any], table: str, path: Path)
     """Validate ``given`` with the class (required fields get placeholders the pipeline fills in later) and return
     every key of the table that ``cls`` defines, defaults included."""
     placeholders = {"out": "<out>", "data": ["<generated>"], "backbone": "<backbone>"}
-    required = {f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    required = {f.name for f in dataclasses.fields(cls) if is_required(f)}
     filled = {**{k: placeholders[k] for k in required if k not in given}, **given}
     obj = cls.from_dict(filled, source=f"{path} [{table}]")
     wanted = {k for k, c in table_keys(table).items() if c is cls}
@@ -216,9 +214,9 @@ def _check_stages(exp: Experiment) -> None:
             raise SettingsError(f"{path}: [generate] needs `ages` or `age_intervals`")
         if not (gen["sources"] or gen["identities"]):
             raise SettingsError(f"{path}: [generate] needs `sources` (photos) or `identities` (seeds)")
-    for key in ("sources", "checkpoint", "repo", "calibration", "dataset"):
-        value = gen.get(key)
-        if value and value != PACKAGE_PHOTOS and key not in MAYBE_PATHS and not Path(value).exists():
+    for key in ("sources", "repo", "calibration"):  # checkpoint: below (diffusion also takes hub ids)
+        value = gen[key]
+        if value and value != PACKAGE_PHOTOS and not Path(value).exists():
             raise SettingsError(f"{path}: [generate] {key} = '{value}' does not exist (the file's header says what "
                                 f"to provide)")
     if gen["checkpoint"] and gen["method"] != "diffusion" and not Path(gen["checkpoint"]).exists():  # (hub ids)

@@ -1,12 +1,15 @@
-"""The search experiment file (TOML) -> :class:`SearchExperiment`. Schema (every table but [space] optional)::
+"""The search experiment file (TOML) -> :class:`SearchExperiment`. Schema ([data], [space] and [objectives] required)::
 
-    [experiment]  name (study name), out (output folder, default runs/<name>), seed
+    [experiment]  name (study name), description, out (output folder, default runs/<name>), seed (fine-tuning seed
+                  of every trial)
     [search]      sampler = "nsga2" | "tpe", trials (per worker), heartbeat (seconds; 0 = off),
-                  population (NSGA-II population size), storage (Optuna URL; default sqlite:///<out>/study.db)
+                  population (NSGA-II population size), storage (Optuna URL; default sqlite:///<out>/study.db),
+                  seed (sampler seed); the options of `agebias search` override them
     [data]        synthetic = PATH, real = PATH (finetune sources; weights searched as synthetic_weight /
                   real_weight or fixed here as synthetic_weight = 1.0 ...), train = ["PATH[:WEIGHT]", ...] (instead),
                   eval = PATH (a set for '@eval' objectives), eval_kind (fgnet | manifest | generated | auto),
-                  eval_aligned (bool; default: as the data says), eval_age_bins (default: the finetune age_bins)
+                  eval_aligned (bool; default: as the data says), eval_age_bins (default: the evaluator's age
+                  groups, 0-12,13-19,20-39,40-69; an objective's own age_bins comes first)
     [finetune]    fixed FinetuneConfig settings of every trial (backbone/arch, init, epochs, batch_size, ...)
     [space]       the searched parameters (agebias.search.space)
     [objectives]  name = "METRIC@SET", all minimised, in order (agebias.search.objectives)
@@ -30,7 +33,7 @@ from typing import Any
 from agebias.errors import SettingsError, UserError
 from agebias.search.objectives import Objective, parse_objectives
 from agebias.search.settings import SearchSettings
-from agebias.search.space import SearchSpace, check_arch, compose_arch, mitigation_spec, parse_space
+from agebias.search.space import SPECIAL, SearchSpace, check_arch, compose_arch, mitigation_spec, parse_space
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -85,14 +88,14 @@ class SearchExperiment:
     def finetune_settings(self, params: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         """The FinetuneConfig dict of one trial: fixed settings, then the trial's parameters, then data/out."""
         settings = dict(self.finetune)
-        plain = {k: v for k, v in params.items() if k not in _special()}
+        plain = {k: v for k, v in params.items() if k not in SPECIAL}
         settings.update(plain)
         base_arch = settings.get("arch") or (settings.get("backbone") if settings.get("init") == "random" else None)
         arch = compose_arch(params, base_arch)
         if arch and arch != base_arch:
             settings.update(arch=arch, backbone=arch, init="random")
-        if arch and not str(arch).startswith("iresnet"):
-            settings["frozen_layers"] = ""  # only iresnet stages can be frozen
+        if arch and str(arch).startswith("timm:"):
+            settings["frozen_layers"] = ""  # timm backbones have no stages to freeze (iresnet and sface have)
         mitigation = mitigation_spec(params, settings.get("mitigation"))
         if mitigation is not None:
             settings["mitigation"] = mitigation
@@ -116,12 +119,6 @@ class SearchExperiment:
         if not sources:
             raise SettingsError("this trial has no training data: every [data] source has weight 0")
         return sources
-
-
-def _special() -> set[str]:
-    from agebias.search.space import SPECIAL
-
-    return set(SPECIAL)
 
 
 def load_search_experiment(path: str | Path) -> SearchExperiment:
@@ -165,7 +162,7 @@ def load_search_experiment(path: str | Path) -> SearchExperiment:
     for key in ("arch", "backbone"):
         if finetune_t.get(key) and finetune_t.get("init") == "random":
             check_arch(str(finetune_t[key]))
-    seed = _whole(path, "experiment", exp_t, "seed", None)
+    seed = _whole(path, "experiment", exp_t, "seed")
     out = Path(str(exp_t["out"])) if exp_t.get("out") else Path("runs") / name
     exp = SearchExperiment(
         path=path, name=name,
@@ -182,15 +179,14 @@ def load_search_experiment(path: str | Path) -> SearchExperiment:
     return exp
 
 
-def _whole(path: Path, table: str, values: dict[str, Any], key: str, default: int | None,
-           minimum: int | None = None) -> int | None:
-    """An optional whole-number setting of the file, checked (one clear line instead of a traceback)."""
-    value = values.get(key, default)
+def _whole(path: Path, table: str, values: dict[str, Any], key: str) -> int | None:
+    """An optional whole-number setting of the file (None when absent), checked (one clear line instead of a
+    traceback)."""
+    value = values.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        need = "a whole number" + (f" >= {minimum}" if minimum is not None else "")
-        raise SettingsError(f"{path}: [{table}] {key} must be {need}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(f"{path}: [{table}] {key} must be a whole number, got {value!r}")
     return value
 
 

@@ -22,7 +22,7 @@ Names with a meaning beyond a finetune setting:
 
 Every other name must be a :class:`agebias.finetune.config.FinetuneConfig` field (``head``, ``margin``,
 ``scale``, ``optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``frozen_layers``, ``batch_size``, ``epochs``...).
-Non-iresnet architectures cannot freeze iresnet stages: for them ``frozen_layers`` is set to ``""``.
+``timm:`` architectures have no stages to freeze: for them ``frozen_layers`` is set to ``""``.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import math
 import os
 import random
@@ -143,7 +143,8 @@ def pareto_front(trials: list, n_obj: int) -> list:
     done = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None and len(t.values) == n_obj]
 
     def dominates(a, b) -> bool:
-        return all(x <= y for x, y in zip(a.values, b.values)) and any(x < y for x, y in zip(a.values, b.values))
+        pairs = list(zip(a.values, b.values, strict=True))
+        return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
     return sorted((t for t in done if not any(dominates(o, t) for o in done)), key=lambda t: t.number)
 
@@ -199,7 +200,7 @@ def write_pareto(study, exp: SearchExperiment, out: Path) -> tuple[Path, Path]:
         "completed": states.get("COMPLETE", 0),
         "failed": states.get("FAIL", 0),
         "running": states.get("RUNNING", 0),
-        "pareto": [{"number": t.number, "params": t.params, "objectives": dict(zip(names, t.values)),
+        "pareto": [{"number": t.number, "params": t.params, "objectives": dict(zip(names, t.values, strict=True)),
                     "dir": t.user_attrs.get("dir")} for t in front],
         "baseline": baseline_values(exp),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -226,11 +227,11 @@ def plot_pareto(trials: list, front: list, objectives: list[Objective], baseline
     if n >= 2:
         pts = [xy(t.values) for t in done]
         if pts:
-            ax.scatter(*zip(*pts), s=22, c="0.6", label=f"trials ({len(done)})")
+            ax.scatter(*zip(*pts, strict=True), s=22, c="0.6", label=f"trials ({len(done)})")
         fr = sorted(xy(t.values) for t in front)
         if fr:
-            ax.step(*zip(*fr), where="post", c="tab:red", lw=1.2)
-            ax.scatter(*zip(*fr), s=36, c="tab:red", label=f"Pareto front ({len(fr)})", zorder=3)
+            ax.step(*zip(*fr, strict=True), where="post", c="tab:red", lw=1.2)
+            ax.scatter(*zip(*fr, strict=True), s=36, c="tab:red", label=f"Pareto front ({len(fr)})", zorder=3)
             for t in front:
                 ax.annotate(str(t.number), xy(t.values), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xlabel(objectives[0].label)
@@ -272,11 +273,12 @@ def _move_aside_foreign(trial_dir: Path, study: str, url: str, trial_id: int) ->
 
 # ---- the search loop ----------------------------------------------------------------------------------------------
 
-def run_search(exp: SearchExperiment, trials: int | None = None, *, storage: str | None = None,
-               study_name: str | None = None, out: str | Path | None = None, sampler: str | None = None,
-               seed: int | None = None, heartbeat: int | None = None,
+def run_search(exp: SearchExperiment, trials: int | None = None, *, study_name: str | None = None,
+               out: str | Path | None = None, seed: int | None = None, heartbeat: int | None = None,
                trial_fn: TrialFn | None = None) -> SearchSummary:
-    """Join (or create) the study and run ``trials`` trials in this process; see the module docstring."""
+    """Join (or create) the study and run ``trials`` trials in this process; see the module docstring. Arguments
+    left None take the experiment's values (``exp.search``: trials, sampler seed, heartbeat; ``exp.name``,
+    ``exp.out``)."""
     import optuna
 
     # ERROR: a failed trial is reported by the one line below (traceback in its error.txt), not by Optuna's
@@ -288,18 +290,19 @@ def run_search(exp: SearchExperiment, trials: int | None = None, *, storage: str
     n_trials = exp.trials if trials is None else int(trials)
     if n_trials < 0:
         raise UserError(f"--trials must be >= 0, got {n_trials}")
-    url = storage or exp.storage or default_storage(out)
+    url = exp.storage or default_storage(out)
     shown_url = display_url(url)
     name = study_name or exp.name
     beat = exp.heartbeat if heartbeat is None else int(heartbeat)
     if trial_fn is None:
         from agebias.search.trial import run_trial as trial_fn
     rdb = open_storage(url, beat)
-    study = open_study(rdb, name, len(exp.objectives), make_sampler(sampler or exp.sampler, seed, exp.population))
+    sampler = make_sampler(exp.sampler, exp.search.seed if seed is None else seed, exp.population)
+    study = open_study(rdb, name, len(exp.objectives), sampler)
     if beat > 0:
         optuna.storages.fail_stale_trials(study)
     log.info(f"search: study '{name}' in {shown_url} ({len(study.get_trials(deepcopy=False))} trials so far); "
-         f"running {n_trials} here, outputs in {out}")
+             f"running {n_trials} here, outputs in {out}")
     write_pareto(study, exp, out)
     names = [o.name for o in exp.objectives]
     failures = 0
@@ -319,18 +322,18 @@ def run_search(exp: SearchExperiment, trials: int | None = None, *, storage: str
         try:
             result = trial_fn(exp, params, trial_dir)
             values = [float(result[n]) for n in names]
-            bad = [n for n, v in zip(names, values) if not math.isfinite(v)]
+            bad = [n for n, v in zip(names, values, strict=True) if not math.isfinite(v)]
             if bad:
                 raise ValueError(f"objective(s) {', '.join(bad)} not finite")
-        except BaseException as err:
+        except BaseException as err:  # an interrupted trial gets its error.txt too; re-raised, Optuna records FAIL
             failures += 1
             reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
             trial.set_user_attr("error", reason)
             write_text(trial_dir / "error.txt", reason + "\n\n" + traceback.format_exc())
             log.info(f"search: trial {trial.number} failed: {reason}")
             raise
-        write_json(trial_dir / "objectives.json", dict(zip(names, values)))
-        log.info(f"search: trial {trial.number} done: " + ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values)))
+        write_json(trial_dir / "objectives.json", dict(zip(names, values, strict=True)))
+        log.info(f"search: trial {trial.number} done: " + ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values, strict=True)))
         return values
 
     def after_trial(study, _trial) -> None:

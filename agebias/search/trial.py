@@ -6,7 +6,7 @@ rebuilt from the same sources and seed) and/or the ``[data] eval`` set; :func:`a
 scores them; ``metrics.json`` keeps every number (per age group too).
 
 ``val`` objectives are scored in memory with :func:`agebias.search.objectives.pair_metrics` (fast, no files);
-``eval`` objectives run the evaluator's library API (:func:`agebias.evaluate.api.evaluate_embeddings`, without
+``eval`` objectives run the evaluator's library API (:func:`agebias.evaluate.api.evaluate_records`, without
 bootstrap) and keep its full report in ``<trial dir>/eval[-K]/`` (results.json, groups.csv, plots, report).
 Both follow the evaluator's conventions (one global tau at the target FMR, "both images in the group" pairs).
 """
@@ -27,6 +27,7 @@ from agebias.search.objectives import metric_key, objective_values, pair_metrics
 def run_trial(exp: SearchExperiment, params: dict[str, Any], trial_dir: Path) -> dict[str, float]:
     from agebias.finetune.config import FinetuneConfig
     from agebias.finetune.trainer import run_finetune
+    from agebias.models.embedder import build_embedder
 
     settings = exp.finetune_settings(params, trial_dir / "finetune")
     config = FinetuneConfig.from_dict(settings)
@@ -35,8 +36,6 @@ def run_trial(exp: SearchExperiment, params: dict[str, Any], trial_dir: Path) ->
     if backbone is None or not Path(backbone).is_file():
         raise RuntimeError(f"fine-tuning in {result.run_dir} produced no backbone")
     arch = config.arch or (config.backbone if config.init == "random" else None)
-    from agebias.models.embedder import build_embedder
-
     embedder = build_embedder(str(backbone), arch=arch, device=config.device if config.device != "auto" else None)
     sets: dict[str, tuple[np.ndarray, list]] = {}
     metrics: dict[tuple, dict[str, Any]] = {}
@@ -61,7 +60,7 @@ def run_trial(exp: SearchExperiment, params: dict[str, Any], trial_dir: Path) ->
         "history": result.rows,
         "metrics": [{"on": k[0], "fmr": k[1], "alpha": k[2], "age_bins": k[3], **v} for k, v in metrics.items()]})
     values = objective_values(exp.objectives, metrics)
-    return {o.name: v for o, v in zip(exp.objectives, values)}
+    return {o.name: v for o, v in zip(exp.objectives, values, strict=True)}
 
 
 def _evaluator_metrics(records: list, emb: np.ndarray, out: Path, fmr: float, alpha: float, age_bins: str | None,
@@ -96,7 +95,7 @@ def _val_set(config) -> tuple[np.ndarray, list]:
     if len(data.val) < 2:
         raise UserError("a '@val' objective needs held-out identities: set [finetune] val_fraction > 0")
     v = data.val
-    return v.crops, [FaceRecord(Path(p), s, a, None, {}) for p, s, a in zip(v.paths, v.subjects, v.ages)]
+    return v.crops, [FaceRecord(Path(p), s, a, None, {}) for p, s, a in zip(v.paths, v.subjects, v.ages, strict=True)]
 
 
 _EVAL_CACHE: dict[tuple, tuple[np.ndarray, list]] = {}
