@@ -119,7 +119,7 @@ def load_crops(records: list[FaceRecord], source_of: list[int], data_aligned: li
     kept_source: list[int] = []
     skipped: list[Problem] = []
     for s, says in enumerate(data_aligned):
-        mine = [r for r, i in zip(records, source_of) if i == s]
+        mine = [r for r, i in zip(records, source_of, strict=True) if i == s]
         if not mine:
             continue
         faces = load_aligned_faces(mine, detector=detector, aligned=use_as_aligned(says, aligned),
