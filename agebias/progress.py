@@ -41,6 +41,10 @@ def track(iterable: Iterable[T], description: str = "", total: int | None = None
 
 
 def bar(total: int | None, description: str = "", unit: str = "it") -> tqdm:
-    """A manual progress bar: ``with bar(n, "embedding") as b: b.update(k)`` (drawn on a terminal, unless quiet)."""
-    return tqdm(total=total, desc=description, unit=unit, disable=_disable(), file=sys.stderr, dynamic_ncols=True,
-                leave=False)
+    """A manual progress bar: ``with bar(n, "embedding") as b: b.update(k)`` (drawn on a terminal, unless quiet).
+
+    Work of a single step (``total`` 1, e.g. all pairs of a small set in one tile) gets no bar: it could only sit
+    at 0/1 and then vanish."""
+    single_step = total is not None and total <= 1
+    return tqdm(total=total, desc=description, unit=unit, disable=True if single_step else _disable(),
+                file=sys.stderr, dynamic_ncols=True, leave=False)

@@ -116,5 +116,7 @@ def main(n: int = 30_000, d: int = 512, per_subject: int = 10) -> int:
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:3]]
-    sys.exit(main(*args))
+    if any(not a.isdigit() for a in sys.argv[1:3]):
+        print(__doc__)
+        sys.exit(0 if sys.argv[1] in ("-h", "--help") else 2)
+    sys.exit(main(*(int(a) for a in sys.argv[1:3])))

@@ -109,6 +109,18 @@ def test_empty_garbe_panel_says_why_and_keeps_the_fdr_range():
     assert "GARBE is undefined at every target FMR" in note and "every age group has FNMR 0" in note
 
 
+def test_empty_garbe_panel_counts_the_target_fmrs_each_reason_holds_at():
+    """FNMR 0 everywhere, FMR 0 at the strictest target only: the note must not claim FMR 0 everywhere."""
+    zero = {"0-12": 0.0, "13-19": 0.0}
+    points = [{"target_fmr": t, "threshold": 0.5, "fmr": t, "garbe": None, "fdr": 1.0,
+               "group_fmr": dict(zero) if t == 1e-4 else {"0-12": t, "13-19": 0.0}, "group_fnmr": dict(zero)}
+              for t in (1e-4, 1e-3, 1e-2)]
+    fig = draw(_fake_results(points), "fairness_vs_fmr")
+    note = " ".join(t.get_text() for t in fig.axes[0].texts).replace("\n", " ")
+    assert "every age group has FNMR 0 (no genuine pair is rejected);" in note
+    assert "every age group has FMR 0 (no impostor pair is accepted), at 1 of the 3 target FMRs" in note
+
+
 def _fake_results(points: list[dict]) -> dict:
     """A minimal all-pairs results dict (one model, two groups) around given fairness-vs-FMR points."""
     edges = np.linspace(-1, 1, 201).tolist()

@@ -68,4 +68,11 @@ class AgeBins:
 
     def assign(self, ages: Sequence[float | None]) -> np.ndarray:
         """Bin index of every age (int64); -1 for unknown ages and ages outside every bin."""
-        return np.asarray([self.index(a) for a in ages], dtype=np.int64)
+        if isinstance(ages, np.ndarray) and ages.dtype.kind in "iuf":
+            a = ages.astype(np.float64)
+        else:
+            a = np.array([np.nan if x is None else x for x in ages], dtype=np.float64)
+        out = np.full(a.shape, -1, dtype=np.int64)
+        for i, (lo, hi) in reversed(list(enumerate(self.edges))):  # the first bin wins, as in index()
+            out[(a >= lo) & (a < hi + 1)] = i
+        return out

@@ -54,6 +54,9 @@ def read_manifest(csv_path: str | os.PathLike, name: str | None = None, check_fi
         raise UserError(f"manifest {csv_path} is not a readable UTF-8 CSV file ({type(err).__name__})") from None
     records: list[FaceRecord] = []
     problems: list[Problem] = []
+    has_landmarks = all(c in fields for c in LANDMARK_COLUMNS)
+    extra_columns = [k for k in dict.fromkeys(fields)
+                     if k and k not in REQUIRED and k != subject_column and k not in LANDMARK_COLUMNS]
     for line, row in enumerate(rows, start=2):
         row = {(k or "").strip(): (v if v is not None else "") for k, v in row.items()}
         rel = row.get("path", "").strip()
@@ -70,15 +73,14 @@ def read_manifest(csv_path: str | os.PathLike, name: str | None = None, check_fi
             problems.append(Problem(str(path), f"bad age {row.get('age')!r} in {csv_path.name} line {line}"))
             continue
         landmarks = None
-        if all(row.get(c, "").strip() for c in LANDMARK_COLUMNS):
+        if has_landmarks and all(row.get(c, "").strip() for c in LANDMARK_COLUMNS):
             try:
                 vals = [float(row[c]) for c in LANDMARK_COLUMNS]
                 landmarks = tuple((vals[2 * i], vals[2 * i + 1]) for i in range(5))
             except ValueError:
                 problems.append(Problem(str(path), f"bad landmark value in {csv_path.name} line {line}"))
                 continue
-        extra = {k: v for k, v in row.items()
-                 if k not in REQUIRED and k != subject_column and k not in LANDMARK_COLUMNS and k}
+        extra = {k: row[k] for k in extra_columns if k in row}
         records.append(FaceRecord(path=path, subject=str(row.get(subject_column, "")).strip(), age=age,
                                   landmarks=landmarks, extra=extra))
     return DatasetScan(name=name or csv_path.stem, root=base, records=records, problems=problems)

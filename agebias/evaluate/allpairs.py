@@ -128,7 +128,7 @@ def _small_gap_sets(ps: PairScores, ages: np.ndarray, age_bins: str, max_gap: in
     """Same-group, small-gap genuine pairs: both images in age group g and |a1 - a2| <= max_gap."""
     a, b = ages[ps.gen_i], ages[ps.gen_j]
     bins = AgeBins.parse(age_bins)
-    ga, gb = bins.assign(a.tolist()), bins.assign(b.tolist())
+    ga, gb = bins.assign(a), bins.assign(b)  # unknown ages (-1) fall in no bin
     ok = (a >= 0) & (b >= 0) & (ga == gb) & (np.abs(a - b) <= max_gap)
     return {lab: ok & (ga == g) for g, lab in enumerate(bins.labels)}
 

@@ -197,8 +197,9 @@ def _evaluate_scores_file(p: Path, group_column: str | None, target_fmr: float, 
 
 def match_embeddings(records: Sequence[FaceRecord], npz_path: str | os.PathLike, root: str | os.PathLike = ""
                      ) -> tuple[list[FaceRecord], np.ndarray, list[Problem]]:
-    """Rows of an ``agebias embed`` .npz matched to records on ``paths`` (absolute, then relative to ``root``,
-    then file name when unique). Records without an embedding are returned as problems."""
+    """Rows of an ``agebias embed`` .npz matched to records on ``paths`` (the same spelling, then the same absolute
+    path, then relative to ``root``, then file name when unique). Records without an embedding are returned as
+    problems."""
     p = Path(npz_path)
     if not p.is_file():
         raise DataError(f"embeddings file {p} not found")
@@ -206,7 +207,7 @@ def match_embeddings(records: Sequence[FaceRecord], npz_path: str | os.PathLike,
         with np.load(p, allow_pickle=False) as z:
             if "paths" not in z or "embeddings" not in z:
                 raise DataError(f"{p}: needs arrays 'paths' and 'embeddings' (as written by 'agebias embed')")
-            paths = [str(x) for x in z["paths"]]
+            paths = np.asarray(z["paths"]).astype(str).tolist()
             emb = np.asarray(z["embeddings"], dtype=np.float32)
     except (OSError, ValueError) as err:
         raise DataError(f"{p}: not a readable .npz ({err})") from None
@@ -220,24 +221,34 @@ def match_embeddings(records: Sequence[FaceRecord], npz_path: str | os.PathLike,
             out.append(os.path.normcase(os.path.abspath(os.path.join(base, path))))
         return out
 
+    spelled: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        spelled.setdefault(path, i)
     index: dict[str, int] = {}
     names: dict[str, list[int]] = {}
-    for i, path in enumerate(paths):
-        for k in keys(path):
-            index.setdefault(k, i)
-        names.setdefault(os.path.basename(path), []).append(i)
+
+    def normalised_match(path: str) -> int | None:
+        if not index:  # built on the first path spelled differently
+            for i, other in enumerate(paths):
+                for k in keys(other):
+                    index.setdefault(k, i)
+                names.setdefault(os.path.basename(other), []).append(i)
+        cand = [index[k] for k in keys(path) if k in index]
+        if not cand and len(names.get(os.path.basename(path), [])) == 1:
+            cand = names[os.path.basename(path)]
+        return cand[0] if cand else None
+
     finite = np.isfinite(emb).all(axis=1)
     nonzero = np.any(emb != 0, axis=1)
     kept, rows, problems = [], [], []
     for r in records:
         path = os.fspath(r.path)
-        cand = [index[k] for k in keys(path) if k in index]
-        if not cand and len(names.get(os.path.basename(path), [])) == 1:
-            cand = names[os.path.basename(path)]
-        if not cand:
+        i = spelled.get(path)
+        if i is None:
+            i = normalised_match(path)
+        if i is None:
             problems.append(Problem(path, f"no embedding in {p.name}"))
             continue
-        i = cand[0]
         if not (finite[i] and nonzero[i]):
             problems.append(Problem(path, f"its embedding in {p.name} is "
                                           + ("not finite (NaN/inf)" if not finite[i] else "all zeros")))

@@ -56,6 +56,7 @@ def subject_bootstrap(grouping: PairGrouping, subjects: np.ndarray, gen_i: np.nd
     h = np.zeros((n_s, c))
     np.add.at(h, (subjects, grouping.image_class), 1.0)
     wh = w @ h                                   # (B, C)
+    w2 = w ** 2
     gg = grouping.genuine_groups(gen_i, gen_j)
     ag = grouping.key_group[grouping.pair_keys(acc_i, acc_j)]
     acc_a, acc_b = subjects[acc_i], subjects[acc_j]
@@ -66,7 +67,7 @@ def subject_bootstrap(grouping: PairGrouping, subjects: np.ndarray, gen_i: np.nd
         """FMR per replicate of the impostor pairs whose class pair has weight 1 in ``lg`` (accepted: mask m)."""
         lg = (lg + lg.T) / 2.0  # unordered pairs: symmetric
         self_terms = np.einsum("sc,cd,sd->s", h, lg, h)
-        denom = 0.5 * (np.einsum("bc,cd,bd->b", wh, lg, wh) - (w ** 2) @ self_terms)
+        denom = 0.5 * (np.einsum("bc,cd,bd->b", wh, lg, wh) - w2 @ self_terms)
         a, b = acc_a[m], acc_b[m]
         mat = sparse.csr_matrix((np.ones(a.size), (a, b)), shape=(n_s, n_s))
         num = ((mat @ w.T).T * w).sum(axis=1) if a.size else np.zeros(n_boot)

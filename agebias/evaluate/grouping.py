@@ -104,7 +104,7 @@ def make_grouping(ages: Sequence[int | None], mode: str = "both", age_bins: str 
     bins = as_bins(age_bins)
     a = ages_array(ages)
     if mode == "both":
-        g = np.array([bins.index(x) if x >= 0 else -1 for x in a], dtype=np.int64)
+        g = bins.assign(a)  # unknown ages (-1) fall in no bin
         n_g = len(bins)
         cls = np.where(g < 0, n_g, g).astype(np.int32)  # class n_g = no group
         c = n_g + 1
@@ -163,4 +163,4 @@ def describe_mode(mode: str) -> str:
 def image_groups(ages: Sequence[int | None], age_bins: str | AgeBins = DEFAULT_AGE_BINS) -> np.ndarray:
     """Per-image bin index (-1 = none), for per-image protocols (identification, instance level)."""
     bins = as_bins(age_bins)
-    return np.array([bins.index(x) for x in ages], dtype=np.int64)
+    return bins.assign(ages)

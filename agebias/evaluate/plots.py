@@ -327,25 +327,40 @@ def _draw_det(results: dict, ax=None):
 
 
 # --------------------------------------------------------------------------------------- fairness vs FMR
-def _undefined_reason(points: list[dict], key: str) -> str:
-    """Why GARBE (or FDR) is undefined at every target FMR, read from the per-group rates of the points."""
-    reasons = []
-    for p in points:
-        fmr = [v for v in (p.get("group_fmr") or {}).values() if v is not None and math.isfinite(v)]
-        fnmr = [v for v in (p.get("group_fnmr") or {}).values() if v is not None and math.isfinite(v)]
-        for rates, kind in ((fnmr, "genuine"), (fmr, "impostor")):
-            if len(rates) < 2:
-                reasons.append(f"fewer than 2 age groups have {kind} pairs")
-        if len(fmr) < 2 or len(fnmr) < 2:
-            continue
-        if key == "garbe" and not any(fnmr):
-            reasons.append("every age group has FNMR 0 (no genuine pair is rejected)")
-        if key == "garbe" and not any(fmr):
-            reasons.append("every age group has FMR 0 (no impostor pair is accepted)")
-    if not reasons:
+def _undefined_reason(models: list[tuple[str, list[dict]]], key: str) -> str:
+    """Why GARBE (or FDR) is undefined at every target FMR, read from each model's per-group rates at its points
+    (``models``: (name, fairness_vs_fmr points)); a reason that does not hold at every point says where it does."""
+    held: dict[str, dict[str, int]] = {}
+    for name, points in models:
+        for p in points:
+            fmr = [v for v in (p.get("group_fmr") or {}).values() if v is not None and math.isfinite(v)]
+            fnmr = [v for v in (p.get("group_fnmr") or {}).values() if v is not None and math.isfinite(v)]
+            reasons = [f"fewer than 2 age groups have {kind} pairs"
+                       for rates, kind in ((fnmr, "genuine"), (fmr, "impostor")) if len(rates) < 2]
+            if len(fmr) >= 2 and len(fnmr) >= 2 and key == "garbe":
+                if not any(fnmr):
+                    reasons.append("every age group has FNMR 0 (no genuine pair is rejected)")
+                if not any(fmr):
+                    reasons.append("every age group has FMR 0 (no impostor pair is accepted)")
+            for r in reasons:
+                held.setdefault(r, {})
+                held[r][name] = held[r].get(name, 0) + 1
+    if not held:
         return f"{key.upper()} has no value at any target FMR"
-    why = ";\n".join(dict.fromkeys(reasons))
-    zero = " (the Gini coefficient of rates that are all 0 is 0/0)" if "has F" in why else ""
+    n = {name: len(points) for name, points in models}
+
+    def where(counts: dict[str, int]) -> str:
+        if all(counts.get(m, 0) == k for m, k in n.items()):
+            return ""
+        if len(n) == 1:
+            return f", at {counts.get(next(iter(n)), 0)} of the {next(iter(n.values()))} target FMRs"
+        if len(set(n.values())) == 1:
+            return (", at " + " and ".join(f"{counts.get(m, 0)} ({m})" for m in n)
+                    + f" of the {next(iter(n.values()))} target FMRs")
+        return ", at " + " and ".join(f"{counts.get(m, 0)} of {k} ({m})" for m, k in n.items()) + " target FMRs"
+
+    why = ";\n".join(r + where(c) for r, c in held.items())
+    zero = ".\nA Gini coefficient of rates that are all 0 is 0/0." if "has F" in why else ""
     return f"{key.upper()} is undefined at every target FMR:\n{why}{zero}"
 
 
@@ -374,8 +389,8 @@ def _draw_fairness(results: dict, ax=None):
             a.legend(loc="best")
         else:
             a.set_yticks([])
-            points = [p for _, sec in secs for p in sec.get("fairness_vs_fmr") or []]
-            _note(a, _undefined_reason(points, key), fontsize=8)
+            _note(a, _undefined_reason([(name, sec.get("fairness_vs_fmr") or []) for name, sec in secs], key),
+                  fontsize=8)
     return fig
 
 

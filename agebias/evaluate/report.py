@@ -82,7 +82,7 @@ def result_tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]
                     for g, d in ident["groups"].items()]
             out.append((f"Identification (rank-1, all-vs-all): {n}; disparity {fmt(ident['disparity'])}, "
                         f"error ratio {fmt(ident['error_ratio'])}, rank disparity {fmt(ident['rank_disparity'])}",
-                        ["group", "probes", "rank-1 accuracy", "mean rank"], rows))
+                        ["group", "probes", "rank-1 accuracy", "mean rank (0 = top)"], rows))
         inst = s.get("instance_level")
         if inst:
             rows = [[g, fmt(d["tpr_mean"]), fmt(d["tpr_std"]), fmt(d["fpr_mean"]), fmt(d["fpr_std"]),
