@@ -626,7 +626,7 @@ class _Engine:
 
     def make_state(self, hist: bool):
         b = min(self.block, max(self.n, 1))
-        return _State(np.empty((b, b), np.float32), np.empty((b, b), np.float32), np.empty((b, b), np.int32),
+        return _State(np.empty((b, b), np.float32), np.empty((b, b), np.float32), np.empty((b, b), _bin_dtype()),
                       np.zeros((self.grouping.n_keys, NB), np.int64) if hist else None,
                       np.full(self.n, -np.inf, dtype=np.float32))
 
@@ -874,6 +874,13 @@ class _State:
             self.acc_v = [v[a]]
         self.n_vals = n
         self.prune_at = max(1 << 23, 4 * n)
+
+
+def _bin_dtype() -> type:
+    """The integer type of the per-tile bin buffers that :func:`_bincount` counts fastest: numpy's bincount converts
+    anything else to int64 first (a copy of the tile: counting int32 bins took 2.5x as long), torch's is fastest
+    on int32."""
+    return np.int32 if "torch" in sys.modules else np.int64
 
 
 def _bincount() -> Callable[[np.ndarray, int], np.ndarray]:
