@@ -15,7 +15,7 @@ from typing import Any
 from agebias.atomic import write_text
 from agebias.evaluate.report import fmt, result_tables
 from agebias.pipeline.report_format import html_figure, html_table, md_table
-from agebias.pipeline.report_quality import quality_figures, quality_html, quality_markdown
+from agebias.pipeline.report_quality import quality_html, quality_markdown, shows_contact_sheet
 from agebias.pipeline.schema import Experiment
 
 FIGURE_ORDER = ("score_distributions", "group_rates", "det", "fairness_vs_fmr", "genuine_vs_age_gap")
@@ -190,8 +190,7 @@ def _figures(summaries: dict[str, Any]) -> list[tuple[str, Path]]:
         pngs.sort(key=lambda p: (FIGURE_ORDER.index(p.stem) if p.stem in FIGURE_ORDER else 99, p.stem))
         found += [(f"{protocol}: {p.stem.replace('_', ' ')}", p) for p in pngs]
     sheet = summaries.get("generate", {}).get("contact_sheet")
-    annotated = any(title.startswith("generated identities") for title, _ in quality_figures(summaries))
-    if sheet and Path(sheet).is_file() and not annotated:  # the quality section shows it, labelled
+    if sheet and Path(sheet).is_file() and not shows_contact_sheet(summaries):  # else shown labelled there
         found.append(("generated identities x ages (contact sheet)", Path(sheet)))
     return found
 

@@ -80,6 +80,12 @@ def quality_figures(summaries: dict[str, Any]) -> list[tuple[str, Path]]:
     return [(title, folder / names[key]) for key, title in FIGURES if key in names and (folder / names[key]).is_file()]
 
 
+def shows_contact_sheet(summaries: dict[str, Any]) -> bool:
+    """Whether the section shows the generated set's contact sheet (labelled with apparent ages)."""
+    found = _qc(summaries)
+    return found is not None and "contact_sheet" in found[0].get("plots", {})
+
+
 def quality_markdown(summaries: dict[str, Any], out: Path) -> list[str]:
     """Markdown lines of the section (empty when the generate stage did not run)."""
     paragraphs = quality_paragraphs(summaries)
