@@ -19,6 +19,7 @@ OPTIONAL_PACKAGES = {
     "transformers": "diffusion generator: pip install 'agebias[diffusion]'",
     "optuna": "agebias search: pip install 'agebias[search]'",
     "timm": "timm backbones: pip install 'agebias[search]'",
+    "numba": "compiled pair counting for large evaluations (numpy counts otherwise): pip install 'agebias[fast]'",
 }
 _DIST = {"facenet_pytorch": "facenet-pytorch"}
 

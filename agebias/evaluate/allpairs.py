@@ -24,8 +24,8 @@ from agebias.evaluate.fairness import GroupTable, fdr, garbe
 from agebias.evaluate.grouping import AgeBins, ages_array, describe_mode, image_groups, make_grouping
 from agebias.evaluate.identification import identification_by_group, rank1_from_pairs
 from agebias.evaluate.instance import instance_level, mixfair_threshold
-from agebias.evaluate.pairs import (HI, LO, NB, ExactNeeds, PairScores, exactly, normalise, score_all_pairs,
-                                    tau_bin)
+from agebias.evaluate.bins import HI, LO, NB, tau_bin
+from agebias.evaluate.pairs import ExactNeeds, PairScores, exactly, normalise, score_all_pairs
 from agebias.evaluate.settings import EvalSettings
 
 log = logging.getLogger(__name__)
@@ -311,7 +311,7 @@ def evaluate_embeddings_allpairs(emb: np.ndarray, subjects: Sequence, ages: Sequ
                      lab: int((img_groups == g).sum()) for g, lab in enumerate(bin_labels)},
                  "genuine_cross_group": cross_gen, "unknown_age": unknown_age,
                  "engine": "streamed one-pass histogram" if ps.streamed else "all scores in memory",
-                 "passes": ps.passes},
+                 "passes": ps.passes, "tile_counting": ps.counting or None},
         "pair_grouping": {"mode": st.pair_grouping, "description": describe_mode(st.pair_grouping),
                           "labels": gp.labels, "cell_labels": gp.cell_labels},
         "intervals": {"fmr_ci, fnmr_ci": (f"{st.confidence:.0%} percentile intervals over {st.bootstrap} "

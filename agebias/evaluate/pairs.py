@@ -48,7 +48,6 @@ the histogram counted.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import sys
@@ -60,16 +59,14 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
+from agebias.evaluate import tile_kernel
+from agebias.evaluate.bins import A32, C32, LO, MASKED, NB, _ceil32, bin_floor, bin_index, tau_bin
 from agebias.evaluate.grouping import PairGrouping
 from agebias.evaluate.metrics import DEFAULT_TARGETS, ExactDist, _thin_curve, max_allowed_false_matches
 from agebias.progress import bar
 
-NB = 1 << 16
-LO = -1.0 - 2.0 ** -10
-HI = 1.0 + 2.0 ** -10
-A32 = np.float32(NB / (HI - LO))
-C32 = np.float32(-LO * NB / (HI - LO))
 DEFAULT_BLOCK = 2048
+CANDIDATES = 1 << 20            # scores a tile kernel call may pass to the rule (more: numpy selects)
 DEFAULT_KEEP_ALL = 2_000_000
 RESERVOIR_FMR = 1e-2           # thresholds at FMRs up to this are kept by the reservoir; higher ones by windows
 RESERVOIR_MAX = 1 << 26        # most scores the reservoir may be asked to hold (256 MB); thresholds beyond: windows
@@ -81,67 +78,6 @@ PLAN_SUBJECT = 2048            # a bigger subject's genuine pairs are planned fr
 EER_MARGIN = 2                 # bins added on both sides of an EER window (its occupied neighbours)
 
 T = TypeVar("T")
-
-
-def bin_index(scores: np.ndarray) -> np.ndarray:
-    """Histogram bin of float32 scores (monotone non-decreasing in the score)."""
-    f = np.asarray(scores, dtype=np.float32) * A32
-    f += C32
-    np.clip(f, 0, NB - 1, out=f)
-    return f.astype(np.int32)
-
-
-def _bin_index_inplace(s: np.ndarray, fbuf: np.ndarray, ibuf: np.ndarray) -> np.ndarray:
-    np.multiply(s, A32, out=fbuf)
-    np.add(fbuf, C32, out=fbuf)
-    np.clip(fbuf, 0, NB - 1, out=fbuf)
-    ibuf[...] = fbuf
-    return ibuf
-
-
-def _ordered(x: np.ndarray) -> np.ndarray:
-    """float32 -> int64 keys in the order of the values (-0.0 and 0.0 share a key)."""
-    i = np.asarray(x, dtype=np.float32).view(np.int32).astype(np.int64)
-    return np.where(i >= 0, i, -(i & 0x7FFFFFFF))
-
-
-def _from_ordered(k: np.ndarray) -> np.ndarray:
-    bits = np.where(k >= 0, k, (-k) | 0x80000000).astype(np.uint32)
-    return bits.view(np.float32)
-
-
-@functools.cache
-def _floor_table() -> np.ndarray:
-    """``bin_floor`` of every b in 0..NB, found once by bisection over the float32 values in their order."""
-    inner = np.arange(1, NB, dtype=np.int64)
-    lo = np.full(inner.shape, _ordered(np.float32(-2.0)), dtype=np.int64)   # bin 0 < b
-    hi = np.full(inner.shape, _ordered(np.float32(2.0)), dtype=np.int64)    # bin NB - 1 >= b
-    while (hi - lo > 1).any():
-        mid = (lo + hi) // 2
-        up = bin_index(_from_ordered(mid)) >= inner
-        hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
-    out = np.empty(NB + 1, dtype=np.float32)
-    out[0], out[NB] = -np.inf, np.inf
-    out[1:NB] = _from_ordered(hi)
-    return out
-
-
-def bin_floor(bins) -> np.ndarray:
-    """The smallest float32 whose bin is >= b, for each b (-inf for b <= 0, +inf for b >= NB). A score lies in a bin
-    >= b iff it is >= bin_floor(b), so bin tests can be made on the scores themselves."""
-    return _floor_table()[np.clip(np.atleast_1d(np.asarray(bins, dtype=np.int64)), 0, NB)]
-
-
-def _ceil32(tau: float) -> np.float32:
-    t = np.float32(tau)
-    if float(t) < tau:
-        t = np.nextafter(t, np.float32(np.inf))
-    return t
-
-
-def tau_bin(tau: float) -> int:
-    """Bin of the smallest float32 >= tau: the lowest bin a score accepted at tau can be in."""
-    return int(bin_index(np.array([_ceil32(tau)]))[0])
 
 
 @dataclass(frozen=True)
@@ -303,6 +239,7 @@ class PairScores:
     acc_score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     missing: set = field(default_factory=set)
     passes: int = 1
+    counting: str = ""                      # streamed mode: what counted the tiles (compiled kernel or numpy)
     _engine: "_Engine | None" = None
 
     @property
@@ -460,7 +397,7 @@ class _Keep:
         self.key_group = grouping.key_group
         self.n_keys = grouping.n_keys
         self.m_all, self.m_group, self.m_acc, self.acc_fixed = m_all, m_group, m_acc, acc_fixed
-        self.windows = [_merge_ranges(w) for w in windows]
+        self.windows = [_merge_ranges([(max(lo, 1), hi) for lo, hi in w if hi >= 1]) for w in windows]  # bin 0: masked
         self._win_f = [[(lo, float(bin_floor(lo)[0]), float(bin_floor(hi + 1)[0])) for lo, hi in w]
                        for w in self.windows]
         self.full = full
@@ -605,19 +542,19 @@ class _Engine:
         return out
 
     def tile_scores(self, t: int, st, record: bool) -> np.ndarray:
-        """Scores of tile t with non-pairs and genuine pairs set to -inf; with ``record`` the genuine scores and the
+        """Scores of tile t with non-pairs and genuine pairs set to ``MASKED``; with ``record`` the genuine scores and the
         per-image highest impostor are stored."""
         r0, r1, c0, c1 = self.tiles[t]
-        s = st.out[: r1 - r0, : c1 - c0]
+        s = st.out.reshape(-1)[: (r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)  # C-contiguous
         np.matmul(self.emb[r0:r1], self.emb[c0:c1].T, out=s)
         if r0 == c0:
-            s[self.tri[: r1 - r0, : c1 - c0]] = -np.inf
+            s[self.tri[: r1 - r0, : c1 - c0]] = MASKED
         lo, hi = self.gen_bounds[t], self.gen_bounds[t + 1]
         if hi > lo:
             lp, lq = self.gen_p[lo:hi] - r0, self.gen_q[lo:hi] - c0
             if record:
                 self.gen_score[lo:hi] = s[lp, lq]
-            s[lp, lq] = -np.inf
+            s[lp, lq] = MASKED
         if record:
             m = st.max
             np.maximum(m[r0:r1], s.max(axis=1), out=m[r0:r1])
@@ -639,7 +576,7 @@ class _Engine:
             r0, _, c0, _ = self.tiles[t]
             for ra, rb, ca, cb, key in self.rects(self.tiles[t]):
                 sub = s[ra:rb, ca:cb]
-                idx = np.flatnonzero(sub > -np.inf)
+                idx = np.flatnonzero(sub > MASKED)
                 rr, cc = np.divmod(idx, cb - ca)
                 st.acc_v.append(sub[rr, cc])
                 st.acc_p.append(rr + ra + r0)
@@ -653,45 +590,36 @@ class _Engine:
     # ------------------------------------------------------------------ streamed pass
 
     def stream(self, keep: _Keep, count: bool, description: str):
-        """One pass: histogram per key (``count``) and the scores/pairs ``keep`` asks for."""
+        """One pass: histogram per key (``count``) and the scores/pairs ``keep`` asks for. Counting passes use the
+        compiled tile kernel when it is ready (:mod:`agebias.evaluate.tile_kernel`), else numpy; both keep the same."""
         bincount = _bincount()
+        compiled = count and tile_kernel.ready()
 
         def work(t, st):
             s = self.tile_scores(t, st, record=count)
             h, w = s.shape
-            r0, _, c0, _ = self.tiles[t]
+            r0, r1, c0, c1 = self.tiles[t]
             rects = self.rects(self.tiles[t])
-            if count and rects:
-                bins = _bin_index_inplace(s, st.f[:h, :w], st.i[:h, :w])
+            found = None
+            if compiled and rects:
                 slot: dict[int, int] = {}
-                for ra, rb, ca, cb, key in rects:
-                    sl = slot.setdefault(key, len(slot))
-                    if sl:
-                        bins[ra:rb, ca:cb] += sl * NB
+                arr = np.array([(ra, rb, ca, cb, slot.setdefault(key, len(slot))) for ra, rb, ca, cb, key in rects],
+                               dtype=np.int64)
                 keys = np.fromiter(slot, dtype=np.int64, count=len(slot))
-                counts = bincount(bins, keys.size * NB).reshape(keys.size, NB)
+                counts = np.zeros((keys.size, NB), np.int32)  # at most block**2 per bin; smaller in cache
+                ends = np.empty(len(rects), np.int64)
+                pre = keep.rule.pre[[r[4] for r in rects]]
+                n = tile_kernel.count_tile(s, arr, counts, pre, st.cand, ends, r0 == c0)
+                if n < st.cand.size:
+                    found = (st.cand, np.r_[0, ends])
+            elif count and rects:
+                keys, counts = _tile_counts(s, rects, st.f[:h, :w], st.i[:h, :w], bincount)
+            if count and rects:
                 st.hist[keys] += counts
                 keep.observe(keys, counts)
             rule = keep.rule
             n_acc = 0
-            flat = s.reshape(-1) if s.flags.c_contiguous else None
-            for ra, rb, ca, cb, key in rects:
-                pre = rule.pre[key]
-                if pre == np.inf:
-                    continue
-                if flat is not None and ca == 0 and cb == w:  # whole rows: one flat run of the tile
-                    part = flat[ra * w:rb * w]
-                    idx = np.flatnonzero(part >= pre)
-                    v = part[idx]
-                    idx += ra * w
-                else:
-                    sub = s[ra:rb, ca:cb]
-                    idx = np.flatnonzero(sub >= pre)
-                    rr, cc = np.divmod(idx, cb - ca)
-                    v = sub[rr, cc]
-                    idx = (rr + ra) * w + cc + ca
-                if not v.size:
-                    continue
+            for key, idx, v in _candidates(s, rects, rule, found):
                 sel = rule.select(key, v)
                 kept = v[sel]
                 st.vals[key].append(kept)
@@ -858,6 +786,7 @@ class _State:
     acc_q: list = field(default_factory=list)
     acc_v: list = field(default_factory=list)
     acc_k: list = field(default_factory=list)
+    cand: np.ndarray = field(default_factory=lambda: np.empty(CANDIDATES, np.int64))  # the tile kernel's
 
     def prune(self, rule: _Rule) -> None:
         """Drop kept scores and pairs that the risen cuts no longer ask for."""
@@ -874,6 +803,50 @@ class _State:
             self.acc_v = [v[a]]
         self.n_vals = n
         self.prune_at = max(1 << 23, 4 * n)
+
+
+def _candidates(s: np.ndarray, rects: list, rule: _Rule, found):
+    """(key, flat indices in the tile, scores) of each rectangle's scores >= the rule's first filter (a superset is
+    fine: the caller applies the rule). ``found``: (indices, bounds per rectangle) from the tile kernel, else None."""
+    w = s.shape[1]
+    flat = s.reshape(-1) if s.flags.c_contiguous else None
+    for r, (ra, rb, ca, cb, key) in enumerate(rects):
+        pre = rule.pre[key]
+        if pre == np.inf:
+            continue
+        if found is not None:
+            idx = found[0][found[1][r]:found[1][r + 1]]
+            v = flat[idx]
+        elif flat is not None and ca == 0 and cb == w:  # whole rows: one flat run of the tile
+            part = flat[ra * w:rb * w]
+            idx = np.flatnonzero(part >= pre)
+            v = part[idx]
+            idx += ra * w
+        else:
+            sub = s[ra:rb, ca:cb]
+            idx = np.flatnonzero(sub >= pre)
+            rr, cc = np.divmod(idx, cb - ca)
+            v = sub[rr, cc]
+            idx = (rr + ra) * w + cc + ca
+        if v.size:
+            yield key, idx, v
+
+
+def _tile_counts(s: np.ndarray, rects: list, fbuf: np.ndarray, ibuf: np.ndarray,
+                 bincount: Callable[[np.ndarray, int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, counts: (keys, NB)) of one tile's pairs with numpy, each rectangle of ``rects`` counted under its key
+    (the bins of :func:`bin_index`; ``MASKED`` entries fall in bin 0)."""
+    np.multiply(s, A32, out=fbuf)
+    np.add(fbuf, C32, out=fbuf)
+    np.clip(fbuf, 0, NB - 1, out=fbuf)
+    ibuf[...] = fbuf
+    slot: dict[int, int] = {}
+    for ra, rb, ca, cb, key in rects:
+        sl = slot.setdefault(key, len(slot))
+        if sl:
+            ibuf[ra:rb, ca:cb] += sl * NB
+    keys = np.fromiter(slot, dtype=np.int64, count=len(slot))
+    return keys, bincount(ibuf, keys.size * NB).reshape(keys.size, NB)
 
 
 def _bin_dtype() -> type:
@@ -968,6 +941,9 @@ def score_all_pairs(emb: np.ndarray, subjects, grouping: PairGrouping, block: in
     ``needs``: what must be exact (streamed engine only); ``seed``: the pilot's row sample (speed only, never the
     results)."""
     needs = needs or ExactNeeds()
+    n_pairs = len(emb) * (len(emb) - 1) // 2
+    if n_pairs > keep_all_pairs:
+        tile_kernel.warm_up()  # while the engine and the plan are set up
     emb = normalise(emb)
     _, codes = np.unique(np.asarray([str(s) for s in subjects]), return_inverse=True)
     codes = codes.astype(np.int64)
@@ -997,6 +973,7 @@ def score_all_pairs(emb: np.ndarray, subjects, grouping: PairGrouping, block: in
     keep = _Keep(grouping, m_all, m_group, m_acc, acc_fixed, windows, full, needs.max_accepted, start)
     states = eng.stream(keep, True, "scoring pairs")
     ps = _pair_scores(eng, states, codes, True)
+    ps.counting = "compiled tile kernel (numba)" if tile_kernel.ready() else "numpy"
     hist = np.sum([st.hist for st in states], axis=0)
     hist[:, 0] = 0  # masked entries (not pairs, genuine pairs)
     if not np.array_equal(hist.sum(axis=1), n_key):
@@ -1032,6 +1009,7 @@ def _pair_scores(eng: _Engine, states: list, codes: np.ndarray, streamed: bool) 
     max_pos = np.full(eng.n, -np.inf, dtype=np.float32)
     for st in states:
         np.maximum(max_pos, st.max, out=max_pos)
+    max_pos[max_pos <= MASKED] = -np.inf  # images with no impostor
     max_imp = np.empty_like(max_pos)
     max_imp[eng.order] = max_pos
     i, j = eng.order[eng.gen_p], eng.order[eng.gen_q]

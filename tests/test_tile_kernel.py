@@ -1,0 +1,102 @@
+"""The compiled tile kernel of the streamed all-pairs engine counts and keeps exactly what the numpy path does."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from agebias.evaluate import bins, pairs, tile_kernel
+from agebias.evaluate.grouping import make_grouping
+from agebias.evaluate.pairs import ExactNeeds, score_all_pairs
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (pip install 'agebias[fast]')")
+
+
+def _data(n_subj=45, per=9, d=12, seed=7):
+    """Embeddings with many tied scores (coarse values), ages over three groups, subjects shuffled."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_subj, d))
+    subj = np.repeat(np.arange(n_subj), per)
+    emb = np.round(centres[subj] + 1.1 * rng.standard_normal((subj.size, d)), 1).astype(np.float32)
+    ages = rng.integers(0, 80, subj.size).tolist()
+    perm = rng.permutation(subj.size)
+    return emb[perm], [f"s{x}" for x in subj[perm]], [ages[i] for i in perm]
+
+
+def _score(monkeypatch, compiled: bool, block=29, **kw):
+    monkeypatch.setattr(tile_kernel, "_state", {} if compiled else {"ready": False})
+    emb, subj, ages = _data()
+    gp = make_grouping(ages, "both", "0-12,13-39,40-79")
+    needs = ExactNeeds(fmrs=(1e-3, 1e-2, 0.05), group_fmrs=(1e-2, 0.1), accept_fmrs=(1e-2,))
+    return score_all_pairs(emb, subj, gp, block=block, keep_all_pairs=0, needs=needs, **kw)
+
+
+def _assert_identical(a, b):
+    assert a.streamed and b.streamed and a.passes == b.passes
+    assert np.array_equal(a.hist, b.hist) and np.array_equal(a.exact, b.exact)
+    for va, vb, ba, bb in zip(a.kept_values, b.kept_values, a.kept_bins, b.kept_bins, strict=True):
+        assert np.array_equal(np.sort(va), np.sort(vb)) and np.array_equal(ba, bb)
+    assert a.gen_score.tobytes() == b.gen_score.tobytes()
+    assert np.array_equal(a.max_impostor, b.max_impostor)
+    assert a.accepted_from_bin == b.accepted_from_bin
+    pa = sorted(zip(a.acc_i.tolist(), a.acc_j.tolist(), a.acc_score.tolist(), strict=True))
+    pb = sorted(zip(b.acc_i.tolist(), b.acc_j.tolist(), b.acc_score.tolist(), strict=True))
+    assert pa == pb and len(pa) > 0
+
+
+@needs_numba
+def test_kernel_is_ready_where_numba_is_installed():
+    assert tile_kernel.ready()
+
+
+@needs_numba
+def test_compiled_and_numpy_passes_keep_the_same(monkeypatch):
+    """Diagonal tiles (lower triangle skipped by the kernel), tiles with several keys, tied scores, edge tiles."""
+    used = []
+    real = tile_kernel.count_tile
+    monkeypatch.setattr(tile_kernel, "count_tile", lambda *a: used.append(a[-1]) or real(*a))
+    compiled = _score(monkeypatch, True)
+    assert used and any(used) and not all(used)  # diagonal and off-diagonal tiles went through the kernel
+    n_calls = len(used)
+    numpy_path = _score(monkeypatch, False)
+    assert len(used) == n_calls  # the numpy pass did not use it
+    _assert_identical(compiled, numpy_path)
+
+
+@needs_numba
+def test_more_candidates_than_the_buffer_holds(monkeypatch):
+    """A tile with more scores over the first filter than the candidate buffer holds is selected with numpy."""
+    found = []
+    real = pairs._candidates
+    monkeypatch.setattr(pairs, "_candidates", lambda s, rects, rule, f: found.append(f is not None) or real(s, rects,
+                                                                                                       rule, f))
+    full = _score(monkeypatch, True)
+    assert all(found)
+    found.clear()
+    monkeypatch.setattr(pairs, "CANDIDATES", 2)
+    tiny = _score(monkeypatch, True)
+    assert not all(found)  # some tiles overflowed and were selected with numpy
+    _assert_identical(full, tiny)
+
+
+@needs_numba
+def test_a_kernel_that_bins_differently_is_not_used(monkeypatch, caplog):
+    """The check before first use compares the kernel's bins with bin_index on both sides of every boundary."""
+    monkeypatch.setattr(tile_kernel, "_state", {})
+    real = bins.bin_index
+    monkeypatch.setattr(bins, "bin_index", lambda s: np.minimum(real(s) + 1, bins.NB - 1))
+    assert tile_kernel.ready() is False
+    assert "bins differently" in caplog.text
+
+
+def test_without_numba_the_numpy_path_counts(monkeypatch):
+    monkeypatch.setenv("AGEBIAS_NO_JIT", "1")
+    tile_kernel._compiled.cache_clear()
+    monkeypatch.setattr(tile_kernel, "_state", {})
+    try:
+        assert tile_kernel.ready() is False
+        ps = _score(monkeypatch, False)
+        assert ps.hist.sum() == ps.n_impostor_total > 0
+    finally:
+        tile_kernel._compiled.cache_clear()
