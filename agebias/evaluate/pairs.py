@@ -38,11 +38,15 @@ quantities come from the histogram in streamed mode and say so in the results: t
 d' (bin centres with Sheppard's correction; error well below 1e-4 for unit-vector cosines) and AUC (scores sharing
 a bin with a genuine score count as ties; the largest possible error is reported as ``auc_error_bound``).
 
+**Counting.** With numba installed, a compiled pass (:mod:`agebias.evaluate.tile_kernel`) bins each tile and lists
+its scores over the first filter in one read; else numpy does it in several passes (torch's bincount when torch is
+loaded). Both count the bins of :func:`agebias.evaluate.bins.bin_index` and keep the same scores.
+
 **Threads.** Tiles are processed on a thread pool (``AGEBIAS_EVAL_THREADS``, default min(cores, 8)); BLAS is then
 limited to one thread per product (and torch, when it counts the bins, to one thread) so that the cores share
-tiles; numpy and torch release the GIL, so the binning work is parallel too. Every tile is computed with the same
-shapes in every pass, so its scores are bit-identical; the engine checks that each exact bin holds as many scores as
-the histogram counted.
+tiles; numpy, torch and the compiled pass release the GIL, so the binning work is parallel too. Every tile is
+computed with the same shapes in every pass, so its scores are bit-identical; the engine checks that each exact bin
+holds as many scores as the histogram counted.
 """
 
 from __future__ import annotations
