@@ -90,6 +90,17 @@ def test_a_kernel_that_bins_differently_is_not_used(monkeypatch, caplog):
     assert "bins differently" in caplog.text
 
 
+def test_a_kernel_that_cannot_be_built_leaves_the_numpy_path(monkeypatch, caplog):
+    """E.g. numba finding no writable cache folder: a warning, then numpy counts."""
+    def broken():
+        raise RuntimeError("cannot cache function 'count_tile': no locator available")
+
+    monkeypatch.setattr(tile_kernel, "_state", {})
+    monkeypatch.setattr(tile_kernel, "_compiled", broken)
+    assert tile_kernel.ready() is False
+    assert "not usable here" in caplog.text and "no locator" in caplog.text
+
+
 def test_without_numba_the_numpy_path_counts(monkeypatch):
     monkeypatch.setenv("AGEBIAS_NO_JIT", "1")
     tile_kernel._compiled.cache_clear()

@@ -84,6 +84,14 @@ def ready() -> bool:
 
 
 def _check() -> bool:
+    try:
+        return _agrees()
+    except Exception as err:  # noqa: BLE001 - a kernel numba cannot build or cache here leaves the numpy path
+        log.warning(f"the compiled tile kernel is not usable here ({type(err).__name__}: {err}); counting with numpy")
+        return False
+
+
+def _agrees() -> bool:
     kernel = _compiled()
     if kernel is None:
         return False
