@@ -612,9 +612,12 @@ class _Engine:
                 keys = np.fromiter(slot, dtype=np.int64, count=len(slot))
                 counts = np.zeros((keys.size, NB), np.int32)  # at most block**2 per bin; smaller in cache
                 ends = np.empty(len(rects), np.int64)
-                pre = keep.rule.pre[[r[4] for r in rects]]
-                n = tile_kernel.count_tile(s, arr, counts, pre, st.cand, ends, r0 == c0)
+                rule = keep.rule  # cuts only rise: what this rule keeps includes what a later one keeps
+                rect_keys = [r[4] for r in rects]
+                n = tile_kernel.count_tile(s, arr, counts, rule.pre[rect_keys], st.cand, ends, r0 == c0)
                 if n < st.cand.size:
+                    tile_kernel.keep_candidates(s.reshape(-1), st.cand, ends, rule.v_cut[rect_keys], rule.v_acc,
+                                                [rule.windows[k] for k in rect_keys])
                     found = (st.cand, np.r_[0, ends])
             elif count and rects:
                 keys, counts = _tile_counts(s, rects, st.f[:h, :w], st.i[:h, :w], bincount)

@@ -1,5 +1,6 @@
 """A compiled pass over one tile of scores for the streamed all-pairs engine (:mod:`agebias.evaluate.pairs`):
-bin counts per key and the scores at or above a first filter, in one read of the tile. Needs numba (``pip install
+bin counts per key and the scores at or above a first filter, in one read of the tile, then of those the scores
+the engine's rule keeps. Needs numba (``pip install
 'agebias[fast]'``); without it, or with ``AGEBIAS_NO_JIT=1``, the engine makes the same counts with numpy (several
 passes over each tile, about 3x as long per tile).
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @functools.cache
 def _compiled():
-    """The numba kernel, or None (numba missing or disabled)."""
+    """The numba kernels (count_tile, keep_candidates), or None (numba missing or disabled)."""
     if os.environ.get("AGEBIAS_NO_JIT", "") not in ("", "0"):
         return None
     try:
@@ -62,7 +63,28 @@ def _compiled():
             ends[r] = n
         return n
 
-    return count_tile
+    @njit(nogil=True, cache=True)
+    def keep_candidates(flat, cand, ends, v_cut, v_acc, win_lo, win_hi):  # pragma: no cover - compiled
+        """Of the candidates of each rectangle r (``cand`` up to ``ends``), keep those a rule keeps: score >=
+        v_cut[r], >= v_acc, or in [win_lo[r, w], win_hi[r, w]) for a window w; ``cand``/``ends`` compacted in
+        place. Returns how many are kept."""
+        out = 0
+        start = 0
+        for r in range(ends.shape[0]):
+            end = ends[r]
+            for k in range(start, end):
+                i = cand[k]
+                v = flat[i]
+                kept = v >= v_cut[r] or v >= v_acc
+                for w in range(win_lo.shape[1]):
+                    kept = kept or (v >= win_lo[r, w] and v < win_hi[r, w])
+                cand[out] = i
+                out += np.int64(kept)
+            start = end
+            ends[r] = out
+        return out
+
+    return count_tile, keep_candidates
 
 
 _lock = threading.Lock()
@@ -92,9 +114,10 @@ def _check() -> bool:
 
 
 def _agrees() -> bool:
-    kernel = _compiled()
-    if kernel is None:
+    kernels = _compiled()
+    if kernels is None:
         return False
+    kernel, keep = kernels
     above = bin_floor(np.arange(1, NB)).astype(np.float32)          # lowest float32 of each bin b >= 1
     below = np.nextafter(above, np.float32(-np.inf))                  # highest float32 of bin b - 1
     probe = np.sort(np.concatenate([above, below, np.float32([-2.0, 2.0])]))[None, :]
@@ -104,6 +127,10 @@ def _agrees() -> bool:
            np.empty(1, np.int64), np.empty(1, np.int64), False)
     # both functions are monotone and the probe is sorted: equal counts mean equal bins, value by value
     same = np.array_equal(counts[0], np.bincount(bins.bin_index(probe[0]), minlength=NB))
+    cand, ends = np.arange(4, dtype=np.int64), np.array([4], np.int64)  # loads (or compiles) the second kernel
+    keep(np.float32([0.1, 0.5, 0.2, 0.9]), cand, ends, np.float32([0.8]), np.float32(np.inf),
+         np.float32([[0.15]]), np.float32([[0.3]]))
+    same = same and cand[:ends[0]].tolist() == [2, 3]
     if not same:
         log.warning("the compiled tile kernel bins differently from numpy here; counting with numpy")
     return same
@@ -111,5 +138,18 @@ def _agrees() -> bool:
 
 def count_tile(s: np.ndarray, rects: np.ndarray, counts: np.ndarray, pre: np.ndarray, cand: np.ndarray,
                ends: np.ndarray, upper: bool) -> int:
-    """Run the kernel on tile ``s`` (C-contiguous float32); see the kernel's docstring. Call :func:`ready` first."""
-    return int(_compiled()(s, rects, A32, C32, NB, counts, pre, cand, ends, upper))
+    """Run the counting kernel on tile ``s`` (C-contiguous float32); see its docstring. Call :func:`ready` first."""
+    return int(_compiled()[0](s, rects, A32, C32, NB, counts, pre, cand, ends, upper))
+
+
+def keep_candidates(flat: np.ndarray, cand: np.ndarray, ends: np.ndarray, v_cut: np.ndarray, v_acc: float,
+                    windows: list[list[tuple[float, float]]]) -> int:
+    """Compact the candidates of each rectangle to those its rule keeps (``v_cut``, ``v_acc``, ``windows``: per
+    rectangle, the rule's score cut and [lo, hi) windows); see the kernel's docstring."""
+    width = max([len(w) for w in windows] + [1])
+    lo = np.full((len(windows), width), np.inf, np.float32)
+    hi = np.full((len(windows), width), -np.inf, np.float32)
+    for r, w in enumerate(windows):
+        for k, (a, b) in enumerate(w):
+            lo[r, k], hi[r, k] = a, b
+    return int(_compiled()[1](flat, cand, ends, np.asarray(v_cut, np.float32), np.float32(v_acc), lo, hi))
