@@ -606,19 +606,7 @@ class _Engine:
             rects = self.rects(self.tiles[t])
             found = None
             if compiled and rects:
-                slot: dict[int, int] = {}
-                arr = np.array([(ra, rb, ca, cb, slot.setdefault(key, len(slot))) for ra, rb, ca, cb, key in rects],
-                               dtype=np.int64)
-                keys = np.fromiter(slot, dtype=np.int64, count=len(slot))
-                counts = np.zeros((keys.size, NB), np.int32)  # at most block**2 per bin; smaller in cache
-                ends = np.empty(len(rects), np.int64)
-                rule = keep.rule  # cuts only rise: what this rule keeps includes what a later one keeps
-                rect_keys = [r[4] for r in rects]
-                n = tile_kernel.count_tile(s, arr, counts, rule.pre[rect_keys], st.cand, ends, r0 == c0)
-                if n < st.cand.size:
-                    tile_kernel.keep_candidates(s.reshape(-1), st.cand, ends, rule.v_cut[rect_keys], rule.v_acc,
-                                                [rule.windows[k] for k in rect_keys])
-                    found = (st.cand, np.r_[0, ends])
+                keys, counts, found = _compiled_tile(s, rects, keep.rule, st.cand, r0 == c0)
             elif count and rects:
                 keys, counts = _tile_counts(s, rects, st.f[:h, :w], st.i[:h, :w], bincount)
             if count and rects:
@@ -837,6 +825,25 @@ def _candidates(s: np.ndarray, rects: list, rule: _Rule, found):
             idx = (rr + ra) * w + cc + ca
         if v.size:
             yield key, idx, v
+
+
+def _compiled_tile(s: np.ndarray, rects: list, rule: _Rule, cand: np.ndarray, diagonal: bool):
+    """(keys, counts: (keys, NB), found) of one tile from the compiled kernels; ``found``: the kept candidates and
+    their bounds per rectangle, for :func:`_candidates` (None when more than ``cand`` holds: numpy selects).
+    ``rule`` is the one before this tile's counts: cuts only rise, so what it keeps includes what a later one keeps."""
+    slot: dict[int, int] = {}
+    arr = np.array([(ra, rb, ca, cb, slot.setdefault(key, len(slot))) for ra, rb, ca, cb, key in rects],
+                   dtype=np.int64)
+    keys = np.fromiter(slot, dtype=np.int64, count=len(slot))
+    counts = np.zeros((keys.size, NB), np.int32)  # at most block**2 per bin; smaller in cache
+    ends = np.empty(len(rects), np.int64)
+    rect_keys = [r[4] for r in rects]
+    n = tile_kernel.count_tile(s, arr, counts, rule.pre[rect_keys], cand, ends, diagonal)
+    if n >= cand.size:
+        return keys, counts, None
+    tile_kernel.keep_candidates(s.reshape(-1), cand, ends, rule.v_cut[rect_keys], rule.v_acc,
+                                [rule.windows[k] for k in rect_keys])
+    return keys, counts, (cand, np.r_[0, ends])
 
 
 def _tile_counts(s: np.ndarray, rects: list, fbuf: np.ndarray, ibuf: np.ndarray,
