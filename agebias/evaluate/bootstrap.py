@@ -65,6 +65,7 @@ def subject_bootstrap(grouping: PairGrouping, subjects: np.ndarray, gen_i: np.nd
 
     w_t = np.ascontiguousarray(w.T)  # (S, B)
     w_t32 = w_t.astype(np.float32)
+    w_max = float(w.max(initial=0))
 
     def accepted_weight(m: np.ndarray) -> np.ndarray:
         """sum over the accepted impostor pairs (a, b) in mask m of w_a * w_b, per replicate."""
@@ -73,7 +74,7 @@ def subject_bootstrap(grouping: PairGrouping, subjects: np.ndarray, gen_i: np.nd
             return np.zeros(n_boot)
         mat = sparse.csr_matrix((np.ones(a.size), (a, b)), shape=(n_s, n_s))
         # integer counts: (mat @ w_t) is exact in float32 while its entries stay below 2**24 (about twice as fast)
-        exact32 = float(mat.sum(axis=1).max()) * float(w_t.max(initial=0)) < 2 ** 24
+        exact32 = float(mat.sum(axis=1).max()) * w_max < 2 ** 24
         per_subject = mat.astype(np.float32) @ w_t32 if exact32 else mat @ w_t
         return np.einsum("sb,sb->b", per_subject, w_t, dtype=np.float64)
 

@@ -602,7 +602,7 @@ class _Engine:
         def work(t, st):
             s = self.tile_scores(t, st, record=count)
             h, w = s.shape
-            r0, r1, c0, c1 = self.tiles[t]
+            r0, _, c0, _ = self.tiles[t]
             rects = self.rects(self.tiles[t])
             found = None
             if compiled and rects:
@@ -781,7 +781,7 @@ class _State:
     acc_q: list = field(default_factory=list)
     acc_v: list = field(default_factory=list)
     acc_k: list = field(default_factory=list)
-    cand: np.ndarray = field(default_factory=lambda: np.empty(CANDIDATES, np.int64))  # the tile kernel's
+    cand: np.ndarray = field(default_factory=lambda: np.empty(CANDIDATES, np.int64))  # tile kernel candidates
 
     def prune(self, rule: _Rule) -> None:
         """Drop kept scores and pairs that the risen cuts no longer ask for."""
@@ -802,9 +802,10 @@ class _State:
 
 def _candidates(s: np.ndarray, rects: list, rule: _Rule, found):
     """(key, flat indices in the tile, scores) of each rectangle's scores >= the rule's first filter (a superset is
-    fine: the caller applies the rule). ``found``: (indices, bounds per rectangle) from the tile kernel, else None."""
+    fine: the caller applies the rule). ``found``: (indices, bounds per rectangle) from the tile kernel, else None.
+    ``s`` is C-contiguous (:meth:`_Engine.tile_scores`)."""
     w = s.shape[1]
-    flat = s.reshape(-1) if s.flags.c_contiguous else None
+    flat = s.reshape(-1)
     for r, (ra, rb, ca, cb, key) in enumerate(rects):
         pre = rule.pre[key]
         if pre == np.inf:
@@ -812,7 +813,7 @@ def _candidates(s: np.ndarray, rects: list, rule: _Rule, found):
         if found is not None:
             idx = found[0][found[1][r]:found[1][r + 1]]
             v = flat[idx]
-        elif flat is not None and ca == 0 and cb == w:  # whole rows: one flat run of the tile
+        elif ca == 0 and cb == w:  # whole rows: one flat run of the tile
             part = flat[ra * w:rb * w]
             idx = np.flatnonzero(part >= pre)
             v = part[idx]

@@ -1,8 +1,7 @@
 """A compiled pass over one tile of scores for the streamed all-pairs engine (:mod:`agebias.evaluate.pairs`):
 bin counts per key and the scores at or above a first filter, in one read of the tile, then of those the scores
-the engine's rule keeps. Needs numba (``pip install
-'agebias[fast]'``); without it, or with ``AGEBIAS_NO_JIT=1``, the engine makes the same counts with numpy (several
-passes over each tile, about 3x as long per tile).
+the engine's rule keeps. Needs numba (``pip install 'agebias[fast]'``); without it, or with ``AGEBIAS_NO_JIT=1``,
+the engine makes the same counts with numpy (several passes over each tile, about 3x as long per tile).
 
 The bin of a score is computed as :func:`agebias.evaluate.bins.bin_index` computes it (float32 ``s * A + C``,
 clipped to the bins, truncated). :func:`ready` checks that on both sides of every bin boundary before the kernel is
