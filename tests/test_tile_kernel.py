@@ -111,3 +111,18 @@ def test_without_numba_the_numpy_path_counts(monkeypatch):
         assert ps.hist.sum() == ps.n_impostor_total > 0
     finally:
         tile_kernel._compiled.cache_clear()
+
+
+def test_results_say_which_path_counted(monkeypatch):
+    from agebias.evaluate.allpairs import evaluate_embeddings_allpairs
+    from agebias.evaluate.settings import EvalSettings
+
+    emb, subj, ages = _data()
+    st = EvalSettings(keep_all_pairs=0, bootstrap=0, block=64)
+    monkeypatch.setattr(tile_kernel, "_state", {"ready": False})
+    assert evaluate_embeddings_allpairs(emb, subj, ages, st)["data"]["tile_counting"] == "numpy"
+    kept_all = evaluate_embeddings_allpairs(emb, subj, ages, EvalSettings(bootstrap=0))
+    assert kept_all["data"]["engine"] == "all scores in memory" and kept_all["data"]["tile_counting"] is None
+    if HAVE_NUMBA:
+        monkeypatch.setattr(tile_kernel, "_state", {})
+        assert evaluate_embeddings_allpairs(emb, subj, ages, st)["data"]["tile_counting"].startswith("compiled")
