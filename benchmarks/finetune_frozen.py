@@ -6,7 +6,8 @@ Ours (agebias.finetune): frozen parts in eval mode; the frozen prefix (stem + la
 autograd, into a cache (counted in epoch 1); each step trains layer4 + bn2/fc/features from the cache, with
 the trainer's optimizer (fused SGD where torch has it; the baseline keeps the pipeline's plain SGD).
 With ``--precision bf16`` ours also runs as ``agebias finetune --precision bf16`` does: bf16 autocast, fp32 master
-weights, channels-last, the cache kept as ``--cache-dtype`` (fp32: the bf16 prefix outputs exactly; bf16: the
+weights, channels-last, the trainable convolutions' weight gradients as one bf16 matrix product each
+(:mod:`agebias.finetune.gemm_weight_grad`; ``AGEBIAS_NO_GEMM_GRAD=1`` for oneDNN's), the cache kept as ``--cache-dtype`` (fp32: the bf16 prefix outputs exactly; bf16: the
 same values in half the memory); the fp32 and bf16 runs start from the same weights and see the same batches, and
 their loss curves are printed side by side (per epoch: the mean step loss of each, and the largest relative
 difference of a step's loss, |bf16 - fp32| / |fp32|).
@@ -29,6 +30,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from agebias.finetune import gemm_weight_grad
 from agebias.finetune.cache import build_cache
 from agebias.finetune.freeze import freeze, parse_frozen_layers, run_stages, set_train_mode
 from agebias.finetune.hooks import TrainingHooks
@@ -104,6 +106,8 @@ class Ours:
         self.depth = freeze(self.model, self.parts).prefix_depth
         head = create_head("arcface", 512, n_classes).to(device)
         self.net = TrainNet(self.model, head, TrainingHooks(), self.depth, 0.0, channels_last(precision)).to(device)
+        if gemm_weight_grad.wanted(precision, device):  # as the trainer does
+            gemm_weight_grad.use_gemm_weight_grad(self.net)
         config = FinetuneConfig(data=["-"], backbone=arch, out="-", lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.opt = make_optimizer(config, [p for p in self.net.parameters() if p.requires_grad])
         self.autocast = autocast_factory(precision, device)

@@ -46,6 +46,7 @@ from torch import nn
 from agebias.errors import DataError, UserError
 from agebias import distributed as ddp
 from agebias.devices import resolve_device
+from agebias.finetune import gemm_weight_grad
 from agebias.finetune.backbone import arch_name, build_backbone, embedding_dim
 from agebias.finetune.cache import FeatureCache, build_cache
 from agebias.finetune.checkpointing import load_checkpoint, set_rng_state
@@ -215,6 +216,9 @@ class _Run:
                               batch_size=cfg.batch_size, seed=cfg.seed, world_size=self.dist.world_size,
                               options=cfg.to_dict()))
         net = TrainNet(model, head, hooks, depth, cfg.focal_gamma, channels_last(cfg.precision)).to(device)
+        if gemm_weight_grad.wanted(cfg.precision, device):
+            log.debug(f"finetune: {gemm_weight_grad.use_gemm_weight_grad(net)} convolution(s) take their bf16 weight "
+                      "gradient as one matrix product")
         optimizer = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
         train_net: nn.Module = net
         if self.dist.enabled:
