@@ -1,16 +1,19 @@
 """bf16 training on CPU: convolutions whose weight gradient is one matrix product.
 
-On CPUs with AMX, oneDNN's bf16 weight-gradient convolution is 3-4x slower than a bf16 matrix product of the same
-size (iresnet's 3x3 512-channel convolutions at 7x7: ~35 ms against ~9 ms for batch 25), and it is most of a
-frozen-prefix fine-tuning step. :func:`use_gemm_weight_grad` makes a model's trainable convolutions compute that
-gradient as ``dW = G @ P``: ``G`` is the output gradient as a (C_out, N*H_out*W_out) matrix, ``P`` the input's patch
-matrix (im2col; rows: output positions in (n, y, x) order, columns: (ky, kx, C_in), i.e. channels-last). The
-forward pass and the input gradient stay oneDNN's. Both operands are bf16 and the product accumulates in fp32, as
-oneDNN's kernel does; the result is rounded to bf16 and, like autocast's, cast to the fp32 master weight's grad.
+On CPUs with AMX, oneDNN's bf16 weight-gradient convolution is 2-3.5x slower than a bf16 matrix product where the
+output is small (iresnet's layer 4 at 7x7: ~35-45 ms against ~10-13 ms per 3x3 512-channel convolution for batch 25,
+most of a frozen-prefix fine-tuning step); at 14x14 the two are even, and for the 64-128-channel layers at 28-112
+oneDNN is 3-10x faster. :func:`use_gemm_weight_grad` makes a model's trainable convolutions compute that gradient,
+where the output has at most :data:`MAX_OUTPUT_POSITIONS` positions, as ``dW = G @ P``: ``G`` is the output
+gradient as a (C_out, N*H_out*W_out) matrix, ``P`` the input's patch matrix (im2col; rows: output positions in
+(n, y, x) order, columns: (ky, kx, C_in), i.e. channels-last). The forward pass and the input gradient stay
+oneDNN's. Both operands are bf16 and the product accumulates in fp32, as oneDNN's kernel does; the result is rounded
+to bf16 and, like autocast's, cast to the fp32 master weight's grad.
 
 Only the bf16 autocast path with gradients on CPU changes; inference, fp32 and other devices run ``nn.Conv2d`` as
-it is. ``AGEBIAS_NO_GEMM_GRAD=1`` keeps oneDNN's weight gradient (to compare). Eligible: 2-D convolutions with groups 1, dilation 1, zero padding given as numbers and no bias (every
-convolution of iresnet). The modules stay ``nn.Conv2d`` (a subclass): parameters and state-dict keys unchanged.
+it is. ``AGEBIAS_NO_GEMM_GRAD=1`` keeps oneDNN's weight gradient everywhere (to compare). Eligible: 2-D
+convolutions with groups 1, dilation 1, zero padding given as numbers and no bias (every convolution of iresnet).
+The modules stay ``nn.Conv2d`` (a subclass): parameters and state-dict keys unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+MAX_OUTPUT_POSITIONS = 64  # H_out * W_out up to 8x8: where the product wins at every batch size measured (8-128)
 
 
 def patch_matrix(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
@@ -75,11 +80,16 @@ class GemmWeightGradConv2d(nn.Conv2d):
 
     def _conv_forward(self, input, weight, bias):  # noqa: A002 - nn.Conv2d's signature
         if (input.device.type == "cpu" and torch.is_grad_enabled() and weight.requires_grad
-                and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+                and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+                and self._output_positions(input) <= MAX_OUTPUT_POSITIONS):
             with torch.autocast("cpu", enabled=False):
                 return _ConvGemmWeightGrad.apply(input.to(torch.bfloat16), weight.to(torch.bfloat16),
                                                  self.stride, self.padding)
         return super()._conv_forward(input, weight, bias)
+
+    def _output_positions(self, x: torch.Tensor) -> int:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return ((x.shape[-2] + 2 * ph - kh) // sh + 1) * ((x.shape[-1] + 2 * pw - kw) // sw + 1)
 
 
 def eligible(conv: nn.Module) -> bool:
