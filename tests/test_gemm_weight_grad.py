@@ -88,6 +88,23 @@ def test_outside_bf16_training_it_is_plain_conv2d():
         assert torch.equal(gemm(x), plain(x))  # a frozen weight
 
 
+@pytest.mark.parametrize("change", ["bias", "reflect", "dilation", "same", "unbatched"])
+def test_settings_it_does_not_cover_run_as_plain_conv2d_even_after_the_swap(change):
+    torch.manual_seed(0)
+    kwargs = {"bias": change == "bias", "padding_mode": "reflect" if change == "reflect" else "zeros",
+              "dilation": 2 if change == "dilation" else 1, "padding": "same" if change == "same" else 1}
+    plain = nn.Conv2d(4, 6, 3, **kwargs)
+    gemm = GemmWeightGradConv2d(4, 6, 3, **kwargs)
+    gemm.load_state_dict(plain.state_dict())
+    x = torch.randn(*(() if change == "unbatched" else (2,)), 4, 7, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, ref = gemm(x), plain(x)
+    assert "GemmWeightGrad" not in type(out.grad_fn).__name__
+    assert torch.equal(out, ref)
+    out.float().sum().backward()
+    assert gemm.weight.grad is not None
+
+
 def test_only_trainable_eligible_convolutions_are_converted():
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1, bias=False),  # trainable: converted
@@ -117,14 +134,18 @@ def test_wanted_only_for_bf16_on_cpu(monkeypatch):
 def test_bf16_finetune_uses_it_and_trains_like_onednn(tmp_path, monkeypatch):
     monkeypatch.setenv("AGEBIAS_QUIET", "1")
     data = make_generated_set(tmp_path / "synth", n_ids=4, per_id=3)
-    converted = []
-    real = gemm_weight_grad.use_gemm_weight_grad
+    converted, products = [], []
+    real, real_grad = gemm_weight_grad.use_gemm_weight_grad, gemm_weight_grad.weight_grad
     monkeypatch.setattr(gemm_weight_grad, "use_gemm_weight_grad", lambda net: converted.append(real(net)) or 0)
-    losses = {}
+    monkeypatch.setattr(gemm_weight_grad, "weight_grad", lambda *a: products.append(a[0].shape) or real_grad(*a))
+    losses, ran = {}, {}
     for name, env in (("gemm", "0"), ("onednn", "1")):
         monkeypatch.setenv("AGEBIAS_NO_GEMM_GRAD", env)
         res = run_finetune(config(data, tmp_path / name, precision="bf16", epochs=2, device="cpu"))
         losses[name] = [row["loss"] for row in res.rows]
+        ran[name] = len(products)
     assert len(converted) == 1 and converted[0] > 0  # the trainable layer's convolutions, in the bf16 run only
+    assert ran["gemm"] > 0 and ran["onednn"] == ran["gemm"]  # the products ran in training steps of that run only
+    assert all(s[2] * s[3] <= gemm_weight_grad.MAX_OUTPUT_POSITIONS for s in products)
     assert np.isfinite(losses["gemm"]).all()
     np.testing.assert_allclose(losses["gemm"], losses["onednn"], rtol=0.05)

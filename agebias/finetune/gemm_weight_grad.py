@@ -76,26 +76,35 @@ class _ConvGemmWeightGrad(torch.autograd.Function):
 
 
 class GemmWeightGradConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose bf16 CPU training steps compute the weight gradient as a matrix product."""
+    """``nn.Conv2d`` whose bf16 CPU training steps compute the weight gradient as a matrix product (where
+    :func:`covered` holds at the call; elsewhere it is ``nn.Conv2d``)."""
 
     def _conv_forward(self, input, weight, bias):  # noqa: A002 - nn.Conv2d's signature
         if (input.device.type == "cpu" and torch.is_grad_enabled() and weight.requires_grad
                 and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-                and self._output_positions(input) <= MAX_OUTPUT_POSITIONS):
+                and input.dim() == 4 and input.dtype in (torch.float32, torch.bfloat16) and covered(self)
+                and _output_positions(self, input) <= MAX_OUTPUT_POSITIONS):
             with torch.autocast("cpu", enabled=False):
                 return _ConvGemmWeightGrad.apply(input.to(torch.bfloat16), weight.to(torch.bfloat16),
                                                  self.stride, self.padding)
         return super()._conv_forward(input, weight, bias)
 
-    def _output_positions(self, x: torch.Tensor) -> int:
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        return ((x.shape[-2] + 2 * ph - kh) // sh + 1) * ((x.shape[-1] + 2 * pw - kw) // sw + 1)
+
+def _output_positions(conv: nn.Conv2d, x: torch.Tensor) -> int:
+    """H_out * W_out of ``conv`` (dilation 1, numeric padding) on ``x``."""
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    return ((x.shape[-2] + 2 * ph - kh) // sh + 1) * ((x.shape[-1] + 2 * pw - kw) // sw + 1)
+
+
+def covered(conv: nn.Conv2d) -> bool:
+    """Whether the GEMM weight gradient covers ``conv``'s settings (see the module notes)."""
+    return (conv.groups == 1 and conv.bias is None and conv.padding_mode == "zeros"
+            and tuple(conv.dilation) == (1, 1) and not isinstance(conv.padding, str))
 
 
 def eligible(conv: nn.Module) -> bool:
-    """A plain ``nn.Conv2d`` the GEMM weight gradient covers (see the module notes)."""
-    return (type(conv) is nn.Conv2d and conv.groups == 1 and conv.bias is None and conv.padding_mode == "zeros"
-            and tuple(conv.dilation) == (1, 1) and not isinstance(conv.padding, str))
+    """A plain ``nn.Conv2d`` (not a subclass) that :func:`covered` holds for."""
+    return type(conv) is nn.Conv2d and covered(conv)
 
 
 def wanted(precision: str, device: torch.device | str) -> bool:
