@@ -18,7 +18,8 @@ native bf16: AMX or AVX512-BF16; see ``agebias doctor``); epoch 1 no slower than
 Baseline and ours alternate epoch by epoch (a shared machine's load then hits both alike); wall-clock and
 process CPU seconds are printed per epoch, with the ratios. Run: ``.venv/bin/python benchmarks/finetune_frozen.py``
 (``--images 100 --epochs 2 --batch-size 25 --arch iresnet50 --device cpu --precision fp32``); a few minutes on 2
-CPU cores. ``--precision bf16 --epochs 4`` adds the bf16 run and its loss curve.
+CPU cores. ``--precision bf16 --epochs 4`` adds the bf16 run and its loss curve; ``--compare-weight-grad`` adds bf16 with oneDNN's
+weight gradients (``bf16-onednn``), interleaved too, for an A/B of :mod:`agebias.finetune.gemm_weight_grad`.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ class Ours:
     """agebias.finetune: frozen parts in eval mode, frozen prefix cached once, trainable tail only; ``precision``
     bf16: autocast, channels-last, fp32 master weights (as the trainer runs it)."""
 
-    def __init__(self, arch, n_classes, device, state, precision: str = "fp32", cache_dtype: str = "fp32"):
+    def __init__(self, arch, n_classes, device, state, precision: str = "fp32", cache_dtype: str = "fp32",
+                 gemm_grad: bool = True):
         self.model = create_backbone(arch).to(device)
         self.model.load_state_dict(state)
         torch.manual_seed(1)
@@ -106,7 +108,7 @@ class Ours:
         self.depth = freeze(self.model, self.parts).prefix_depth
         head = create_head("arcface", 512, n_classes).to(device)
         self.net = TrainNet(self.model, head, TrainingHooks(), self.depth, 0.0, channels_last(precision)).to(device)
-        if gemm_weight_grad.wanted(precision, device):  # as the trainer does
+        if gemm_grad and gemm_weight_grad.wanted(precision, device):  # as the trainer does
             gemm_weight_grad.use_gemm_weight_grad(self.net)
         config = FinetuneConfig(data=["-"], backbone=arch, out="-", lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.opt = make_optimizer(config, [p for p in self.net.parameters() if p.requires_grad])
@@ -161,6 +163,9 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                     help="bf16: also run ours in bf16 (autocast + channels-last) beside fp32")
     ap.add_argument("--cache-dtype", default="fp32", choices=("fp32", "bf16"), help="the bf16 run's cache")
+    ap.add_argument("--compare-weight-grad", action="store_true",
+                    help="with --precision bf16: also run bf16 with oneDNN's weight gradients (bf16-onednn), "
+                         "interleaved with the others")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -178,6 +183,9 @@ def main() -> None:
             "fp32": Ours(args.arch, args.identities, device, state)}
     if args.precision == "bf16":
         runs["bf16"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype)
+        if args.compare_weight_grad:
+            runs["bf16-onednn"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
+                                       gemm_grad=False)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     losses: dict[str, list[list[float]]] = {k: [] for k in runs}
     for epoch in range(args.epochs):  # interleaved, so that load changes on a shared machine hit both alike
@@ -188,7 +196,7 @@ def main() -> None:
             steps = out if isinstance(out, list) else [out]
             times[name].append((wall, cpu))
             losses[name].append(steps)
-            print(f"{name:8s} epoch {epoch + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU (loss {np.mean(steps):.3f})",
+            print(f"{name:11s} epoch {epoch + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU (loss {np.mean(steps):.3f})",
                   flush=True)
     ours = [k for k in runs if k != "baseline"]
     print("epoch  baseline_wall_s  " + "  ".join(f"{k}_wall_s  ratio_{k}_wall  ratio_{k}_cpu" for k in ours))
@@ -224,7 +232,7 @@ def main() -> None:
         print(f"largest relative difference of a step's loss over {args.epochs} epochs: {worst:.4f}")
 
 
-TARGETS = {"fp32": 0.25, "bf16": 0.10}
+TARGETS = {"fp32": 0.25, "bf16": 0.10, "bf16-onednn": 0.10}
 
 if __name__ == "__main__":
     main()
