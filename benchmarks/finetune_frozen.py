@@ -6,11 +6,12 @@ Ours (agebias.finetune): frozen parts in eval mode; the frozen prefix (stem + la
 autograd, into a cache (counted in epoch 1); each step trains layer4 + bn2/fc/features from the cache, with
 the trainer's optimizer (fused SGD where torch has it; the baseline keeps the pipeline's plain SGD).
 With ``--precision bf16`` ours also runs as ``agebias finetune --precision bf16`` does: bf16 autocast, fp32 master
-weights, channels-last, the trainable convolutions' weight gradients as one bf16 matrix product each
-(:mod:`agebias.finetune.gemm_weight_grad`; ``AGEBIAS_NO_GEMM_GRAD=1`` for oneDNN's), the cache kept as ``--cache-dtype`` (fp32: the bf16 prefix outputs exactly; bf16: the
-same values in half the memory); the fp32 and bf16 runs start from the same weights and see the same batches, and
-their loss curves are printed side by side (per epoch: the mean step loss of each, and the largest relative
-difference of a step's loss, |bf16 - fp32| / |fp32|).
+weights, channels-last, layer 4's weight gradients as one bf16 matrix product each
+(:mod:`agebias.finetune.gemm_weight_grad`; ``AGEBIAS_NO_GEMM_GRAD=1`` for oneDNN's), the cache kept as
+``--cache-dtype`` (fp32: the bf16 prefix outputs exactly; bf16: the same values in half the memory); the fp32
+and bf16 runs start from the same weights and see the same batches, and their loss curves are printed side by
+side (per epoch: the mean step loss of each, and the largest relative difference of a step's loss,
+|bf16 - fp32| / |fp32|).
 Both use the same random images, the same ArcFace head, SGD (lr 0.01, momentum 0.9), batch 25.
 
 Targets: from epoch 2 on, ours <= 0.25x the baseline's epoch time in fp32 and <= 0.10x in bf16 (on a CPU with
@@ -18,8 +19,9 @@ native bf16: AMX or AVX512-BF16; see ``agebias doctor``); epoch 1 no slower than
 Baseline and ours alternate epoch by epoch (a shared machine's load then hits both alike); wall-clock and
 process CPU seconds are printed per epoch, with the ratios. Run: ``.venv/bin/python benchmarks/finetune_frozen.py``
 (``--images 100 --epochs 2 --batch-size 25 --arch iresnet50 --device cpu --precision fp32``); a few minutes on 2
-CPU cores. ``--precision bf16 --epochs 4`` adds the bf16 run and its loss curve; ``--compare-weight-grad`` adds bf16 with oneDNN's
-weight gradients (``bf16-onednn``), interleaved too, for an A/B of :mod:`agebias.finetune.gemm_weight_grad`.
+CPU cores. ``--precision bf16 --epochs 4`` adds the bf16 run and its loss curve; ``--compare-weight-grad`` adds
+bf16 with oneDNN's weight gradients (``bf16-onednn``), interleaved too, for an A/B of
+:mod:`agebias.finetune.gemm_weight_grad`.
 """
 
 from __future__ import annotations
@@ -108,8 +110,8 @@ class Ours:
         self.depth = freeze(self.model, self.parts).prefix_depth
         head = create_head("arcface", 512, n_classes).to(device)
         self.net = TrainNet(self.model, head, TrainingHooks(), self.depth, 0.0, channels_last(precision)).to(device)
-        if gemm_grad and gemm_weight_grad.wanted(precision, device):  # as the trainer does
-            gemm_weight_grad.use_gemm_weight_grad(self.net)
+        if gemm_grad:  # as the trainer does
+            gemm_weight_grad.enable_for(self.net, precision, device)
         config = FinetuneConfig(data=["-"], backbone=arch, out="-", lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.opt = make_optimizer(config, [p for p in self.net.parameters() if p.requires_grad])
         self.autocast = autocast_factory(precision, device)

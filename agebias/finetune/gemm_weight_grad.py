@@ -114,6 +114,12 @@ def wanted(precision: str, device: torch.device | str) -> bool:
     return precision == "bf16" and torch.device(device).type == "cpu" and not off
 
 
+def enable_for(model: nn.Module, precision: str, device: torch.device | str) -> int:
+    """:func:`use_gemm_weight_grad` on ``model`` where runs in ``precision`` on ``device`` want it (:func:`wanted`);
+    returns how many convolutions it converted (0 where not wanted)."""
+    return use_gemm_weight_grad(model) if wanted(precision, device) else 0
+
+
 def use_gemm_weight_grad(model: nn.Module) -> int:
     """Turn ``model``'s eligible convolutions whose weight trains into :class:`GemmWeightGradConv2d` (in place);
     returns how many."""

@@ -216,9 +216,8 @@ class _Run:
                               batch_size=cfg.batch_size, seed=cfg.seed, world_size=self.dist.world_size,
                               options=cfg.to_dict()))
         net = TrainNet(model, head, hooks, depth, cfg.focal_gamma, channels_last(cfg.precision)).to(device)
-        if gemm_weight_grad.wanted(cfg.precision, device):
-            log.debug(f"finetune: {gemm_weight_grad.use_gemm_weight_grad(net)} convolution(s) take their bf16 weight "
-                      "gradient as one matrix product")
+        if converted := gemm_weight_grad.enable_for(net, cfg.precision, device):
+            log.debug(f"finetune: {converted} convolution(s) take their bf16 weight gradient as one matrix product")
         optimizer = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
         train_net: nn.Module = net
         if self.dist.enabled:
