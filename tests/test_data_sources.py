@@ -48,6 +48,25 @@ def test_manifest_missing_column_is_user_error(tmp_path):
         read_manifest(tmp_path / "m.csv")
 
 
+def test_manifest_cells_short_rows_spaced_headers_and_ages(tmp_path):
+    from agebias.data.manifest import parse_age
+
+    _img(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text(" path , subject ,age,note\n"
+                                    "a.png, s1 ,012\n"         # short row: note empty; age with a leading zero
+                                    "\n"                       # blank line skipped
+                                    "a.png,s2,12.6,x,surplus\n"  # surplus cell ignored; age rounded
+                                    "a.png,s3,999,y\n")        # out of range: a problem
+    scan = read_manifest(tmp_path / "m.csv")
+    assert [(r.subject, r.age, r.extra) for r in scan.records] == [("s1", 12, {"note": ""}),
+                                                                   ("s2", 13, {"note": "x"})]
+    assert len(scan.problems) == 1 and "bad age '999'" in scan.problems[0].reason
+    assert [parse_age(v) for v in ("7", " 199 ", "", "nan", "3.0")] == [7, 199, None, None, 3]
+    for bad in ("200", "-1", "old"):
+        with pytest.raises(ValueError):
+            parse_age(bad)
+
+
 def test_write_manifest_roundtrip(tmp_path):
     _img(tmp_path / "x" / "a.png")
     recs = [FaceRecord(tmp_path / "x" / "a.png", "s1", 7, ((1.0, 2.0),) * 5, {"source": "z"})]

@@ -71,6 +71,20 @@ def test_unit_subject_weights_reproduce_the_overall_and_genuine_set_rates():
     assert out["genuine_set_fnmr_ci"]["half"] == pytest.approx([(ps.gen_score[first_half] < tau).mean()] * 2)
 
 
+def test_resample_weights_are_draws_of_every_subject_with_replacement():
+    from agebias.evaluate.bootstrap import resample_weights
+
+    w = resample_weights(500, 400, np.random.default_rng(3))
+    assert w.shape == (400, 500) and w.dtype == np.float64
+    assert np.all(w.sum(axis=1) == 500)  # each replicate draws as many subjects as there are
+    assert np.array_equal(w, resample_weights(500, 400, np.random.default_rng(3)))
+    assert not np.array_equal(w[0], w[1])  # replicates differ
+    # a subject's count in one replicate is Binomial(500, 1/500): P(0) ~ e^-1, P(1) ~ e^-1, P(2) ~ e^-1 / 2
+    share = np.bincount(w.astype(np.int64).ravel(), minlength=4)[:3] / w.size
+    assert share == pytest.approx([math.exp(-1), math.exp(-1), math.exp(-1) / 2], abs=0.01)
+    assert abs(w.mean(axis=0) - 1).max() < 0.25  # no subject favoured across replicates
+
+
 def test_intervals_in_groups_csv_and_report_are_the_bootstrap_ones(tmp_path):
     from agebias.data.records import FaceRecord
     from agebias.evaluate.api import evaluate_records
