@@ -83,6 +83,9 @@ def test_resample_weights_are_draws_of_every_subject_with_replacement():
     share = np.bincount(w.astype(np.int64).ravel(), minlength=4)[:3] / w.size
     assert share == pytest.approx([math.exp(-1), math.exp(-1), math.exp(-1) / 2], abs=0.01)
     assert abs(w.mean(axis=0) - 1).max() < 0.25  # no subject favoured across replicates
+    big = resample_weights(100_000, 100, np.random.default_rng(3))  # drawn in chunks of 41 replicates
+    assert np.all(big.sum(axis=1) == 100_000) and len({row.tobytes() for row in big}) == 100
+    assert abs((big == 0).mean() - math.exp(-1)) < 0.005
 
 
 def test_intervals_in_groups_csv_and_report_are_the_bootstrap_ones(tmp_path):

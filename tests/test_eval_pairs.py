@@ -7,6 +7,7 @@ import pytest
 
 from agebias.evaluate import metrics as M
 from agebias.evaluate.allpairs import evaluate_embeddings_allpairs
+from agebias.evaluate.bins import bin_index
 from agebias.evaluate.bootstrap import subject_bootstrap
 from agebias.evaluate.grouping import AgeBins, make_grouping
 from agebias.evaluate.pairs import ExactNeeds, normalise, score_all_pairs
@@ -208,6 +209,9 @@ def test_one_pass_equals_in_memory_with_ties(mode):
     stream = score_all_pairs(emb, subj, gp, block=29, keep_all_pairs=0, needs=needs)
     assert not memory.streamed and stream.streamed and stream.passes == 1
     assert np.unique(memory.imp_score).size < memory.imp_score.size / 20  # heavily tied
+    for vals, bins in zip(stream.kept_values, stream.kept_bins, strict=True):  # per key: ascending, with their bins
+        assert vals.dtype == np.float32 and bins.dtype == np.uint16
+        assert np.all(np.diff(vals) >= 0) and np.array_equal(bins, bin_index(vals))
     assert stream.gen_score.tobytes() == memory.gen_score.tobytes()
     assert np.array_equal(stream.max_impostor, memory.max_impostor)
     taus = _assert_same(stream, memory, gp, needs)

@@ -32,12 +32,17 @@ from agebias.evaluate.grouping import PairGrouping
 
 def resample_weights(n_subjects: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot, n_subjects) float64: how often each subject is drawn in each of ``n_boot`` resamples of
-    ``n_subjects`` draws with replacement (multinomial counts; one bincount, about 3x faster than
-    ``Generator.multinomial``)."""
-    draws = rng.integers(0, n_subjects, size=(n_boot, n_subjects), dtype=np.int64)
-    draws += np.arange(n_boot, dtype=np.int64)[:, None] * n_subjects  # replicate b's draws into its own row
-    counts = np.bincount(draws.ravel(), minlength=n_boot * n_subjects)
-    return counts.reshape(n_boot, n_subjects).astype(np.float64)
+    ``n_subjects`` draws with replacement (multinomial counts, made by counting uniform draws: about 3x faster than
+    ``Generator.multinomial``; about four million draws at a time, so many subjects need little memory beyond the
+    result)."""
+    w = np.empty((n_boot, n_subjects))
+    step = max(1, (1 << 22) // max(n_subjects, 1))  # replicates per chunk
+    for a in range(0, n_boot, step):
+        k = min(step, n_boot - a)
+        draws = rng.integers(0, n_subjects, size=(k, n_subjects), dtype=np.int64)
+        draws += np.arange(k, dtype=np.int64)[:, None] * n_subjects  # replicate r's draws count in row r
+        w[a:a + k] = np.bincount(draws.ravel(), minlength=k * n_subjects).reshape(k, n_subjects)
+    return w
 
 
 def subject_bootstrap(grouping: PairGrouping, subjects: np.ndarray, gen_i: np.ndarray, gen_j: np.ndarray,

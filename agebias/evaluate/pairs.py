@@ -235,7 +235,7 @@ class PairScores:
     # streamed mode
     hist: np.ndarray | None = None          # (K, NB) int64
     exact: np.ndarray | None = None         # (K, NB) bool: every score of (key, bin) is in kept_values
-    kept_values: list = field(default_factory=list)  # per key: float32 scores ordered by bin
+    kept_values: list = field(default_factory=list)  # per key: float32 scores, ascending (so ordered by bin)
     kept_bins: list = field(default_factory=list)    # per key: their bins (uint16, ascending)
     accepted_from_bin: int | None = None    # every impostor pair with bin >= this is in acc_*
     acc_i: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -920,10 +920,10 @@ def _survival_band(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _by_bin(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scores ordered by bin (a radix sort on 16-bit bins), with their bins."""
-    b = bin_index(v).astype(np.uint16)
-    o = np.argsort(b, kind="stable")
-    return np.ascontiguousarray(v[o], dtype=np.float32), b[o]
+    """Scores in ascending order, hence ordered by bin (``bin_index`` is monotone), with their bins. Sorting the
+    float32 values themselves is 3-5x faster than an argsort of their 16-bit bins and a gather."""
+    v = np.sort(np.asarray(v, dtype=np.float32))
+    return v, bin_index(v).astype(np.uint16)
 
 
 def _check_counts(ps: PairScores) -> None:
