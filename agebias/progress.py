@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Iterable, Iterator, TypeVar
 
-from tqdm.auto import tqdm
+from tqdm.std import TqdmExperimentalWarning
+
+with warnings.catch_warnings():  # what tqdm.auto picks (widget bars in Jupyter), without its asyncio import (~80 ms)
+    warnings.simplefilter("ignore", category=TqdmExperimentalWarning)
+    from tqdm.autonotebook import tqdm
 
 T = TypeVar("T")
 _quiet = False

@@ -400,6 +400,6 @@ class _Run:
         """A progress bar on the main process; a disabled one elsewhere."""
         if self.dist.is_main:
             return bar(total, desc, unit="step")
-        from tqdm.auto import tqdm
+        from agebias.progress import tqdm
 
         return tqdm(total=total, disable=True)
