@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, TypeVar
 
 from tqdm.std import TqdmExperimentalWarning
 
-with warnings.catch_warnings():  # what tqdm.auto picks (widget bars in Jupyter), without its asyncio import (~80 ms)
+with warnings.catch_warnings():  # what tqdm.auto picks (widget bars in Jupyter), without its asyncio import (30-80 ms)
     warnings.simplefilter("ignore", category=TqdmExperimentalWarning)
     from tqdm.autonotebook import tqdm
 

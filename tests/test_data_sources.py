@@ -62,7 +62,7 @@ def test_manifest_cells_short_rows_spaced_headers_and_ages(tmp_path):
                                                                    ("s2", 13, {"note": "x"})]
     assert len(scan.problems) == 1 and "bad age '999'" in scan.problems[0].reason
     assert [parse_age(v) for v in ("7", " 199 ", "", "nan", "3.0")] == [7, 199, None, None, 3]
-    for bad in ("200", "-1", "old"):
+    for bad in ("200", "199.6", "-1", "old", "inf"):
         with pytest.raises(ValueError):
             parse_age(bad)
 

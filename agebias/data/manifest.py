@@ -29,7 +29,7 @@ def parse_age(value: Any) -> int | None:
     if text == "" or text.lower() in ("na", "nan", "none", "unknown"):
         return None
     age = float(text)
-    if not (0 <= age < 200) or age != age:
+    if not (0 <= age < 199.5):  # whole years 0-199 after rounding (half to even); NaN fails too
         raise ValueError(f"age {text!r} out of range")
     return int(round(age))
 

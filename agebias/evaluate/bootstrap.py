@@ -31,10 +31,10 @@ from agebias.evaluate.grouping import PairGrouping
 
 
 def resample_weights(n_subjects: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, n_subjects) float64: how often each subject is drawn in each of ``n_boot`` resamples of
-    ``n_subjects`` draws with replacement (multinomial counts, made by counting uniform draws: about 3x faster than
-    ``Generator.multinomial``; about four million draws at a time, so many subjects need little memory beyond the
-    result)."""
+    """(n_boot, n_subjects) float64 (``n_subjects`` >= 1): how often each subject is drawn in each of ``n_boot``
+    resamples of ``n_subjects`` draws with replacement. Multinomial counts, made by counting uniform draws (about 3x
+    faster than ``Generator.multinomial``), about four million draws at a time (many subjects need little memory
+    beyond the result)."""
     w = np.empty((n_boot, n_subjects))
     step = max(1, (1 << 22) // max(n_subjects, 1))  # replicates per chunk
     for a in range(0, n_boot, step):
@@ -61,8 +61,9 @@ def subject_bootstrap(grouping: PairGrouping, subjects: np.ndarray, gen_i: np.nd
     n_s = int(subjects.max()) + 1 if subjects.size else 0
     if n_boot <= 0 or n_s < 2:
         return {"n_boot": 0, "note": "bootstrap not run (needs >= 2 subjects and n_boot > 0)"}
-    w = resample_weights(n_s, n_boot, np.random.default_rng(seed))  # (B, S)
-    if weights is not None:  # explicit replicate weights (tests: all ones reproduce the point estimate)
+    if weights is None:
+        w = resample_weights(n_s, n_boot, np.random.default_rng(seed))  # (B, S)
+    else:  # explicit replicate weights (tests: all ones reproduce the point estimate)
         w = np.asarray(weights, dtype=np.float64).reshape(-1, n_s)
         n_boot = w.shape[0]
 

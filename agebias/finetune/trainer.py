@@ -69,7 +69,7 @@ from agebias.models.heads import create_head
 from agebias.models.onnx_export import export_onnx
 from agebias.models.preprocess import to_tensor
 from agebias.precision import channels_last, cpu_bf16_flags, resolve_precision
-from agebias.progress import bar
+from agebias.progress import bar, tqdm
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "TrainNet", "lr_factor", "make_optimizer", "run_finetune"]
 
@@ -400,6 +400,4 @@ class _Run:
         """A progress bar on the main process; a disabled one elsewhere."""
         if self.dist.is_main:
             return bar(total, desc, unit="step")
-        from agebias.progress import tqdm
-
         return tqdm(total=total, disable=True)
