@@ -12,9 +12,9 @@ shared machine the same work varies by 20% or more from minute to minute (the GE
 GEMM and is compared with their mean, in three rounds, and the ratio is the median of the rounds' ratios. Each
 round also runs the evaluation with the compiled tile kernel switched off (``AGEBIAS_NO_JIT=1``: numpy counts the
 tiles, as without numba installed), also between two GEMMs; the full-output matmul and the evaluation with the six
-figures (matplotlib's drawing time) are shown for information. Data: random unit
-embeddings, about 10 images per subject, ages 0-69. Run it on a quiet machine (the load average is printed).
-Usage: ``python benchmarks/allpairs.py [N] [D]``.
+figures (matplotlib's drawing time) are shown for information. Data: random unit embeddings, about 10 images per
+subject, ages 0-69. Run it on a quiet machine (the load average is printed). Usage: ``python benchmarks/allpairs.py
+[N] [D]``.
 """
 
 from __future__ import annotations
@@ -96,16 +96,17 @@ def main(n: int = 30_000, d: int = 512, per_subject: int = 10) -> int:
         write_inputs(root, n, d, per_subject)
         emb = np.load(root / "emb.npz")["embeddings"]
         full = full_matmul_seconds(emb)
-        # the GEMM runs before, between and after the two evaluations of each round: G E G E' G E G E' G ...
-        gemms = [blocked_gemm_seconds(emb)]
-        rounds = []  # (evaluation s, its baseline s, the same with numpy counting s, its baseline s)
+        # (GEMM s, evaluation s, GEMM s, numpy-counting evaluation s, GEMM s) per round; a round's last GEMM is the
+        # next round's first: G E G E' G E G E' G ...
+        rounds = []
+        gemm = blocked_gemm_seconds(emb)
         rss_gib, failures = 0.0, []
         for _ in range(ROUNDS):
             wall, rss, rc, err = run_evaluation(root, plots=False)
-            gemms.append(blocked_gemm_seconds(emb))
+            gemm_mid = blocked_gemm_seconds(emb)
             wall_numpy, _, rc_numpy, err_numpy = run_evaluation(root, plots=False, env={"AGEBIAS_NO_JIT": "1"})
-            gemms.append(blocked_gemm_seconds(emb))
-            rounds.append((wall, (gemms[-3] + gemms[-2]) / 2, wall_numpy, (gemms[-2] + gemms[-1]) / 2))
+            rounds.append((gemm, wall, gemm_mid, wall_numpy, blocked_gemm_seconds(emb)))
+            gemm = rounds[-1][-1]
             rss_gib = max(rss_gib, rss)
             failures += [e for c, e in ((rc, err), (rc_numpy, err_numpy)) if c not in (0, 1)]
         wall_plots, _, rc_plots, err_plots = run_evaluation(root, plots=True)
@@ -116,8 +117,8 @@ def main(n: int = 30_000, d: int = 512, per_subject: int = 10) -> int:
             return 1
         report = json.loads((root / "out" / "results.json").read_text())
     res = report["models"][report["model_order"][0]]
-    ratios = [w / g for w, g, _, _ in rounds]
-    ratios_numpy = [w / g for _, _, w, g in rounds]
+    ratios = [w / ((g0 + g1) / 2) for g0, w, g1, _, _ in rounds]
+    ratios_numpy = [w / ((g1 + g2) / 2) for _, _, g1, w, g2 in rounds]
     ratio = float(np.median(ratios))
     print(f"N={n} D={d}: {n * (n - 1) // 2:,} pairs; engine: {res['data']['engine']}, {res['data']['passes']} "
           f"pass(es); tiles counted by: {res['data'].get('tile_counting')}")
@@ -125,13 +126,12 @@ def main(n: int = 30_000, d: int = 512, per_subject: int = 10) -> int:
           f"AGEBIAS_NO_JIT=1, each between two runs of the blocked GEMM ({BLOCK}-row blocks of E times E^T, results "
           "discarded) whose mean is its baseline")
     print("round  gemm_s  evaluate_s  gemm_s  numpy_counting_s  gemm_s  ratio  numpy_ratio")
-    for k, ((w, _, wn, _), r, rn) in enumerate(zip(rounds, ratios, ratios_numpy, strict=True), 1):
-        g0, g1, g2 = gemms[2 * k - 2: 2 * k + 1]
+    for k, ((g0, w, g1, wn, g2), r, rn) in enumerate(zip(rounds, ratios, ratios_numpy, strict=True), 1):
         print(f"{k:5d}  {g0:6.2f}  {w:10.2f}  {g1:6.2f}  {wn:16.2f}  {g2:6.2f}  {r:5.2f}  {rn:11.2f}")
     print(f"ratio to the blocked GEMM (median of the rounds): {ratio:.2f} (target <= 1.5); numpy counting: "
           f"{np.median(ratios_numpy):.2f}")
     print(f"full-output matmul (E @ E^T into {n}x{n}): {full:.2f} s; the median evaluation is "
-          f"{np.median([w for w, _, _, _ in rounds]) / full:.2f} x that")
+          f"{np.median([r[1] for r in rounds]) / full:.2f} x that")
     print(f"the same with the six figures: {wall_plots:.2f} s")
     print(f"peak RSS of the evaluation: {rss_gib:.2f} GiB (target < 2 GiB)")
     o = res["overall"]
