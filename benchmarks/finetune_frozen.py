@@ -7,8 +7,10 @@ autograd, into a cache (counted in epoch 1); each step trains layer4 + bn2/fc/fe
 the trainer's optimizer (fused SGD where torch has it; the baseline keeps the pipeline's plain SGD).
 With ``--precision bf16`` ours also runs as ``agebias finetune --precision bf16`` does: bf16 autocast, fp32 master
 weights, channels-last, layer 4's weight gradients as one bf16 matrix product each
-(:mod:`agebias.finetune.gemm_weight_grad`; ``AGEBIAS_NO_GEMM_GRAD=1`` for oneDNN's), the cache kept as
-``--cache-dtype`` (fp32: the bf16 prefix outputs exactly; bf16: the same values in half the memory); the fp32
+(:mod:`agebias.finetune.gemm_weight_grad`; ``AGEBIAS_NO_GEMM_GRAD=1`` for oneDNN's), the trainable conv/linear
+weights kept in bf16 between steps and updated with their masters in one compiled SGD pass
+(:mod:`agebias.finetune.bf16_weights`, with numba; ``AGEBIAS_NO_BF16_WEIGHTS=1`` for autocast's casts), the cache
+kept as ``--cache-dtype`` (fp32: the bf16 prefix outputs exactly; bf16: the same values in half the memory); the fp32
 and bf16 runs start from the same weights and see the same batches, and their loss curves are printed side by
 side (per epoch: the mean step loss of each, and the largest relative difference of a step's loss,
 |bf16 - fp32| / |fp32|).
@@ -21,7 +23,8 @@ process CPU seconds are printed per epoch, with the ratios. Run: ``.venv/bin/pyt
 (``--images 100 --epochs 2 --batch-size 25 --arch iresnet50 --device cpu --precision fp32``); a few minutes on 2
 CPU cores. ``--precision bf16 --epochs 4`` adds the bf16 run and its loss curve; ``--compare-weight-grad`` adds
 bf16 with oneDNN's weight gradients (``bf16-onednn``), interleaved too, for an A/B of
-:mod:`agebias.finetune.gemm_weight_grad`.
+:mod:`agebias.finetune.gemm_weight_grad`; ``--compare-bf16-weights`` adds bf16 with autocast's per-step casts and
+torch's fused SGD (``bf16-cast``) for an A/B of :mod:`agebias.finetune.bf16_weights`.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from agebias.finetune import gemm_weight_grad
+from agebias.finetune import bf16_weights, gemm_weight_grad
 from agebias.finetune.cache import build_cache
 from agebias.finetune.freeze import freeze, parse_frozen_layers, run_stages, set_train_mode
 from agebias.finetune.hooks import TrainingHooks
@@ -102,7 +105,7 @@ class Ours:
     bf16: autocast, channels-last, fp32 master weights (as the trainer runs it)."""
 
     def __init__(self, arch, n_classes, device, state, precision: str = "fp32", cache_dtype: str = "fp32",
-                 gemm_grad: bool = True):
+                 gemm_grad: bool = True, bf16_copies: bool = True):
         self.model = create_backbone(arch).to(device)
         self.model.load_state_dict(state)
         torch.manual_seed(1)
@@ -114,6 +117,7 @@ class Ours:
             gemm_weight_grad.enable_for(self.net, precision, device)
         config = FinetuneConfig(data=["-"], backbone=arch, out="-", lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.opt = make_optimizer(config, [p for p in self.net.parameters() if p.requires_grad])
+        self.bf16_weights = bf16_weights.enable_for(self.model, self.opt, precision, device) if bf16_copies else None
         self.autocast = autocast_factory(precision, device)
         self.cache_dtype = cache_dtype
         self.cache = None
@@ -140,6 +144,8 @@ class Ours:
                 loss, _, _ = self.net(x, y, y, torch.zeros_like(y), 0, 0, self.gen)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.bf16_weights is not None:  # as the trainer steps: the bf16-kept weights first
+                self.bf16_weights.step(self.opt)
             self.opt.step()
             losses.append(float(loss.detach()))
         return losses
@@ -168,6 +174,9 @@ def main() -> None:
     ap.add_argument("--compare-weight-grad", action="store_true",
                     help="with --precision bf16: also run bf16 with oneDNN's weight gradients (bf16-onednn), "
                          "interleaved with the others")
+    ap.add_argument("--compare-bf16-weights", action="store_true",
+                    help="with --precision bf16: also run bf16 with autocast's weight casts and torch's SGD "
+                         "(bf16-cast), interleaved with the others")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -188,6 +197,9 @@ def main() -> None:
         if args.compare_weight_grad:
             runs["bf16-onednn"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
                                        gemm_grad=False)
+        if args.compare_bf16_weights:
+            runs["bf16-cast"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
+                                     bf16_copies=False)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     losses: dict[str, list[list[float]]] = {k: [] for k in runs}
     for epoch in range(args.epochs):  # interleaved, so that load changes on a shared machine hit both alike
@@ -234,7 +246,7 @@ def main() -> None:
         print(f"largest relative difference of a step's loss over {args.epochs} epochs: {worst:.4f}")
 
 
-TARGETS = {"fp32": 0.25, "bf16": 0.10, "bf16-onednn": 0.10}
+TARGETS = {"fp32": 0.25, "bf16": 0.10, "bf16-onednn": 0.10, "bf16-cast": 0.10}
 
 if __name__ == "__main__":
     main()

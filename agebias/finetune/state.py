@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from agebias.finetune.bf16_weights import Bf16Weights
 from agebias.finetune.config import FinetuneConfig
 from agebias.finetune.freeze import FreezeSummary
 from agebias.finetune.hooks import TrainingHooks
@@ -30,6 +31,7 @@ class TrainingState:
     frozen: FreezeSummary  # the frozen parts (kept in eval mode) and parameter counts
     depth: int  # frozen prefix stages run outside the trainable net (0: none; see agebias.finetune.freeze)
     steps_per_epoch: int
+    bf16_weights: Bf16Weights | None = None  # bf16 on CPU with SGD: weights kept in bf16 between steps
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per completed epoch (main process)

@@ -46,7 +46,7 @@ from torch import nn
 from agebias.errors import DataError, UserError
 from agebias import distributed as ddp
 from agebias.devices import resolve_device
-from agebias.finetune import gemm_weight_grad
+from agebias.finetune import bf16_weights, gemm_weight_grad
 from agebias.finetune.backbone import arch_name, build_backbone, embedding_dim
 from agebias.finetune.cache import FeatureCache, build_cache
 from agebias.finetune.checkpointing import load_checkpoint, set_rng_state
@@ -219,6 +219,9 @@ class _Run:
         if converted := gemm_weight_grad.enable_for(net, cfg.precision, device):
             log.debug(f"finetune: {converted} convolution(s) take their bf16 weight gradient as one matrix product")
         optimizer = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
+        kept_bf16 = bf16_weights.enable_for(model, optimizer, cfg.precision, device, self.dist.world_size)
+        if kept_bf16 is not None:
+            log.debug(f"finetune: {len(kept_bf16)} weight(s) kept in bf16 between steps, updated in one pass")
         train_net: nn.Module = net
         if self.dist.enabled:
             train_net = nn.parallel.DistributedDataParallel(
@@ -228,7 +231,7 @@ class _Run:
             model=model, head=head, hooks=hooks, net=net, train_net=train_net, optimizer=optimizer,
             scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch)),
             scaler=torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None,
-            frozen=frozen, depth=depth, steps_per_epoch=steps_per_epoch)
+            frozen=frozen, depth=depth, steps_per_epoch=steps_per_epoch, bf16_weights=kept_bf16)
 
     def restore(self, state: TrainingState) -> None:
         """Continue from checkpoints/last.pt: every state, and this process's RNG states."""
@@ -373,12 +376,16 @@ class _Run:
     def optimizer_step(self, state: TrainingState, total: torch.Tensor) -> None:
         """Backward, optimizer step (through the fp16 grad scaler when there is one), LR schedule step."""
         state.optimizer.zero_grad(set_to_none=True)
+        if state.bf16_weights is not None:
+            state.bf16_weights.zero_grad()
         if state.scaler is not None:
             state.scaler.scale(total).backward()
             state.scaler.step(state.optimizer)
             state.scaler.update()
         else:
             total.backward()
+            if state.bf16_weights is not None:  # the weights kept in bf16 (they have no fp32 grad: step skips them)
+                state.bf16_weights.step(state.optimizer)
             state.optimizer.step()
         state.scheduler.step()
         state.step += 1

@@ -1,0 +1,150 @@
+"""bf16 training on CPU keeps trainable conv/linear weights in bf16 between steps: the forward pass and gradients
+are autocast's, the fused update is torch's SGD on the fp32 masters, and the copies follow the masters."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agebias.finetune import bf16_weights
+from agebias.finetune.bf16_weights import Bf16Weights, enable_for, wanted
+from agebias.finetune.trainer import run_finetune
+from test_finetune_trainer import config, make_generated_set
+
+pytestmark = pytest.mark.skipif(bf16_weights._kernel() is None, reason="numba is not installed (agebias[fast])")
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.Flatten(),
+                        nn.Linear(8 * 5 * 5, 6))
+    return net.to(memory_format=torch.channels_last)
+
+
+def sgd(params, **kw) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=0.05, **kw)
+
+
+SETTINGS = [dict(momentum=0.9, weight_decay=5e-4), dict(momentum=0.0, weight_decay=1e-2),
+            dict(momentum=0.8, dampening=0.3, weight_decay=0.0), dict(momentum=0.9, nesterov=True, weight_decay=1e-3),
+            dict(momentum=0.5, weight_decay=1e-3, maximize=True)]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_fused_step_is_torch_sgd_on_the_bf16_gradients(settings):
+    net, ref = tiny_net(), tiny_net()
+    opt, ref_opt = sgd(net.parameters(), **settings), sgd(ref.parameters(), foreach=False, **settings)
+    kept = Bf16Weights(net, opt)
+    assert len(kept) == 2  # the conv and the linear; BatchNorm is left to the optimizer
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        for m, r in zip(kept.modules, (ref[0], ref[3]), strict=True):
+            g = torch.randn(m.weight.shape, generator=gen).to(torch.bfloat16)
+            m._bf16_weight.grad = g.contiguous(memory_format=torch.channels_last) if g.dim() == 4 else g
+            r.weight.grad = g.float()
+        kept.step(opt)
+        opt.step()  # nothing left for it: the masters have no grad
+        ref_opt.step()
+        for m, r in zip(kept.modules, (ref[0], ref[3]), strict=True):
+            torch.testing.assert_close(m.weight, r.weight, rtol=1e-6, atol=1e-6)  # a few float32 ulps apart
+            assert torch.equal(m._bf16_weight, m.weight.to(torch.bfloat16))  # round to nearest even, as autocast
+            assert m._bf16_weight.grad is None and m.weight.grad is None
+            if settings["momentum"]:
+                torch.testing.assert_close(opt.state[m.weight]["momentum_buffer"],
+                                           ref_opt.state[r.weight]["momentum_buffer"], rtol=1e-6, atol=1e-6)
+            else:
+                assert "momentum_buffer" not in opt.state[m.weight]
+
+
+def test_forward_and_gradients_are_autocasts_and_the_master_gets_none():
+    net, ref = tiny_net(), tiny_net()
+    kept = Bf16Weights(net, sgd(net.parameters(), momentum=0.9))
+    x = torch.randn(4, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    for model in (net, ref):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x).float().square().sum().backward()
+    conv, linear = kept.modules
+    assert conv.weight.grad is None and linear.weight.grad is None
+    for m, r in zip(kept.modules, (ref[0], ref[3]), strict=True):
+        assert m._bf16_weight.grad.dtype == torch.bfloat16
+        assert torch.equal(m._bf16_weight.grad.float(), r.weight.grad)  # autocast's grad, cast back to fp32
+    assert torch.equal(net[1].weight.grad, ref[1].weight.grad)
+    with torch.no_grad():  # outside autocast the fp32 master weights run, as in plain nn.Conv2d / nn.Linear
+        assert torch.equal(net(x), ref(x))
+
+
+def test_a_master_changed_elsewhere_is_copied_again_before_it_is_used():
+    net = tiny_net()
+    kept = Bf16Weights(net, sgd(net.parameters(), momentum=0.9))
+    other = tiny_net()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-3)
+    net.load_state_dict(other.state_dict())  # e.g. a checkpoint restored
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(net(x), other(x))
+    assert all(torch.equal(m._bf16_weight, m.weight.to(torch.bfloat16)) for m in kept.modules)
+
+
+def test_a_functional_call_keeps_its_own_weights():
+    net = tiny_net()
+    Bf16Weights(net, sgd(net.parameters(), momentum=0.9))
+    params = {k: torch.zeros_like(v) for k, v in net.named_parameters()}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = torch.func.functional_call(net.eval(), params, (torch.randn(2, 3, 5, 5),))
+    assert torch.count_nonzero(out) == 0
+
+
+def test_wanted_only_for_bf16_sgd_on_one_cpu_process(monkeypatch):
+    monkeypatch.delenv("AGEBIAS_NO_BF16_WEIGHTS", raising=False)
+    net = tiny_net()
+    opt = sgd(net.parameters(), momentum=0.9)
+    assert wanted("bf16", "cpu", opt, 1)
+    assert not wanted("fp32", "cpu", opt, 1) and not wanted("bf16", "cuda", opt, 1)
+    assert not wanted("bf16", "cpu", opt, 2)  # DDP reduces the masters' gradients: it needs them
+    assert not wanted("bf16", "cpu", torch.optim.AdamW(net.parameters()), 1)
+    monkeypatch.setenv("AGEBIAS_NO_BF16_WEIGHTS", "1")
+    assert not wanted("bf16", "cpu", opt, 1)
+    assert enable_for(net, opt, "bf16", "cpu") is None and type(net[0]) is nn.Conv2d
+
+
+def test_frozen_and_unowned_weights_are_left_alone():
+    net = tiny_net()
+    net[0].weight.requires_grad_(False)
+    kept = Bf16Weights(net, sgd([net[1].weight, net[1].bias], momentum=0.9))  # the linear is not the optimizer's
+    assert len(kept) == 0 and type(net[0]) is nn.Conv2d and type(net[3]) is nn.Linear
+
+
+def test_bf16_finetune_keeps_weights_in_bf16_trains_like_autocast_and_resumes_exactly(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGEBIAS_QUIET", "1")
+    data = make_generated_set(tmp_path / "synth", n_ids=4, per_id=3)
+    built, steps = [], []
+    real_init, real_step = Bf16Weights.__init__, Bf16Weights.step
+    monkeypatch.setattr(Bf16Weights, "__init__", lambda self, *a: real_init(self, *a) or built.append(len(self)))
+    monkeypatch.setattr(Bf16Weights, "step", lambda self, opt: steps.append(1) or real_step(self, opt))
+    kw = dict(precision="bf16", epochs=3, device="cpu", batch_size=4)
+    losses = {}
+    for name, env in (("kept", "0"), ("autocast", "1")):
+        monkeypatch.setenv("AGEBIAS_NO_BF16_WEIGHTS", env)
+        res = run_finetune(config(data, tmp_path / name, onnx=name == "kept", **kw))
+        losses[name] = [row["loss"] for row in res.rows]
+        if name == "kept":  # the export runs the converted modules in fp32, as plain nn.Conv2d / nn.Linear
+            assert res.onnx_path is not None and res.onnx_path.stat().st_size > 0
+    assert len(built) == 1 and built[0] > 0 and len(steps) > 0  # used by the bf16 run, at every step
+    assert np.isfinite(losses["kept"]).all()
+    np.testing.assert_allclose(losses["kept"], losses["autocast"], rtol=0.05)
+    # interrupted after epoch 1, resumed: the same weights and losses as the uninterrupted run
+    monkeypatch.setenv("AGEBIAS_NO_BF16_WEIGHTS", "0")
+    part = run_finetune(config(data, tmp_path / "ext", **kw, stop_after_epochs=1))
+    assert part.epochs_done == 1
+    resumed = run_finetune(config(data, tmp_path / "ext", **kw, resume=True))
+    assert [row["loss"] for row in resumed.rows] == losses["kept"]
+    a, b = (torch.load(p, map_location="cpu") for p in (tmp_path / "kept" / "backbone.pth",
+                                                       resumed.backbone_path))
+    assert all(torch.equal(a[k], b[k]) and b[k].dtype != torch.bfloat16 for k in a)  # fp32 masters are saved
+    assert json.loads((tmp_path / "ext" / "config.json").read_text())["config"]["precision"] == "bf16"
