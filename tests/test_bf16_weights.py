@@ -63,6 +63,8 @@ def test_fused_step_is_torch_sgd_on_the_bf16_gradients(settings):
 def test_forward_and_gradients_are_autocasts_and_the_master_gets_none():
     net, ref = tiny_net(), tiny_net()
     kept = Bf16Weights(net, sgd(net.parameters(), momentum=0.9))
+    assert list(net.state_dict()) == list(ref.state_dict())  # parameters and state-dict keys unchanged
+    assert [n for n, _ in net.named_parameters()] == [n for n, _ in ref.named_parameters()]
     x = torch.randn(4, 3, 5, 5).contiguous(memory_format=torch.channels_last)
     for model in (net, ref):
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -91,13 +93,53 @@ def test_a_master_changed_elsewhere_is_copied_again_before_it_is_used():
     assert all(torch.equal(m._bf16_weight, m.weight.to(torch.bfloat16)) for m in kept.modules)
 
 
-def test_a_functional_call_keeps_its_own_weights():
-    net = tiny_net()
-    Bf16Weights(net, sgd(net.parameters(), momentum=0.9))
-    params = {k: torch.zeros_like(v) for k, v in net.named_parameters()}
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = torch.func.functional_call(net.eval(), params, (torch.randn(2, 3, 5, 5),))
-    assert torch.count_nonzero(out) == 0
+def test_a_functional_call_runs_its_own_weights_and_they_get_the_gradients():
+    torch.manual_seed(0)
+    net, ref = (nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.Flatten(), nn.Linear(36, 5)) for _ in range(2))
+    kept = Bf16Weights(net, sgd(net.parameters(), momentum=0.9))
+    assert len(kept) == 2
+    params = {k: torch.randn(v.shape, requires_grad=True) for k, v in ref.named_parameters()}
+    x = torch.randn(2, 3, 5, 5)
+    outs = []
+    for model in (net, ref):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(torch.func.functional_call(model, params, (x,)))
+    assert torch.equal(outs[0], outs[1])  # not the module's own (bf16-kept) weights
+    outs[0].float().sum().backward()
+    assert params["0.weight"].grad is not None and all(m._bf16_weight.grad is None for m in kept.modules)
+
+
+def test_a_weight_used_twice_or_also_directly_is_left_to_torchs_step():
+    tied = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    tied[2].weight = tied[0].weight
+    assert len(Bf16Weights(tied, sgd(tied.parameters(), momentum=0.9))) == 0
+    torch.manual_seed(0)
+    net, ref = nn.Linear(4, 3), nn.Linear(4, 3)
+    ref.load_state_dict(net.state_dict())
+    opt, ref_opt = sgd(net.parameters(), momentum=0.9), sgd(ref.parameters(), momentum=0.9, foreach=False)
+    kept = Bf16Weights(net, opt)
+    x = torch.randn(5, 4)
+    for model, o in ((net, opt), (ref, ref_opt)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().sum() + (model.weight ** 2).sum()  # the master also used directly
+        loss.backward()
+        if o is opt:
+            kept.step(o)
+        o.step()
+    torch.testing.assert_close(net.weight, ref.weight, rtol=1e-6, atol=1e-6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the copy follows torch's update
+        assert torch.equal(net(x), ref(x))
+
+
+def test_the_kernel_is_loaded_from_numbas_cache_by_a_second_process():
+    import subprocess
+    import sys
+
+    code = ("from agebias.finetune.bf16_sgd_kernel import sgd_bf16; "
+            "print(sum(sgd_bf16.stats.cache_hits.values()), sum(sgd_bf16.stats.cache_misses.values()))")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(2)]
+    assert runs[1] == ["1", "0"], runs  # compiled once (here or earlier), then loaded
 
 
 def test_wanted_only_for_bf16_sgd_on_one_cpu_process(monkeypatch):

@@ -9,19 +9,23 @@ a bf16 copy ``S`` = round-to-nearest-even(``W``), exactly the tensor autocast wo
 uses ``S`` where autocast runs in bf16 on CPU, so backward leaves dL/dS (bf16) in ``S.grad`` and ``W.grad`` stays
 None. :meth:`Bf16Weights.step`, called between backward and ``optimizer.step()`` (which skips ``W``: it has no
 grad), then updates ``W``, its momentum buffer (``optimizer.state[W]["momentum_buffer"]``, where torch's SGD keeps
-it) and ``S`` in one compiled pass (numba). The arithmetic is torch's SGD in fp32 (weight decay, momentum,
-dampening, nesterov, maximize; the first step's buffer is the gradient), on the same bf16 gradient values
-autocast's cast would give. ``W`` changed elsewhere (a checkpoint loaded, in-place edits) is noticed by its
-version counter and ``S`` is made again.
+it) and ``S`` in one compiled pass (numba, :mod:`agebias.finetune.bf16_sgd_kernel`). The arithmetic is torch's SGD
+in fp32 (weight decay, momentum, dampening, nesterov, maximize; the first step's buffer is the gradient), on the
+same bf16 gradient values autocast's cast would give, so results agree with autocast + torch's SGD to a few fp32
+ulps per step. ``W`` changed through torch elsewhere (a checkpoint loaded, in-place edits, ``.to()``) is noticed
+by its version counter and memory, and ``S`` is made again; writes torch cannot see (through a ``.numpy()`` view)
+are not noticed. A ``W`` that also got an fp32 gradient (used outside its module too) is left to the optimizer's
+own step that time.
 
-Covered: ``nn.Conv2d`` and ``nn.Linear`` weights of the backbone that train, SGD, one process, CPU, bf16, numba
-installed. Elsewhere (AdamW, DDP, fp32, other devices, ``AGEBIAS_NO_JIT=1`` or ``AGEBIAS_NO_BF16_WEIGHTS=1``)
-nothing changes.
+Covered: ``nn.Conv2d`` and ``nn.Linear`` weights of the backbone that train and belong to one module, SGD, one
+process, CPU, bf16, numba installed. Elsewhere (AdamW, DDP, fp32, other devices, ``AGEBIAS_NO_JIT=1`` or
+``AGEBIAS_NO_BF16_WEIGHTS=1``) nothing changes.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import numpy as np
@@ -29,54 +33,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 @functools.cache
 def _kernel():
-    """The compiled fused SGD pass, or None (numba missing or disabled)."""
+    """The compiled fused SGD pass (:mod:`agebias.finetune.bf16_sgd_kernel`), or None (numba missing, disabled, or
+    unable to build it here)."""
     if os.environ.get("AGEBIAS_NO_JIT", "") not in ("", "0"):
         return None
     try:
-        from numba import njit, prange, types
-        from numba.extending import intrinsic
+        from agebias.finetune.bf16_sgd_kernel import sgd_bf16
     except ImportError:
         return None
-
-    @intrinsic
-    def as_f32(typingctx, bits):  # pragma: no cover - compiled
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], context.get_value_type(types.float32))
-        return types.float32(types.uint32), codegen
-
-    @intrinsic
-    def as_u32(typingctx, value):  # pragma: no cover - compiled
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], context.get_value_type(types.uint32))
-        return types.uint32(types.float32), codegen
-
-    @njit(parallel=True, cache=True)
-    def sgd_bf16(w, g, buf, s, lr, momentum, dampening, weight_decay, nesterov, maximize, first):  # pragma: no cover
-        """In place, element by element (fp32; ``g`` and ``s`` are bf16 bit patterns): d = ±g + wd * w; with
-        momentum: buf = d on the first step, else momentum * buf + (1 - dampening) * d, and d = buf (nesterov:
-        d + momentum * buf); w -= lr * d; s = bf16(w), rounded to nearest even (NaN stays NaN)."""
-        one = np.float32(1.0)
-        for i in prange(w.size):
-            wi = w[i]
-            d = as_f32(np.uint32(g[i]) << np.uint32(16))
-            if maximize:
-                d = -d
-            if weight_decay != 0:
-                d = d + weight_decay * wi
-            if momentum != 0:
-                b = d if first else momentum * buf[i] + (one - dampening) * d
-                buf[i] = b
-                d = d + momentum * b if nesterov else b
-            wi = wi - lr * d
-            w[i] = wi
-            u = as_u32(wi)
-            if wi != wi:
-                s[i] = np.uint16(0x7FC0)
-            else:
-                s[i] = np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
-
+    except Exception as err:  # noqa: BLE001 - a kernel numba cannot build or cache here leaves autocast's casts
+        log.warning(f"the compiled bf16 SGD step is not usable here ({type(err).__name__}: {err}); "
+                    f"bf16 training casts weights each step instead")
+        return None
     return sgd_bf16
 
 
@@ -90,23 +62,33 @@ def _flat(t: torch.Tensor, as_dtype: np.dtype) -> np.ndarray:
 
 class _UsesBf16Weight:
     """Mixin for ``nn.Conv2d`` / ``nn.Linear``: where autocast runs in bf16 on CPU, the forward uses the bf16 copy
-    of ``self.weight`` (made again when the weight's version moved) instead of autocast's per-call cast."""
+    of the master weight (made again when the master moved) instead of autocast's per-call cast."""
 
+    _bf16_master: nn.Parameter
     _bf16_weight: torch.Tensor
-    _bf16_version: int
+    _bf16_seen: tuple[int, int]
 
     def _weight_for(self, weight: torch.Tensor) -> torch.Tensor:
-        if (weight is not self.weight or weight.device.type != "cpu" or not torch.is_autocast_enabled("cpu")
+        if (weight is not self._bf16_master or weight.device.type != "cpu" or not torch.is_autocast_enabled("cpu")
                 or torch.get_autocast_dtype("cpu") != torch.bfloat16):
             return weight  # e.g. a functional call's own tensor, fp32 inference
-        if weight._version != self._bf16_version:
+        if _seen(weight) != self._bf16_seen:
             self.refresh_bf16_weight()
         return self._bf16_weight
 
     def refresh_bf16_weight(self) -> None:
+        """The bf16 copy made again from the master (with the master's layout)."""
+        w = self._bf16_master
         with torch.no_grad():
-            self._bf16_weight.copy_(self.weight)
-        self._bf16_version = self.weight._version
+            if self._bf16_weight.shape != w.shape or self._bf16_weight.stride() != w.stride():
+                self._bf16_weight = torch.empty_like(w, dtype=torch.bfloat16).requires_grad_(True)
+            self._bf16_weight.copy_(w)
+        self._bf16_seen = _seen(w)
+
+
+def _seen(w: torch.Tensor) -> tuple[int, int]:
+    """What changes when ``w``'s values may have changed through torch: its version and its memory."""
+    return w._version, w.data_ptr()
 
 
 class _Bf16Conv2d(_UsesBf16Weight):
@@ -138,16 +120,21 @@ class Bf16Weights:
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer):
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        candidates = [m for m in module.modules() if _plain_forward(m)]
+        uses: dict[int, int] = {}
+        for m in candidates:
+            uses[id(m.weight)] = uses.get(id(m.weight), 0) + 1
         self.modules: list[nn.Module] = []
-        for m in module.modules():
-            if _plain_forward(m):
-                w = m.weight
-                if w.requires_grad and w.dtype == torch.float32 and w.device.type == "cpu" and id(w) in owned:
-                    m.__class__ = _subclass(type(m))
-                    m._bf16_weight = torch.empty_like(w, dtype=torch.bfloat16).requires_grad_(True)
-                    m.refresh_bf16_weight()
-                    self.modules.append(m)
-        self.by_param = {id(m.weight): m for m in self.modules}
+        for m in candidates:
+            w = m.weight
+            if (w.requires_grad and w.dtype == torch.float32 and w.device.type == "cpu" and id(w) in owned
+                    and uses[id(w)] == 1 and _dense(w)):  # a weight two modules share keeps autocast's casts
+                m.__class__ = _subclass(type(m))
+                object.__setattr__(m, "_bf16_master", w)  # not registered: parameters and state dict unchanged
+                m._bf16_weight = torch.empty_like(w, dtype=torch.bfloat16).requires_grad_(True)
+                m.refresh_bf16_weight()
+                self.modules.append(m)
+        self.by_param = {id(m._bf16_master): m for m in self.modules}
 
     def __len__(self) -> int:
         return len(self.modules)
@@ -168,6 +155,11 @@ class Bf16Weights:
                 if m is None or m._bf16_weight.grad is None:
                     continue
                 s = m._bf16_weight
+                if w.grad is not None or not _fits(w, s):
+                    # the master was also used directly, or changed type or layout: torch's step takes this one
+                    w.grad = s.grad.float() if w.grad is None else w.grad + s.grad.float()
+                    s.grad = None
+                    continue
                 g = _like(s.grad, w, torch.bfloat16)
                 momentum = float(group["momentum"])
                 state = optimizer.state[w]
@@ -183,7 +175,7 @@ class Bf16Weights:
                        np.float32(group["weight_decay"]), bool(group["nesterov"]), bool(group.get("maximize")),
                        first)
                 s.grad = None
-                m._bf16_version = w._version
+                m._bf16_seen = _seen(w)  # numpy's writes bypass torch's version counter: s matches w
 
 
 def _number(value) -> float:
@@ -195,6 +187,16 @@ def _like(t: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     if t.dtype == dtype and t.stride() == ref.stride():
         return t
     return torch.empty_like(ref, dtype=dtype).copy_(t)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def _fits(w: torch.Tensor, s: torch.Tensor) -> bool:
+    """Whether the kernel can update ``w`` and its copy ``s`` element by element in memory order."""
+    return (w.dtype == torch.float32 and s.dtype == torch.bfloat16 and w.shape == s.shape and w.stride() == s.stride()
+            and _dense(w))
 
 
 def _plain_forward(m: nn.Module) -> bool:
