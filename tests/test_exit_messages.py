@@ -230,6 +230,8 @@ def test_search_exit_1_names_the_failed_trials_of_this_call(tmp_path, capsys, mo
     def fake(exp, **kw):
         (out / "trials" / "3").mkdir(parents=True)
         (out / "trials" / "3" / "error.txt").write_text("RuntimeError: out of memory\n\ntraceback")
+        stamp = time.time_ns() - 5_000_000  # a file's time can read a few ms before time.time() taken earlier
+        os.utime(out / "trials" / "3" / "error.txt", ns=(stamp, stamp))
         return SearchSummary("s", "sqlite://", out, 2, 1, out / "pareto.json", out / "pareto.png")
 
     monkeypatch.setattr(agebias.search.study, "run_search", fake)

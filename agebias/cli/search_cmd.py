@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -36,21 +35,28 @@ def register(app: typer.Typer) -> None:
         exp = load_search_experiment(experiment)
         exp.search = exp.search.replace(**given)
         on_interrupt("the trials finished so far are recorded in the study, and the same command continues it")
-        started = time.time()
+        before = error_files(Path(out) if out is not None else exp.out)
         summary = run_search(exp, study_name=study, out=out)
         typer.echo(f"pareto: {summary.pareto_path}")
         typer.echo(f"plot:   {summary.plot_path}")
         if summary.failed:
             typer.echo(f"{summary.failed} of {summary.trials_run} trial(s) failed; reasons in "
                        f"{summary.out}/trials/<n>/error.txt", err=True)
-            for error in failed_since(summary.out, started)[:SHOWN]:
+            for error in failed_since(summary.out, before)[:SHOWN]:
                 typer.echo(f"  trial {error.parent.name}: {error.read_text(encoding='utf-8').splitlines()[0]}",
                            err=True)
             return 1
         return 0
 
 
-def failed_since(out: Path, started: float) -> list[Path]:
-    """The error.txt files of trials that failed in ``out`` since ``started`` (this call), oldest first."""
-    errors = [p for p in out.glob("trials/*/error.txt") if p.stat().st_mtime >= started]
-    return sorted(errors, key=lambda p: p.stat().st_mtime)
+def error_files(out: Path) -> dict[Path, int]:
+    """Each trial's error.txt in ``out`` with its modification time (ns)."""
+    return {p: p.stat().st_mtime_ns for p in out.glob("trials/*/error.txt")}
+
+
+def failed_since(out: Path, before: dict[Path, int]) -> list[Path]:
+    """The error.txt files written in ``out`` since ``before`` was taken (new, or rewritten), oldest first. (Compared
+    with the files themselves, not the clock: a file's time comes from the kernel's coarser clock and can read a
+    few ms earlier than ``time.time()`` taken before it was written.)"""
+    now = error_files(out)
+    return sorted((p for p, t in now.items() if before.get(p) != t), key=now.__getitem__)
