@@ -54,8 +54,8 @@ def test_kernel_is_ready_where_numba_is_installed():
 def test_compiled_and_numpy_passes_keep_the_same(monkeypatch):
     """Diagonal tiles (lower triangle skipped by the kernel), tiles with several keys, tied scores, edge tiles."""
     used = []
-    real = tile_kernel.count_tile
-    monkeypatch.setattr(tile_kernel, "count_tile", lambda *a: used.append(a[-1]) or real(*a))
+    real = tile_kernel.count_and_keep
+    monkeypatch.setattr(tile_kernel, "count_and_keep", lambda *a: used.append(a[-1]) or real(*a))
     compiled = _score(monkeypatch, True)
     assert used and any(used) and not all(used)  # diagonal and off-diagonal tiles went through the kernel
     n_calls = len(used)
@@ -126,3 +126,41 @@ def test_results_say_which_path_counted(monkeypatch):
     if HAVE_NUMBA:
         monkeypatch.setattr(tile_kernel, "_state", {})
         assert evaluate_embeddings_allpairs(emb, subj, ages, st)["data"]["tile_counting"].startswith("compiled")
+
+
+@needs_numba
+@pytest.mark.parametrize("upper", [False, True])
+def test_kernel_counts_and_keeps_what_the_rule_says(upper):
+    """Against numpy on one tile: several rectangles and keys, score windows, the diagonal; a buffer that fills up
+    part way still gives complete counts."""
+    assert tile_kernel.ready()
+    rng = np.random.default_rng(3)
+    s = np.round(rng.uniform(-0.3, 0.9, (40, 50)), 2).astype(np.float32)  # ties on the bounds below
+    rects = np.array([[0, 17, 0, 50, 0], [17, 40, 0, 23, 1], [17, 40, 23, 50, 0]], np.int64)
+    cut = np.float32([0.8, 0.85, 0.8])
+    windows = [[(0.1, 0.2), (0.5, 0.55)], [], [(0.1, 0.2), (0.5, 0.55)]]
+    pre = np.float32([min([c] + [lo for lo, _ in w]) for c, w in zip(cut, windows, strict=True)])
+    want_counts = np.zeros((2, bins.NB), np.int64)
+    want_kept, want_ends = [], []
+    for (ra, rb, ca, cb, sl), c, w in zip(rects, cut, windows, strict=True):
+        rows, cols = np.meshgrid(np.arange(ra, rb), np.arange(ca, cb), indexing="ij")
+        inside = cols > rows if upper else np.ones_like(rows, bool)
+        v = s[rows[inside], cols[inside]]
+        want_counts[sl] += np.bincount(bins.bin_index(v), minlength=bins.NB)
+        keep = v >= c
+        for lo, hi in w:
+            keep |= (v >= np.float32(lo)) & (v < np.float32(hi))
+        want_kept += (rows[inside][keep] * s.shape[1] + cols[inside][keep]).tolist()  # row-major, as the kernel
+        want_ends.append(len(want_kept))
+    assert 0 < len(want_kept) < 0.5 * s.size
+
+    counts = np.zeros((2, bins.NB), np.int32)
+    cand, ends = np.empty(s.size, np.int64), np.empty(3, np.int64)
+    n = tile_kernel.count_and_keep(s, rects, counts, pre, cut, windows, cand, ends, upper)
+    assert n == len(want_kept) and cand[:n].tolist() == want_kept and ends.tolist() == want_ends
+    assert np.array_equal(counts, want_counts)
+
+    small = np.empty(len(want_kept) // 2, np.int64)
+    counts[:] = 0
+    assert tile_kernel.count_and_keep(s, rects, counts, pre, cut, windows, small, ends, upper) >= small.size
+    assert np.array_equal(counts, want_counts)

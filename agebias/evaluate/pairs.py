@@ -829,7 +829,7 @@ def _candidates(s: np.ndarray, rects: list, rule: _Rule, found):
 
 
 def _compiled_tile(s: np.ndarray, rects: list, rule: _Rule, cand: np.ndarray, diagonal: bool):
-    """(keys, counts: (keys, NB), found) of one tile from the compiled kernels; ``found``: the kept candidates and
+    """(keys, counts: (keys, NB), found) of one tile from the compiled kernel; ``found``: the kept candidates and
     their bounds per rectangle, for :func:`_candidates` (None when more than ``cand`` holds: numpy selects).
     ``rule`` is the one before this tile's counts: cuts only rise, so what it keeps includes what a later one keeps."""
     slot: dict[int, int] = {}
@@ -839,11 +839,11 @@ def _compiled_tile(s: np.ndarray, rects: list, rule: _Rule, cand: np.ndarray, di
     counts = np.zeros((keys.size, NB), np.int32)  # at most block**2 per bin; smaller in cache
     ends = np.empty(len(rects), np.int64)
     rect_keys = [r[4] for r in rects]
-    n = tile_kernel.count_tile(s, arr, counts, rule.pre[rect_keys], cand, ends, diagonal)
+    cut = np.minimum(rule.v_cut[rect_keys], np.float32(rule.v_acc))
+    n = tile_kernel.count_and_keep(s, arr, counts, rule.pre[rect_keys], cut, [rule.windows[k] for k in rect_keys],
+                                   cand, ends, diagonal)
     if n >= cand.size:
         return keys, counts, None
-    tile_kernel.keep_candidates(s.reshape(-1), cand, ends, rule.v_cut[rect_keys], rule.v_acc,
-                                [rule.windows[k] for k in rect_keys])
     return keys, counts, (cand, np.r_[0, ends])
 
 
