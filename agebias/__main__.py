@@ -1,7 +1,5 @@
 """``python -m agebias`` (also ``torchrun ... -m agebias finetune ...``)."""
 
-import sys
+from agebias.cli import run
 
-from agebias.cli import main
-
-sys.exit(main())
+run()

@@ -73,9 +73,10 @@ def write_inputs(root: Path, n: int, d: int, per_subject: int) -> None:
 
 def run_evaluation(root: Path, plots: bool, env: dict[str, str] | None = None) -> tuple[float, float, int, str]:
     """(wall seconds, peak RSS GiB, return code, stderr) of the CLI run (``env``: added to the environment)."""
-    wrapper = ("import sys; from agebias.cli import main; rc = main(sys.argv[1:]); "
-               "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0], file=sys.stderr); "
-               "sys.exit(rc)")
+    # the `agebias` program itself (python -m agebias), which reports its peak RSS as it exits
+    wrapper = ("import atexit, runpy, sys; sys.argv[0] = 'agebias'; "
+               "atexit.register(lambda: print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0], "
+               "file=sys.stderr)); runpy.run_module('agebias', run_name='__main__')")
     cmd = [sys.executable, "-c", wrapper, "--quiet", "evaluate", "dataset", str(root / "manifest.csv"),
            "--embeddings", str(root / "emb.npz"), "--out", str(root / "out")] + ([] if plots else ["--no-plots"])
     t = time.perf_counter()

@@ -22,6 +22,26 @@ def test_help_lists_every_command():
     assert "not built yet" not in proc.stdout
 
 
+def test_the_program_exits_with_mains_code_after_freezing_the_gc(monkeypatch):
+    """``agebias`` (console script and ``python -m agebias``) is :func:`run`: main's code, with what is left frozen
+    out of the final garbage collections; ``python -m agebias`` gives exit code 2 on a user error."""
+    import gc
+
+    import agebias.cli as cli
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))  # the test process itself stays collectable
+    monkeypatch.setattr(cli, "main", lambda: 2)
+    try:
+        cli.run()
+    except SystemExit as done:
+        assert done.code == 2 and frozen == [True]
+    else:
+        raise AssertionError("run() did not exit")
+    proc = _agebias("run", "missing.toml")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+
+
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
     cases = [
         ["embed", str(tmp_path / "x.png")],  # missing --model

@@ -39,7 +39,7 @@ d' (bin centres with Sheppard's correction; error well below 1e-4 for unit-vecto
 a bin with a genuine score count as ties; the largest possible error is reported as ``auc_error_bound``).
 
 **Counting.** With numba installed, a compiled pass (:mod:`agebias.evaluate.tile_kernel`) bins each tile and lists
-its scores over the first filter in one read; else numpy does it in several passes (torch's bincount when torch is
+the scores the rule keeps in one read; else numpy does it in several passes (torch's bincount when torch is
 loaded). Both count the bins of :func:`agebias.evaluate.bins.bin_index` and keep the same scores.
 
 **Threads.** Tiles are processed on a thread pool (``AGEBIAS_EVAL_THREADS``, default min(cores, 8)); BLAS is then
@@ -946,7 +946,14 @@ def normalise(emb: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(e, axis=1, keepdims=True)
     if np.any(norms == 0):
         raise ValueError("some embeddings are all zeros")
-    return (e / norms).astype(np.float32)
+    return (e / norms).astype(np.float32, copy=False)
+
+
+def warm_up_for(n_images: int, keep_all_pairs: int = DEFAULT_KEEP_ALL) -> None:
+    """Start loading the compiled tile kernel in the background when ``n_images`` will be streamed (called as soon
+    as the number is known, so that the load overlaps reading the data)."""
+    if n_images * (n_images - 1) // 2 > keep_all_pairs:
+        tile_kernel.warm_up()
 
 
 def score_all_pairs(emb: np.ndarray, subjects, grouping: PairGrouping, block: int = DEFAULT_BLOCK,
@@ -956,9 +963,7 @@ def score_all_pairs(emb: np.ndarray, subjects, grouping: PairGrouping, block: in
     ``needs``: what must be exact (streamed engine only); ``seed``: the pilot's row sample (speed only, never the
     results)."""
     needs = needs or ExactNeeds()
-    n_pairs = len(emb) * (len(emb) - 1) // 2
-    if n_pairs > keep_all_pairs:
-        tile_kernel.warm_up()  # while the engine and the plan are set up
+    warm_up_for(len(emb), keep_all_pairs)  # while the engine and the plan are set up, if not started already
     emb = normalise(emb)
     _, codes = np.unique(np.asarray([str(s) for s in subjects]), return_inverse=True)
     codes = codes.astype(np.int64)

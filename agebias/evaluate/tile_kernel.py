@@ -89,7 +89,12 @@ _state: dict[str, bool] = {}
 
 
 def warm_up() -> None:
-    """Load (or compile) the kernel and check it in a background thread, so that :func:`ready` finds it done."""
+    """Load (or compile) the kernel and check it in a background thread, so that :func:`ready` finds it done (once
+    per process: later calls do nothing)."""
+    with _lock:
+        if _state.get("warming") or "ready" in _state:
+            return
+        _state["warming"] = True
     threading.Thread(target=ready, name="agebias-tile-kernel", daemon=True).start()
 
 
