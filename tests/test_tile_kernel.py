@@ -130,40 +130,61 @@ def test_results_say_which_path_counted(monkeypatch):
 
 @needs_numba
 @pytest.mark.parametrize("upper", [False, True])
-def test_kernel_counts_and_keeps_what_the_rule_says(upper):
-    """Against numpy on one tile: several rectangles and keys, score windows, the diagonal; a buffer that fills up
-    part way still gives complete counts."""
+def test_kernel_counts_and_keeps_the_bins_its_table_marks(upper):
+    """Against numpy on one tile: several rectangles and keys, the diagonal; a buffer that fills up part way still
+    gives complete counts."""
     assert tile_kernel.ready()
     rng = np.random.default_rng(3)
-    s = np.round(rng.uniform(-0.3, 0.9, (40, 50)), 2).astype(np.float32)  # ties on the bounds below
+    s = np.round(rng.uniform(-0.3, 0.9, (40, 50)), 2).astype(np.float32)  # ties
     rects = np.array([[0, 17, 0, 50, 0], [17, 40, 0, 23, 1], [17, 40, 23, 50, 0]], np.int64)
-    cut = np.float32([0.8, 0.85, 0.8])
-    windows = [[(0.1, 0.2), (0.5, 0.55)], [], [(0.1, 0.2), (0.5, 0.55)]]
-    pre = np.float32([min([c] + [lo for lo, _ in w]) for c, w in zip(cut, windows, strict=True)])
+    keep = np.zeros((2, bins.NB), np.uint8)
+    b = bins.bin_index(s)
+    keep[0, np.unique(b)[::3]] = 1  # every third occupied bin
+    keep[1, bins.bin_index(np.float32([0.8]))[0]:] = 1  # a cut
     want_counts = np.zeros((2, bins.NB), np.int64)
     want_kept, want_ends = [], []
-    for (ra, rb, ca, cb, sl), c, w in zip(rects, cut, windows, strict=True):
+    for ra, rb, ca, cb, sl in rects:
         rows, cols = np.meshgrid(np.arange(ra, rb), np.arange(ca, cb), indexing="ij")
         inside = cols > rows if upper else np.ones_like(rows, bool)
-        v = s[rows[inside], cols[inside]]
-        want_counts[sl] += np.bincount(bins.bin_index(v), minlength=bins.NB)
-        keep = v >= c
-        for lo, hi in w:
-            keep |= (v >= np.float32(lo)) & (v < np.float32(hi))
-        want_kept += (rows[inside][keep] * s.shape[1] + cols[inside][keep]).tolist()  # row-major, as the kernel
+        bb = b[rows[inside], cols[inside]]
+        want_counts[sl] += np.bincount(bb, minlength=bins.NB)
+        kept = keep[sl][bb] == 1
+        want_kept += (rows[inside][kept] * s.shape[1] + cols[inside][kept]).tolist()  # row-major, as the kernel
         want_ends.append(len(want_kept))
     assert 0 < len(want_kept) < 0.5 * s.size
 
     counts = np.zeros((2, bins.NB), np.int32)
     cand, ends = np.empty(s.size, np.int64), np.empty(3, np.int64)
-    n = tile_kernel.count_and_keep(s, rects, counts, pre, cut, windows, cand, ends, upper)
+    n = tile_kernel.count_and_keep(s, rects, counts, keep, cand, ends, upper)
     assert n == len(want_kept) and cand[:n].tolist() == want_kept and ends.tolist() == want_ends
     assert np.array_equal(counts, want_counts)
 
     small = np.empty(len(want_kept) // 2, np.int64)
     counts[:] = 0
-    assert tile_kernel.count_and_keep(s, rects, counts, pre, cut, windows, small, ends, upper) >= small.size
+    assert tile_kernel.count_and_keep(s, rects, counts, keep, small, ends, upper) >= small.size
     assert np.array_equal(counts, want_counts)
+
+
+def test_a_rules_keep_table_agrees_with_the_rule_on_every_score():
+    """The table the kernel reads (per bin) keeps exactly the scores ``select`` and ``v_acc`` keep (per value),
+    on both sides of every threshold."""
+    emb, subj, ages = _data()
+    gp = make_grouping(ages, "both", "0-12,13-39,40-79")
+    keep = pairs._Keep(gp, 50, np.full(len(gp.labels), 20), 30, None,
+                       [[(30000, 30100), (36000, 36003)]] * gp.n_keys, np.zeros(gp.n_keys, bool), 1 << 30,
+                       start=np.array([33000, 34000, 35000, 32500, 31000]))  # listing from below the cuts
+    rule = keep.rule
+    assert rule.v_acc < rule.v_cut.min()  # listing reaches scores no cut or window keeps
+    edges = np.unique(np.concatenate([rule.v_cut, [rule.v_acc]] + [[x for w in rule.windows[k] for x in w]
+                                                                  for k in range(gp.n_keys)])).astype(np.float32)
+    edges = edges[np.isfinite(edges)]
+    v = np.concatenate([edges, np.nextafter(edges, np.float32(-2)), np.nextafter(edges, np.float32(2)),
+                        np.random.default_rng(0).uniform(-1, 1, 5000).astype(np.float32)])
+    assert edges.size >= 4
+    for k in range(gp.n_keys):
+        by_value = rule.select(k, v) | (v >= rule.v_acc)
+        assert np.array_equal(rule.keep_table(k)[bins.bin_index(v)] == 1, by_value), k
+        assert 0 < by_value.sum() < v.size
 
 
 def test_the_kernel_starts_loading_once_and_only_for_streamed_sets(monkeypatch):

@@ -52,6 +52,7 @@ holds as many scores as the histogram counted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -383,12 +384,22 @@ class _Rule:
     acc_cut: int
     v_acc: float
     pre: np.ndarray
+    tables: dict = field(default_factory=dict, compare=False, repr=False)  # key -> keep_table(key), made on use
 
     def select(self, k: int, v: np.ndarray) -> np.ndarray:
         m = v >= self.v_cut[k]
         for lo, hi in self.windows[k]:
             m |= (v >= lo) & (v < hi)
         return m
+
+    def keep_table(self, k: int) -> np.ndarray:
+        """(NB,) uint8: 1 for the bins whose scores key k keeps or lists (``select`` or >= ``v_acc``). Every
+        threshold is a bin floor, so a score is kept iff its bin is: the rule applied to each bin's floor."""
+        table = self.tables.get(k)
+        if table is None:
+            floors = _bin_floors()
+            table = self.tables[k] = (self.select(k, floors) | (floors >= self.v_acc)).astype(np.uint8)
+        return table
 
 
 class _Keep:
@@ -838,13 +849,17 @@ def _compiled_tile(s: np.ndarray, rects: list, rule: _Rule, cand: np.ndarray, di
     keys = np.fromiter(slot, dtype=np.int64, count=len(slot))
     counts = np.zeros((keys.size, NB), np.int32)  # at most block**2 per bin; smaller in cache
     ends = np.empty(len(rects), np.int64)
-    rect_keys = [r[4] for r in rects]
-    cut = np.minimum(rule.v_cut[rect_keys], np.float32(rule.v_acc))
-    n = tile_kernel.count_and_keep(s, arr, counts, rule.pre[rect_keys], cut, [rule.windows[k] for k in rect_keys],
-                                   cand, ends, diagonal)
+    keep = np.stack([rule.keep_table(int(k)) for k in keys])
+    n = tile_kernel.count_and_keep(s, arr, counts, keep, cand, ends, diagonal)
     if n >= cand.size:
         return keys, counts, None
     return keys, counts, (cand, np.r_[0, ends])
+
+
+@functools.cache
+def _bin_floors() -> np.ndarray:
+    """(NB,) float32: the lowest score of each bin (-inf for bin 0)."""
+    return bin_floor(np.arange(NB)).astype(np.float32)
 
 
 def _tile_counts(s: np.ndarray, rects: list, fbuf: np.ndarray, ibuf: np.ndarray,
