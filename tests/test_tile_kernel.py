@@ -187,9 +187,7 @@ def test_a_rules_keep_table_agrees_with_the_rule_on_every_score():
         assert 0 < by_value.sum() < v.size
 
 
-def test_the_kernel_starts_loading_once_and_only_for_streamed_sets(monkeypatch):
-    """``warm_up_for`` starts the background load when the pairs exceed what is kept in memory, once per process;
-    ``evaluate_source`` calls it as soon as the manifest is read."""
+def test_the_kernel_starts_loading_once_per_process(monkeypatch):
     started = []
 
     class FakeThread:
@@ -201,33 +199,9 @@ def test_the_kernel_starts_loading_once_and_only_for_streamed_sets(monkeypatch):
 
     monkeypatch.setattr(tile_kernel, "_state", {})
     monkeypatch.setattr(tile_kernel.threading, "Thread", FakeThread)
-    pairs.warm_up_for(20, keep_all_pairs=190)  # 190 pairs: kept in memory
-    assert started == []
-    pairs.warm_up_for(21, keep_all_pairs=190)
-    pairs.warm_up_for(5000)
+    tile_kernel.warm_up()
+    tile_kernel.warm_up()
     assert started == ["agebias-tile-kernel"]
     monkeypatch.setattr(tile_kernel, "_state", {"ready": True})
-    pairs.warm_up_for(5000)
+    tile_kernel.warm_up()
     assert started == ["agebias-tile-kernel"]
-
-
-def test_evaluate_source_starts_the_load_before_reading_embeddings(tmp_path, monkeypatch):
-    import csv
-
-    from agebias.evaluate import runner
-    from agebias.evaluate.settings import EvalSettings
-
-    emb, subj, ages = _data()
-    with open(tmp_path / "manifest.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "subject", "age"])
-        w.writerows([f"img{i}.png", s, a] for i, (s, a) in enumerate(zip(subj, ages, strict=True)))
-    np.savez(tmp_path / "emb.npz", paths=np.asarray([str(tmp_path / f"img{i}.png") for i in range(len(subj))]),
-             embeddings=emb)
-    events = []
-    monkeypatch.setattr(pairs, "warm_up_for", lambda n, keep: events.append(("warm", n, keep)))
-    real_read = runner.read_embeddings
-    monkeypatch.setattr(runner, "read_embeddings", lambda *a: events.append(("read",)) or real_read(*a))
-    st = EvalSettings(keep_all_pairs=1000, bootstrap=0)
-    runner.evaluate_source(tmp_path / "manifest.csv", embeddings=[tmp_path / "emb.npz"], settings=st)
-    assert events[:2] == [("warm", len(subj), 1000), ("read",)]

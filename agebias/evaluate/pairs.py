@@ -964,13 +964,6 @@ def normalise(emb: np.ndarray) -> np.ndarray:
     return (e / norms).astype(np.float32, copy=False)
 
 
-def warm_up_for(n_images: int, keep_all_pairs: int = DEFAULT_KEEP_ALL) -> None:
-    """Start loading the compiled tile kernel in the background when ``n_images`` will be streamed (called as soon
-    as the number is known, so that the load overlaps reading the data)."""
-    if n_images * (n_images - 1) // 2 > keep_all_pairs:
-        tile_kernel.warm_up()
-
-
 def score_all_pairs(emb: np.ndarray, subjects, grouping: PairGrouping, block: int = DEFAULT_BLOCK,
                     keep_all_pairs: int = DEFAULT_KEEP_ALL, needs: ExactNeeds | None = None,
                     seed: int = 0) -> PairScores:
@@ -978,7 +971,10 @@ def score_all_pairs(emb: np.ndarray, subjects, grouping: PairGrouping, block: in
     ``needs``: what must be exact (streamed engine only); ``seed``: the pilot's row sample (speed only, never the
     results)."""
     needs = needs or ExactNeeds()
-    warm_up_for(len(emb), keep_all_pairs)  # while the engine and the plan are set up, if not started already
+    n_pairs = len(emb) * (len(emb) - 1) // 2
+    if n_pairs > keep_all_pairs:
+        tile_kernel.warm_up()  # while the engine and the plan are set up (started earlier, the load's Python work
+        # slowed reading the data by more than it saved)
     emb = normalise(emb)
     _, codes = np.unique(np.asarray([str(s) for s in subjects]), return_inverse=True)
     codes = codes.astype(np.int64)

@@ -223,7 +223,6 @@ def evaluate_source(source: str | os.PathLike, *, kind: str = "auto", models: Se
     from agebias.data.sources import open_dataset
     from agebias.evaluate.allpairs import identification_ranks
     from agebias.evaluate.api import evaluate_records
-    from agebias.evaluate.pairs import warm_up_for
 
     if bool(models) == bool(embeddings):
         raise SettingsError("give either models (--model SPEC, one or more) or embeddings (--embeddings FILE.npz)")
@@ -232,8 +231,6 @@ def evaluate_source(source: str | os.PathLike, *, kind: str = "auto", models: Se
     scan = open_dataset(source, kind=kind, check_files=not embeddings)
     if not scan.records:
         raise DataError(f"no face images found in {source}")
-    if settings.protocol == "all-pairs":
-        warm_up_for(len(scan.records), settings.keep_all_pairs)  # the pair engine's kernel loads while data is read
     fused = None
     if models:
         embedded = embed_records(scan, models, embed, cache_dir)
