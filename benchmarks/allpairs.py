@@ -4,9 +4,9 @@ float32 matrix-product baselines measured in the same run.
 - blocked GEMM: E times E^T in 4096-row blocks, results discarded (every ordered pair scored once, little memory);
 - full-output matmul: one E @ E^T into an N x N array (3.6 GB at N = 30,000).
 
-The evaluation runs as a subprocess (start-up, reading the manifest and the .npz, the one streamed pass over the
-pairs, every metric, the bootstrap, results.json, groups.csv and the reports) that reports its own peak RSS
-(VmHWM). The measured evaluation is ``--no-plots`` (targets: <= 1.5 x the blocked GEMM, peak RSS < 2 GiB). On a
+The evaluation runs as a subprocess, the ``agebias`` program itself (start-up, reading the manifest and the .npz,
+the one streamed pass over the pairs, every metric, the bootstrap, results.json, groups.csv, the reports and the
+exit), which reports its own peak RSS (VmHWM). The measured evaluation is ``--no-plots`` (targets: <= 1.5 x the blocked GEMM, peak RSS < 2 GiB). On a
 shared machine the same work varies by 20% or more from minute to minute (the GEMM alone took 4.0-6.6 s at N =
 30,000 on this project's 2-core machine within an hour), so each evaluation runs between two runs of the blocked
 GEMM and is compared with their mean, in three rounds, and the ratio is the median of the rounds' ratios. Each
