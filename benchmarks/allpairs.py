@@ -6,15 +6,15 @@ float32 matrix-product baselines measured in the same run.
 
 The evaluation runs as a subprocess, the ``agebias`` program itself (start-up, reading the manifest and the .npz,
 the one streamed pass over the pairs, every metric, the bootstrap, results.json, groups.csv, the reports and the
-exit), which reports its own peak RSS (VmHWM). The measured evaluation is ``--no-plots`` (targets: <= 1.5 x the blocked GEMM, peak RSS < 2 GiB). On a
-shared machine the same work varies by 20% or more from minute to minute (the GEMM alone took 4.0-6.6 s at N =
-30,000 on this project's 2-core machine within an hour), so each evaluation runs between two runs of the blocked
-GEMM and is compared with their mean, in three rounds, and the ratio is the median of the rounds' ratios. Each
-round also runs the evaluation with the compiled tile kernel switched off (``AGEBIAS_NO_JIT=1``: numpy counts the
-tiles, as without numba installed), also between two GEMMs; the full-output matmul and the evaluation with the six
-figures (matplotlib's drawing time) are shown for information. Data: random unit embeddings, about 10 images per
-subject, ages 0-69. Run it on a quiet machine (the load average is printed). Usage: ``python benchmarks/allpairs.py
-[N] [D]``.
+exit), which reports its own peak RSS (VmHWM). The measured evaluation is ``--no-plots`` (targets: <= 1.5 x the
+blocked GEMM, peak RSS < 2 GiB). On a shared machine the same work varies by 20% or more from minute to minute (the
+GEMM alone took 4.0-6.6 s at N = 30,000 on this project's 2-core machine within an hour), so each evaluation runs
+between two runs of the blocked GEMM and is compared with their mean, in three rounds, and the ratio is the median
+of the rounds' ratios. Each round also runs the evaluation with the compiled tile kernel switched off
+(``AGEBIAS_NO_JIT=1``: numpy counts the tiles, as without numba installed), also between two GEMMs; the full-output
+matmul and the evaluation with the six figures (matplotlib's drawing time) are shown for information. Data: random
+unit embeddings, about 10 images per subject, ages 0-69. Run it on a quiet machine (the load average is printed).
+Usage: ``python benchmarks/allpairs.py [N] [D]``.
 """
 
 from __future__ import annotations
