@@ -9,22 +9,24 @@ With ``--precision bf16`` ours also runs as ``agebias finetune --precision bf16`
 weights, channels-last, layer 4's weight gradients as one bf16 matrix product each
 (:mod:`agebias.finetune.gemm_weight_grad`; ``AGEBIAS_NO_GEMM_GRAD=1`` for oneDNN's), the trainable conv/linear
 weights kept in bf16 between steps and updated with their masters in one compiled SGD pass
-(:mod:`agebias.finetune.bf16_weights`, with numba; ``AGEBIAS_NO_BF16_WEIGHTS=1`` for autocast's casts), the cache
-kept as ``--cache-dtype`` (fp32: the bf16 prefix outputs exactly; bf16: the same values in half the memory); the fp32
-and bf16 runs start from the same weights and see the same batches, and their loss curves are printed side by
-side (per epoch: the mean step loss of each, and the largest relative difference of a step's loss,
+(:mod:`agebias.finetune.bf16_weights`, with numba; ``AGEBIAS_NO_BF16_WEIGHTS=1`` for autocast's casts), layer 4's
+PReLU backward in one compiled pass (:mod:`agebias.finetune.bf16_prelu`; ``AGEBIAS_NO_BF16_PRELU=1`` for torch's),
+the cache kept as ``--cache-dtype`` (fp32: the bf16 prefix outputs exactly; bf16: the same values in half the
+memory); the fp32 and bf16 runs start from the same weights and see the same batches, and their loss curves are
+printed side by side (per epoch: the mean step loss of each, and the largest relative difference of a step's loss,
 |bf16 - fp32| / |fp32|).
 Both use the same random images, the same ArcFace head, SGD (lr 0.01, momentum 0.9), batch 25.
 
-Targets: from epoch 2 on, ours <= 0.25x the baseline's epoch time in fp32 and <= 0.10x in bf16 (on a CPU with
-native bf16: AMX or AVX512-BF16; see ``agebias doctor``); epoch 1 no slower than the baseline.
-Baseline and ours alternate epoch by epoch (a shared machine's load then hits both alike); wall-clock and
-process CPU seconds are printed per epoch, with the ratios. Run: ``.venv/bin/python benchmarks/finetune_frozen.py``
-(``--images 100 --epochs 2 --batch-size 25 --arch iresnet50 --device cpu --precision fp32``); a few minutes on 2
-CPU cores. ``--precision bf16 --epochs 4`` adds the bf16 run and its loss curve; ``--compare-weight-grad`` adds
-bf16 with oneDNN's weight gradients (``bf16-onednn``), interleaved too, for an A/B of
-:mod:`agebias.finetune.gemm_weight_grad`; ``--compare-bf16-weights`` adds bf16 with autocast's per-step casts and
-torch's fused SGD (``bf16-cast``) for an A/B of :mod:`agebias.finetune.bf16_weights`.
+Targets: from epoch 2 on, ours <= 0.25x the baseline's epoch time in fp32 and <= 0.10x in bf16 (on a CPU with native
+bf16: AMX or AVX512-BF16; see ``agebias doctor``); epoch 1 no slower than the baseline. Baseline and ours alternate
+epoch by epoch (a shared machine's load then hits both alike); wall-clock and process CPU seconds are printed per
+epoch, with the ratios. Run: ``.venv/bin/python benchmarks/finetune_frozen.py`` (``--images 100 --epochs 2
+--batch-size 25 --arch iresnet50 --device cpu --precision fp32``); a few minutes on 2 CPU cores. ``--precision bf16
+--epochs 4`` adds the bf16 run and its loss curve; ``--compare-weight-grad`` adds bf16 with oneDNN's weight
+gradients (``bf16-onednn``), interleaved too, for an A/B of :mod:`agebias.finetune.gemm_weight_grad`;
+``--compare-bf16-weights`` adds bf16 with autocast's per-step casts and torch's fused SGD (``bf16-cast``) for an A/B
+of :mod:`agebias.finetune.bf16_weights`; ``--compare-prelu`` adds bf16 with torch's PReLU backward
+(``bf16-prelu-torch``) for an A/B of :mod:`agebias.finetune.bf16_prelu`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from agebias.finetune import bf16_weights, gemm_weight_grad
+from agebias.finetune import bf16_prelu, bf16_weights, gemm_weight_grad
 from agebias.finetune.cache import build_cache
 from agebias.finetune.freeze import freeze, parse_frozen_layers, run_stages, set_train_mode
 from agebias.finetune.hooks import TrainingHooks
@@ -105,7 +107,7 @@ class Ours:
     bf16: autocast, channels-last, fp32 master weights (as the trainer runs it)."""
 
     def __init__(self, arch, n_classes, device, state, precision: str = "fp32", cache_dtype: str = "fp32",
-                 gemm_grad: bool = True, bf16_copies: bool = True):
+                 gemm_grad: bool = True, bf16_copies: bool = True, prelu_kernel: bool = True):
         self.model = create_backbone(arch).to(device)
         self.model.load_state_dict(state)
         torch.manual_seed(1)
@@ -115,6 +117,8 @@ class Ours:
         self.net = TrainNet(self.model, head, TrainingHooks(), self.depth, 0.0, channels_last(precision)).to(device)
         if gemm_grad:  # as the trainer does
             gemm_weight_grad.enable_for(self.net, precision, device)
+        if prelu_kernel:
+            bf16_prelu.enable_for(self.net, precision, device)
         config = FinetuneConfig(data=["-"], backbone=arch, out="-", lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.opt = make_optimizer(config, [p for p in self.net.parameters() if p.requires_grad])
         self.bf16_weights = bf16_weights.enable_for(self.model, self.opt, precision, device) if bf16_copies else None
@@ -177,6 +181,9 @@ def main() -> None:
     ap.add_argument("--compare-bf16-weights", action="store_true",
                     help="with --precision bf16: also run bf16 with autocast's weight casts and torch's SGD "
                          "(bf16-cast), interleaved with the others")
+    ap.add_argument("--compare-prelu", action="store_true",
+                    help="with --precision bf16: also run bf16 with torch's PReLU backward (bf16-prelu-torch), "
+                         "interleaved with the others")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -200,6 +207,9 @@ def main() -> None:
         if args.compare_bf16_weights:
             runs["bf16-cast"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
                                      bf16_copies=False)
+        if args.compare_prelu:
+            runs["bf16-prelu-torch"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
+                                            prelu_kernel=False)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     losses: dict[str, list[list[float]]] = {k: [] for k in runs}
     for epoch in range(args.epochs):  # interleaved, so that load changes on a shared machine hit both alike
@@ -246,7 +256,7 @@ def main() -> None:
         print(f"largest relative difference of a step's loss over {args.epochs} epochs: {worst:.4f}")
 
 
-TARGETS = {"fp32": 0.25, "bf16": 0.10, "bf16-onednn": 0.10, "bf16-cast": 0.10}
+TARGETS = {"fp32": 0.25, "bf16": 0.10, "bf16-onednn": 0.10, "bf16-cast": 0.10, "bf16-prelu-torch": 0.10}
 
 if __name__ == "__main__":
     main()

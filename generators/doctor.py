@@ -19,8 +19,8 @@ OPTIONAL_PACKAGES = {
     "transformers": "diffusion generator: pip install 'agebias[diffusion]'",
     "optuna": "agebias search: pip install 'agebias[search]'",
     "timm": "timm backbones: pip install 'agebias[search]'",
-    "numba": ("compiled pair counting for large evaluations (numpy counts otherwise) and the one-pass bf16 SGD "
-              "step on CPU: pip install 'agebias[fast]'"),
+    "numba": ("compiled pair counting for large evaluations (numpy counts otherwise), the one-pass bf16 SGD "
+              "step and PReLU backward on CPU: pip install 'agebias[fast]'"),
 }
 _DIST = {"facenet_pytorch": "facenet-pytorch"}
 
