@@ -132,3 +132,33 @@ def test_bf16_finetune_uses_it_and_trains_like_torchs_backward(tmp_path, monkeyp
     assert len(used) == n_used  # the run with AGEBIAS_NO_BF16_PRELU=1 did not
     assert np.isfinite(losses["kernel"]).all()
     np.testing.assert_allclose(losses["kernel"], losses["torch"], rtol=0.05)
+
+
+def test_a_second_order_graph_raises_instead_of_giving_flat_gradients():
+    """E.g. a gradient penalty: the kernel's backward is not differentiable, so going through it twice raises."""
+    x, _ = _inputs((2, 8, 3, 3))
+    module = Bf16PReLU(8)
+    xr = x.clone().requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16):
+        y = module(xr)
+    gx, = torch.autograd.grad((y.float() ** 2).sum(), xr, create_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):  # not a silently missing second-order term
+        gx.float().pow(2).sum().backward()
+
+
+def test_the_kernel_uses_no_more_threads_than_torch(monkeypatch):
+    """Under torchrun each CPU process runs torch on its share of the cores; the kernel follows torch's count."""
+    import numba
+
+    seen = []
+    real = bf16_prelu._kernel()
+    monkeypatch.setattr(bf16_prelu, "_kernel", lambda: (lambda *a: seen.append((numba.get_num_threads(),
+                                                                                a[-1].shape[0])) or real(*a)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x, grad = _inputs((2, 8, 3, 3))
+        _ours(x, torch.full((8,), 0.25), grad)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [(1, 1)]

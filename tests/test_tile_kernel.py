@@ -159,10 +159,14 @@ def test_kernel_counts_and_keeps_the_bins_its_table_marks(upper):
     assert n == len(want_kept) and cand[:n].tolist() == want_kept and ends.tolist() == want_ends
     assert np.array_equal(counts, want_counts)
 
-    small = np.empty(len(want_kept) // 2, np.int64)
+    for size in (len(want_kept) // 2, len(want_kept)):  # filled part way, and exactly: both say "full"
+        small = np.empty(size, np.int64)
+        counts[:] = 0
+        assert tile_kernel.count_and_keep(s, rects, counts, keep, small, ends, upper) >= small.size
+        assert np.array_equal(counts, want_counts)
     counts[:] = 0
-    assert tile_kernel.count_and_keep(s, rects, counts, keep, small, ends, upper) >= small.size
-    assert np.array_equal(counts, want_counts)
+    assert tile_kernel.count_and_keep(s, rects, counts, keep, np.empty(len(want_kept) + 1, np.int64), ends,
+                                      upper) == len(want_kept)
 
 
 def test_a_rules_keep_table_agrees_with_the_rule_on_every_score():
@@ -205,3 +209,21 @@ def test_the_kernel_starts_loading_once_per_process(monkeypatch):
     monkeypatch.setattr(tile_kernel, "_state", {"ready": True})
     tile_kernel.warm_up()
     assert started == ["agebias-tile-kernel"]
+
+
+@pytest.mark.parametrize("compiled", [True, False] if HAVE_NUMBA else [False])
+def test_a_threshold_below_every_score_lists_every_impostor_pair_and_nothing_else(monkeypatch, compiled):
+    """tau <= -1: every impostor pair is accepted; the masked entries (genuine pairs, the diagonal tiles' lower
+    half) are never listed."""
+    monkeypatch.setattr(tile_kernel, "_state", {} if compiled else {"ready": False})
+    emb, subj, ages = _data()
+    gp = make_grouping(ages, "both", "0-12,13-39,40-79")
+    ps = score_all_pairs(emb, subj, gp, block=29, keep_all_pairs=0, needs=ExactNeeds(thresholds=(-2.0,)))
+    s = np.asarray(subj)
+    assert ps.streamed and ps.acc_i.size == ps.n_impostor_total
+    assert not (s[ps.acc_i] == s[ps.acc_j]).any()
+    lo, hi = np.minimum(ps.acc_i, ps.acc_j).tolist(), np.maximum(ps.acc_i, ps.acc_j).tolist()
+    pairs_listed = set(zip(lo, hi, strict=True))
+    assert len(pairs_listed) == ps.acc_i.size
+    i, j, _ = ps.accepted_impostors(-2.0)
+    assert i.size == ps.n_impostor_total

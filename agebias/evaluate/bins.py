@@ -65,5 +65,6 @@ def _ceil32(tau: float) -> np.float32:
 
 
 def tau_bin(tau: float) -> int:
-    """Bin of the smallest float32 >= tau: the lowest bin a score accepted at tau can be in."""
-    return int(bin_index(np.array([_ceil32(tau)]))[0])
+    """Bin of the smallest float32 >= tau: the lowest bin a score accepted at tau can be in (at least 1: bin 0 holds
+    no real score, only the engine's masked entries)."""
+    return max(1, int(bin_index(np.array([_ceil32(tau)]))[0]))

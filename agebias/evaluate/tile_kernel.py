@@ -66,13 +66,14 @@ def _compiled():
 
 
 _lock = threading.Lock()
+_warm_lock = threading.Lock()
 _state: dict[str, bool] = {}
 
 
 def warm_up() -> None:
     """Load (or compile) the kernel and check it in a background thread, so that :func:`ready` finds it done (once
     per process: later calls do nothing)."""
-    with _lock:
+    with _warm_lock:  # not _lock, which ready() holds while it loads: a second call returns at once
         if _state.get("warming") or "ready" in _state:
             return
         _state["warming"] = True
@@ -122,4 +123,6 @@ def count_and_keep(s: np.ndarray, rects: np.ndarray, counts: np.ndarray, keep: n
                    ends: np.ndarray, upper: bool) -> int:
     """Run the kernel on tile ``s`` (C-contiguous float32); see its docstring (``keep``: (slots, NB) uint8, 1 for
     the bins whose scores are kept). Call :func:`ready` first."""
+    if cand.size == 0:
+        raise ValueError("the candidate buffer must hold at least one index")
     return int(_compiled()(s, rects, A32, C32, NB, counts, keep, cand, ends, upper))

@@ -18,6 +18,7 @@ keys are unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -25,6 +26,7 @@ import os
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +56,18 @@ def _rows(t: torch.Tensor) -> np.ndarray:
     return nhwc.view(-1, t.shape[1]).view(torch.int16).numpy().view(np.uint16)
 
 
-def _threads() -> int:
+@contextlib.contextmanager
+def _numba_threads_as_torch():
+    """numba's threads for this call limited to torch's (e.g. 1 per process under torchrun); yields the count."""
     import numba
 
-    return max(1, int(numba.get_num_threads()))
+    before = numba.get_num_threads()
+    n = max(1, min(before, torch.get_num_threads()))
+    numba.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(before)
 
 
 class _Bf16PReLUFunction(torch.autograd.Function):
@@ -69,13 +79,15 @@ class _Bf16PReLUFunction(torch.autograd.Function):
         return torch.prelu(x, slope)
 
     @staticmethod
+    @once_differentiable  # a second-order graph raises instead of giving gradients without one
     def backward(ctx, grad):
         x, slope = ctx.saved_tensors
         grad = grad.to(torch.bfloat16).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels-last
         n, c, h, w = x.shape
         grad_x = torch.empty((n, h, w, c), dtype=torch.bfloat16).permute(0, 3, 1, 2)
-        partial = np.empty((_threads(), x.shape[1]), np.float32)
-        _kernel()(_rows(x), _rows(grad), slope.float().numpy(), _rows(grad_x), partial)
+        with _numba_threads_as_torch() as threads:
+            partial = np.empty((threads, x.shape[1]), np.float32)  # the slope's sums: one row per share
+            _kernel()(_rows(x), _rows(grad), slope.float().numpy(), _rows(grad_x), partial)
         grad_w = torch.from_numpy(partial.sum(axis=0, dtype=np.float32)).to(ctx.weight_dtype)
         return (grad_x if ctx.needs_input_grad[0] else None), grad_w
 
