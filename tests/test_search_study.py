@@ -97,6 +97,26 @@ def test_study_runs_records_failures_and_writes_pareto(tmp_path, sampler, n):
     assert len(list((out / "trials").glob("0.old-*"))) == 1
 
 
+def test_the_storage_connections_are_closed_when_the_search_ends(tmp_path, monkeypatch):
+    """Closed by the search, not left to the end of the process (``agebias`` freezes its objects before exit)."""
+    from agebias.search import study as study_module
+
+    closed, opened = [], []
+    real_open = study_module.open_storage
+
+    def spy_open(url, heartbeat=0):
+        rdb = real_open(url, heartbeat)
+        opened.append(rdb)
+        real_dispose = rdb.engine.dispose
+        rdb.engine.dispose = lambda *a, **k: closed.append(url) or real_dispose(*a, **k)
+        return rdb
+
+    monkeypatch.setattr(study_module, "open_storage", spy_open)
+    run_search(_experiment(tmp_path, "tpe"), 1, out=tmp_path / "out", seed=2, trial_fn=fake_trial)
+    assert len(opened) == 1 and closed == [default_storage(tmp_path / "out")]
+    assert opened[0].engine.pool.checkedin() == 0  # no connection left open in the pool
+
+
 def test_a_failed_trial_is_one_line_on_the_terminal_not_a_traceback(tmp_path, capfd, monkeypatch):
     import logging
 

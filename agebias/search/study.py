@@ -343,5 +343,16 @@ def run_search(exp: SearchExperiment, trials: int | None = None, *, study_name: 
         study.optimize(objective, n_trials=n_trials, catch=(Exception,), callbacks=[after_trial],
                        gc_after_trial=True)
     finally:
-        json_path, png_path = write_pareto(study, exp, out)
+        try:
+            json_path, png_path = write_pareto(study, exp, out)
+        finally:
+            close_storage(rdb)
     return SearchSummary(name, url, out, n_trials, failures, json_path, png_path)
+
+
+def close_storage(rdb) -> None:
+    """Close the storage's pooled database connections now (a server would otherwise see them drop when the
+    process ends, e.g. PostgreSQL logging an unexpected EOF for each worker)."""
+    engine = getattr(rdb, "engine", None)
+    if engine is not None:
+        engine.dispose()
