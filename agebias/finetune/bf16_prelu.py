@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 
 import numpy as np
@@ -28,23 +27,14 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-log = logging.getLogger(__name__)
+from agebias.finetune.jit_kernels import load_kernel
 
 
 @functools.cache
 def _kernel():
     """The compiled backward pass, or None (numba missing, disabled, or unable to build it here)."""
-    if os.environ.get("AGEBIAS_NO_JIT", "") not in ("", "0"):
-        return None
-    try:
-        from agebias.finetune.bf16_prelu_kernel import prelu_backward_bf16
-    except ImportError:
-        return None
-    except Exception as err:  # noqa: BLE001 - a kernel numba cannot build or cache here leaves torch's backward
-        log.warning(f"the compiled bf16 PReLU backward is not usable here ({type(err).__name__}: {err}); "
-                    f"using torch's")
-        return None
-    return prelu_backward_bf16
+    return load_kernel("agebias.finetune.bf16_prelu_kernel", "prelu_backward_bf16",
+                       "the compiled bf16 PReLU backward", "using torch's")
 
 
 def _rows(t: torch.Tensor) -> np.ndarray:

@@ -25,7 +25,6 @@ process, CPU, bf16, numba installed. Elsewhere (AdamW, DDP, fp32, other devices,
 from __future__ import annotations
 
 import functools
-import logging
 import os
 
 import numpy as np
@@ -33,23 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
+from agebias.finetune.jit_kernels import load_kernel
 
 @functools.cache
 def _kernel():
     """The compiled fused SGD pass (:mod:`agebias.finetune.bf16_sgd_kernel`), or None (numba missing, disabled, or
     unable to build it here)."""
-    if os.environ.get("AGEBIAS_NO_JIT", "") not in ("", "0"):
-        return None
-    try:
-        from agebias.finetune.bf16_sgd_kernel import sgd_bf16
-    except ImportError:
-        return None
-    except Exception as err:  # noqa: BLE001 - a kernel numba cannot build or cache here leaves autocast's casts
-        log.warning(f"the compiled bf16 SGD step is not usable here ({type(err).__name__}: {err}); "
-                    f"bf16 training casts weights each step instead")
-        return None
-    return sgd_bf16
+    return load_kernel("agebias.finetune.bf16_sgd_kernel", "sgd_bf16", "the compiled bf16 SGD step",
+                       "bf16 training casts weights each step instead")
 
 
 def _flat(t: torch.Tensor, as_dtype: np.dtype) -> np.ndarray:
