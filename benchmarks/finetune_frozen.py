@@ -26,7 +26,10 @@ epoch, with the ratios. Run: ``.venv/bin/python benchmarks/finetune_frozen.py`` 
 gradients (``bf16-onednn``), interleaved too, for an A/B of :mod:`agebias.finetune.gemm_weight_grad`;
 ``--compare-bf16-weights`` adds bf16 with autocast's per-step casts and torch's fused SGD (``bf16-cast``) for an A/B
 of :mod:`agebias.finetune.bf16_weights`; ``--compare-prelu`` adds bf16 with torch's PReLU backward
-(``bf16-prelu-torch``) for an A/B of :mod:`agebias.finetune.bf16_prelu`.
+(``bf16-prelu-torch``) for an A/B of :mod:`agebias.finetune.bf16_prelu`. In both precisions the first trainable
+block takes its bn1 gradients from conv1's weight gradient instead of conv1's input gradient
+(:mod:`agebias.finetune.input_bn_fold`); ``--compare-bn-fold`` adds ``fp32-nofold`` (and ``bf16-nofold``) with
+autograd's path, for an A/B of it.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from agebias.finetune import bf16_prelu, bf16_weights, gemm_weight_grad
+from agebias.finetune import bf16_prelu, bf16_weights, gemm_weight_grad, input_bn_fold
 from agebias.finetune.cache import build_cache
 from agebias.finetune.freeze import freeze, parse_frozen_layers, run_stages, set_train_mode
 from agebias.finetune.hooks import TrainingHooks
@@ -107,7 +110,8 @@ class Ours:
     bf16: autocast, channels-last, fp32 master weights (as the trainer runs it)."""
 
     def __init__(self, arch, n_classes, device, state, precision: str = "fp32", cache_dtype: str = "fp32",
-                 gemm_grad: bool = True, bf16_copies: bool = True, prelu_kernel: bool = True):
+                 gemm_grad: bool = True, bf16_copies: bool = True, prelu_kernel: bool = True,
+                 bn_fold: bool = True):
         self.model = create_backbone(arch).to(device)
         self.model.load_state_dict(state)
         torch.manual_seed(1)
@@ -119,6 +123,8 @@ class Ours:
             gemm_weight_grad.enable_for(self.net, precision, device)
         if prelu_kernel:
             bf16_prelu.enable_for(self.net, precision, device)
+        if bn_fold:
+            input_bn_fold.enable_for(self.net, device)
         config = FinetuneConfig(data=["-"], backbone=arch, out="-", lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.opt = make_optimizer(config, [p for p in self.net.parameters() if p.requires_grad])
         self.bf16_weights = bf16_weights.enable_for(self.model, self.opt, precision, device) if bf16_copies else None
@@ -184,8 +190,14 @@ def main() -> None:
     ap.add_argument("--compare-prelu", action="store_true",
                     help="with --precision bf16: also run bf16 with torch's PReLU backward (bf16-prelu-torch), "
                          "interleaved with the others")
+    ap.add_argument("--compare-bn-fold", action="store_true",
+                    help="also run ours with autograd's gradient for the first trainable block's bn1 (fp32-nofold, "
+                         "and bf16-nofold with --precision bf16), interleaved with the others")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
+    bf16_only = [flag for flag in ("compare_weight_grad", "compare_bf16_weights", "compare_prelu") if getattr(args, flag)]
+    if bf16_only and args.precision != "bf16":
+        ap.error(f"--{bf16_only[0].replace('_', '-')} compares bf16 runs: add --precision bf16")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -199,6 +211,8 @@ def main() -> None:
     state = pretrained_stand_in(args.arch, crops, device)
     runs = {"baseline": Baseline(args.arch, args.identities, device, state),
             "fp32": Ours(args.arch, args.identities, device, state)}
+    if args.compare_bn_fold:
+        runs["fp32-nofold"] = Ours(args.arch, args.identities, device, state, bn_fold=False)
     if args.precision == "bf16":
         runs["bf16"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype)
         if args.compare_weight_grad:
@@ -210,6 +224,9 @@ def main() -> None:
         if args.compare_prelu:
             runs["bf16-prelu-torch"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
                                             prelu_kernel=False)
+        if args.compare_bn_fold:
+            runs["bf16-nofold"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
+                                       bn_fold=False)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     losses: dict[str, list[list[float]]] = {k: [] for k in runs}
     for epoch in range(args.epochs):  # interleaved, so that load changes on a shared machine hit both alike
@@ -256,7 +273,8 @@ def main() -> None:
         print(f"largest relative difference of a step's loss over {args.epochs} epochs: {worst:.4f}")
 
 
-TARGETS = {"fp32": 0.25, "bf16": 0.10, "bf16-onednn": 0.10, "bf16-cast": 0.10, "bf16-prelu-torch": 0.10}
+TARGETS = {"fp32": 0.25, "fp32-nofold": 0.25, "bf16": 0.10, "bf16-onednn": 0.10, "bf16-cast": 0.10,
+           "bf16-prelu-torch": 0.10, "bf16-nofold": 0.10}
 
 if __name__ == "__main__":
     main()

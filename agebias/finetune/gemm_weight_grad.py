@@ -83,14 +83,14 @@ class GemmWeightGradConv2d(nn.Conv2d):
         if (input.device.type == "cpu" and torch.is_grad_enabled() and weight.requires_grad
                 and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
                 and input.dim() == 4 and input.dtype in (torch.float32, torch.bfloat16) and covered(self)
-                and _output_positions(self, input) <= MAX_OUTPUT_POSITIONS):
+                and output_positions(self, input) <= MAX_OUTPUT_POSITIONS):
             with torch.autocast("cpu", enabled=False):
                 return _ConvGemmWeightGrad.apply(input.to(torch.bfloat16), weight.to(torch.bfloat16),
                                                  self.stride, self.padding)
         return super()._conv_forward(input, weight, bias)
 
 
-def _output_positions(conv: nn.Conv2d, x: torch.Tensor) -> int:
+def output_positions(conv: nn.Conv2d, x: torch.Tensor) -> int:
     """H_out * W_out of ``conv`` (dilation 1, numeric padding) on ``x``."""
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     return ((x.shape[-2] + 2 * ph - kh) // sh + 1) * ((x.shape[-1] + 2 * pw - kw) // sw + 1)

@@ -46,7 +46,7 @@ from torch import nn
 from agebias.errors import DataError, UserError
 from agebias import distributed as ddp
 from agebias.devices import resolve_device
-from agebias.finetune import bf16_prelu, bf16_weights, gemm_weight_grad
+from agebias.finetune import bf16_prelu, bf16_weights, gemm_weight_grad, input_bn_fold
 from agebias.finetune.backbone import arch_name, build_backbone, embedding_dim
 from agebias.finetune.cache import FeatureCache, build_cache
 from agebias.finetune.checkpointing import load_checkpoint, set_rng_state
@@ -220,6 +220,8 @@ class _Run:
             log.debug(f"finetune: {converted} convolution(s) take their bf16 weight gradient as one matrix product")
         if converted := bf16_prelu.enable_for(net, cfg.precision, device):
             log.debug(f"finetune: {converted} PReLU(s) take their bf16 backward pass from the compiled kernel")
+        if converted := input_bn_fold.enable_for(net, device):
+            log.debug(f"finetune: {converted} block(s) may fold their first BatchNorm's gradient into conv1's")
         optimizer = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
         kept_bf16 = bf16_weights.enable_for(model, optimizer, cfg.precision, device, self.dist.world_size)
         if kept_bf16 is not None:
