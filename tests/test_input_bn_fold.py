@@ -113,38 +113,100 @@ def test_window_sums_count_only_taps_inside_the_input():
     assert not torch.equal(sums[:, 0, 0], sums[:, 1, 1])  # the corner tap misses the first row and column
 
 
-def test_bf16_with_kept_weights_is_as_close_to_float64_as_autograd():
-    """Layer-4-like block 0 at reduced width under CPU bf16 autocast, channels-last, with the bf16 weight copies
-    and the GEMM weight gradient the trainer uses: the fold's error against a float64 reference is autograd's."""
+@pytest.mark.parametrize("kept", [True, False], ids=["kept-bf16-weights", "autocast-casts"])
+@pytest.mark.parametrize("geometry", [(32, 64, 2, 14), (64, 64, 1, 7)], ids=["14x14-onednn", "7x7-gemm"])
+def test_bf16_is_as_close_to_float64_as_autograd(monkeypatch, geometry, kept):
+    """Under CPU bf16 autocast, channels-last, with the GEMM weight gradient and (or without) the bf16 weight copies
+    the trainer uses: layer 4's block 0 at reduced width (conv1 at 14x14: oneDNN's weight gradient) and a 7x7 block
+    (the first trainable one when layer 4's first block is frozen: the GEMM weight gradient). The fold's error
+    against a float64 reference is autograd's."""
+    if kept and bf16_weights._kernel() is None:
+        pytest.skip("numba is not installed (agebias[fast]): no bf16 weight copies to test with")
+    inplanes, planes, stride, size = geometry
     cl = torch.channels_last
-    ref = _block(32, 64, 2)
-    plain = _block(32, 64, 2, torch.float32).to(memory_format=cl)
+    ref = _block(inplanes, planes, stride)
+    plain = _block(inplanes, planes, stride, torch.float32).to(memory_format=cl)
     plain.load_state_dict(ref.state_dict())
     folded = copy.deepcopy(plain)
     for block in (plain, folded):
         gemm_weight_grad.use_gemm_weight_grad(block)
     enable_for(folded, "cpu")
-    opt = torch.optim.SGD(folded.parameters(), lr=0.0, momentum=0.9)
-    kept = bf16_weights.enable_for(folded, opt, "bf16", "cpu") if bf16_weights._kernel() is not None else None
-    x = _input((8, 32, 14, 14), torch.float32).contiguous(memory_format=cl)
-    weights = torch.randn(8, 64, 7, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    copies = None
+    if kept:
+        copies = bf16_weights.enable_for(folded, torch.optim.SGD(folded.parameters(), lr=0.0), "bf16", "cpu")
+        assert copies is not None and folded.conv1 in copies.modules
+    gemm_calls = []
+    real = gemm_weight_grad.weight_grad
+    monkeypatch.setattr(gemm_weight_grad, "weight_grad",
+                        lambda g, x, kernel, *a: gemm_calls.append(kernel) or real(g, x, kernel, *a))
+    x = _input((8, inplanes, size, size), torch.float32).contiguous(memory_format=cl)
+    out = size // stride
+    weights = torch.randn(8, planes, out, out, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     _, g_ref = _grads(ref, x.double(), weights)
     y_plain, g_plain = _grads(plain, x, weights, autocast=True)
+    gemm_calls.clear()
     folded.zero_grad(set_to_none=True)
     with torch.autocast("cpu", torch.bfloat16):
         y = folded(x)
     (y.double() * weights).sum().backward()
     assert torch.equal(y, y_plain)
+    assert gemm_calls.count((3, 3)) == (2 if size == 7 else 1)  # conv2; and the fold's C (conv1) at 7x7
     g = {n: p.grad for n, p in folded.named_parameters()}
-    if kept is not None:  # the kept weights' gradients sit on their bf16 copies
-        for module in kept.modules:
+    if copies is not None:  # the kept weights' gradients sit on their bf16 copies; the masters have none
+        for module in copies.modules:
             name = next(n for n, m in folded.named_modules() if m is module)
+            assert g[f"{name}.weight"] is None
             g[f"{name}.weight"] = module._bf16_weight.grad
     for name in ("bn1.weight", "bn1.bias", "conv1.weight"):
         scale = g_ref[name].abs().max().item()
         err_plain = (g_plain[name].double() - g_ref[name]).abs().max().item() / scale
         err_fold = (g[name].double() - g_ref[name]).abs().max().item() / scale
         assert err_fold <= 1.5 * err_plain + 2e-3, (name, err_fold, err_plain)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,hw", [(3, 1, 1, (7, 5)), (3, 2, 1, (6, 9)), (3, 2, 0, (7, 7)),
+                                                       (1, 2, 0, (6, 5)), (3, 1, 0, (5, 6))])
+@pytest.mark.parametrize("trains", ["all", "gamma", "beta", "bn-only"])
+def test_folded_bn_conv_matches_autograd_for_other_geometries_and_partial_training(kernel, stride, padding, hw,
+                                                                                   trains):
+    torch.manual_seed(4)
+    bn = nn.BatchNorm2d(5).double().train()
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.normal_(0, 0.5)
+    conv = nn.Conv2d(5, 7, kernel, stride, padding, bias=False).double()
+    bn.weight.requires_grad_(trains in ("all", "gamma", "bn-only"))
+    bn.bias.requires_grad_(trains in ("all", "beta", "bn-only"))
+    conv.weight.requires_grad_(trains != "bn-only")
+    bn2, conv2 = copy.deepcopy(bn), copy.deepcopy(conv)
+    x = _input((3, 5, *hw))
+    y_ref = conv(bn(x))
+    y = input_bn_fold.folded_bn_conv(bn2, conv2, x)
+    assert torch.equal(y, y_ref)
+    weights = torch.randn_like(y)
+    (y_ref * weights).sum().backward()
+    (y * weights).sum().backward()
+    for a, b in zip((bn.weight, bn.bias, conv.weight), (bn2.weight, bn2.bias, conv2.weight), strict=True):
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-11, atol=1e-12 * a.grad.abs().max().item())
+    assert all(torch.equal(v, bn2.state_dict()[k]) for k, v in bn.state_dict().items())
+
+
+def test_running_statistics_are_left_alone_where_batchnorm_leaves_them():
+    """track_running_stats switched off after construction: nn.BatchNorm2d keeps (and ignores) its buffers."""
+    plain = _block(6, 6, 1)
+    plain.bn1.track_running_stats = False
+    folded = copy.deepcopy(plain)
+    enable_for(folded, "cpu")
+    x = _input((2, 6, 5, 5))
+    weights = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    before = {k: v.clone() for k, v in plain.bn1.state_dict().items()}
+    y_ref, g_ref = _grads(plain, x, weights)
+    y, g = _grads(folded, x, weights)
+    assert torch.equal(y, y_ref)
+    for key, value in before.items():
+        assert torch.equal(folded.bn1.state_dict()[key], value), key
+    torch.testing.assert_close(g["bn1.weight"], g_ref["bn1.weight"], rtol=1e-11, atol=1e-12)
 
 
 def test_other_calls_run_the_block_as_it_is(monkeypatch):
@@ -160,6 +222,15 @@ def test_other_calls_run_the_block_as_it_is(monkeypatch):
     with warnings.catch_warnings():  # torch.jit.trace is deprecated; torch.onnx.export still traces
         warnings.simplefilter("ignore")
         torch.jit.trace(block, x, check_trace=False)  # an export traces the block's own operations
+    handle = block.conv1.register_forward_pre_hook(lambda m, args: None)  # e.g. a weight reparametrisation
+    assert not foldable(block, x)
+    block(x)
+    handle.remove()
+    block.eval()  # (a training BatchNorm's statistics update is an in-place write functorch refuses)
+    params = {k: v.detach() for k, v in block.named_parameters()}
+    grads = torch.func.grad(lambda p: torch.func.functional_call(block, p, (x,)).sum())(params)
+    assert grads["bn1.weight"].shape == (6,)  # functorch transforms see the block's own operations
+    block.train()
     block.bn1.requires_grad_(False)
     assert not foldable(block, x)
     block(x)
