@@ -49,3 +49,12 @@ def channels_last(precision: str) -> bool:
     """Whether runs in ``precision`` keep 4-D weights and activations channels-last (bf16 and fp16: the layout the
     reduced-precision convolution kernels of oneDNN and cuDNN are fastest with; fp32 keeps torch's default)."""
     return precision in ("bf16", "fp16")
+
+
+def prefix_channels_last(precision: str, device) -> bool:
+    """Whether a frozen prefix (no autograd) takes its images channels-last: where :func:`channels_last` holds, and
+    on CPU in every precision (oneDNN's fp32 inference convolutions are faster so: 0.86x the time of iresnet50's
+    stem + layer1..3 at batch 25 on a 2-core AMX Xeon). Cached and recomputed prefix outputs both come this way."""
+    import torch
+
+    return channels_last(precision) or torch.device(device).type == "cpu"

@@ -3,19 +3,21 @@
 Baseline (as in the MSc_FR_Bias pipeline): frozen parts only get ``requires_grad=False``; the whole model stays in
 train mode (frozen BatchNorm statistics drift) and every step runs the full network forward, in fp32.
 Ours (agebias.finetune): frozen parts in eval mode; the frozen prefix (stem + layer1..3) runs once, without
-autograd, into a cache (counted in epoch 1); each step trains layer4 + bn2/fc/features from the cache, with
+autograd and on channels-last images on CPU, into a cache (counted in epoch 1); each step trains layer4 + bn2/fc/features from the cache, with
 the trainer's optimizer (fused SGD where torch has it; the baseline keeps the pipeline's plain SGD).
 With ``--precision bf16`` ours also runs as ``agebias finetune --precision bf16`` does: bf16 autocast, fp32 master
 weights, channels-last, layer 4's weight gradients as one bf16 matrix product each
 (:mod:`agebias.finetune.gemm_weight_grad`; ``AGEBIAS_NO_GEMM_GRAD=1`` for oneDNN's), the trainable conv/linear
-weights kept in bf16 between steps and updated with their masters in one compiled SGD pass
+weights kept in bf16 between steps and updated with their masters in one compiled SGD (or AdamW) pass
 (:mod:`agebias.finetune.bf16_weights`, with numba; ``AGEBIAS_NO_BF16_WEIGHTS=1`` for autocast's casts), layer 4's
 PReLU backward in one compiled pass (:mod:`agebias.finetune.bf16_prelu`; ``AGEBIAS_NO_BF16_PRELU=1`` for torch's),
 the cache kept as ``--cache-dtype`` (fp32: the bf16 prefix outputs exactly; bf16: the same values in half the
 memory); the fp32 and bf16 runs start from the same weights and see the same batches, and their loss curves are
 printed side by side (per epoch: the mean step loss of each, and the largest relative difference of a step's loss,
 |bf16 - fp32| / |fp32|).
-Both use the same random images, the same ArcFace head, SGD (lr 0.01, momentum 0.9), batch 25.
+Both use the same random images, the same ArcFace head, SGD (lr 0.01, momentum 0.9), batch 25; ``--optimizer
+adamw`` trains ours with AdamW (lr 1e-3) instead, as ``agebias finetune --optimizer adamw`` does (the baseline keeps
+the pipeline's SGD).
 
 Targets: from epoch 2 on, ours <= 0.25x the baseline's epoch time in fp32 and <= 0.10x in bf16 (on a CPU with native
 bf16: AMX or AVX512-BF16; see ``agebias doctor``); epoch 1 no slower than the baseline. Baseline and ours alternate
@@ -50,7 +52,7 @@ from agebias.finetune.trainer import TrainNet, autocast_factory, make_optimizer
 from agebias.models.heads import create_head, margin_loss
 from agebias.models.preprocess import to_tensor
 from agebias.models.registry import create_backbone
-from agebias.precision import channels_last, cpu_bf16_flags
+from agebias.precision import channels_last, cpu_bf16_flags, prefix_channels_last
 
 
 BF16_COMPARISONS = (  # --compare-FLAG: an extra bf16 run NAME, built with Ours(..., SWITCHED_OFF=False)
@@ -118,7 +120,7 @@ class Ours:
 
     def __init__(self, arch, n_classes, device, state, precision: str = "fp32", cache_dtype: str = "fp32",
                  gemm_grad: bool = True, bf16_copies: bool = True, prelu_kernel: bool = True,
-                 bn_fold: bool = True):
+                 bn_fold: bool = True, optimizer: str = "sgd"):
         self.model = create_backbone(arch).to(device)
         self.model.load_state_dict(state)
         torch.manual_seed(1)
@@ -132,11 +134,13 @@ class Ours:
             bf16_prelu.enable_for(self.net, precision, device)
         if bn_fold:
             input_bn_fold.enable_for(self.net, device)
-        config = FinetuneConfig(data=["-"], backbone=arch, out="-", lr=0.01, momentum=0.9, weight_decay=5e-4)
+        config = FinetuneConfig(data=["-"], backbone=arch, out="-", optimizer=optimizer,
+                                lr=0.01 if optimizer == "sgd" else 1e-3, momentum=0.9, weight_decay=5e-4)
         self.opt = make_optimizer(config, [p for p in self.net.parameters() if p.requires_grad])
         self.bf16_weights = bf16_weights.enable_for(self.model, self.opt, precision, device) if bf16_copies else None
         self.autocast = autocast_factory(precision, device)
         self.cache_dtype = cache_dtype
+        self.prefix_channels_last = prefix_channels_last(precision, device)  # as the trainer lays out the images
         self.cache = None
         self.gen = torch.Generator().manual_seed(0)
         self.device = device
@@ -149,7 +153,9 @@ class Ours:
         if self.cache is None:  # epoch 1 pays for the cache
             with torch.no_grad():
                 shape = tuple(run_stages(model, to_tensor(crops[:1]).to(self.device), 0, depth).shape[1:])
-            self.cache = build_cache(lambda x: run_stages(model, x, 0, depth), lambda idx: to_tensor(crops[idx]),
+            layout = torch.channels_last if self.prefix_channels_last else torch.contiguous_format
+            self.cache = build_cache(lambda x: run_stages(model, x, 0, depth),
+                                     lambda idx: to_tensor(crops[idx]).contiguous(memory_format=layout),
                                      len(crops), sample_shape=shape, device=self.device, batch_size=batch,
                                      mode="ram", dtype=self.cache_dtype, autocast=self.autocast)
         losses = []
@@ -188,6 +194,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                     help="bf16: also run ours in bf16 (autocast + channels-last) beside fp32")
     ap.add_argument("--cache-dtype", default="fp32", choices=("fp32", "bf16"), help="the bf16 run's cache")
+    ap.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                    help="ours: SGD (lr 0.01, momentum 0.9) or AdamW (lr 1e-3); the baseline keeps SGD")
     for flag, name, _, what in BF16_COMPARISONS:
         ap.add_argument(f"--compare-{flag}", action="store_true",
                         help=f"with --precision bf16: also run bf16 with {what} ({name}), interleaved with the others")
@@ -207,22 +215,24 @@ def main() -> None:
     labels = (np.arange(args.images) % args.identities).astype(np.int64)
     flags = cpu_bf16_flags() if device.type == "cpu" else []
     print(f"{args.arch}, {args.images} images 112x112, batch {args.batch_size}, frozen stem+layer1..3, "
+          f"ours with {args.optimizer}, "
           f"device {device}, torch threads {torch.get_num_threads()}"
           + (f", CPU bf16: {', '.join(flags) or 'none (emulated)'}" if device.type == "cpu" else ""), flush=True)
     state = pretrained_stand_in(args.arch, crops, device)
     runs = {"baseline": Baseline(args.arch, args.identities, device, state),
-            "fp32": Ours(args.arch, args.identities, device, state)}
+            "fp32": Ours(args.arch, args.identities, device, state, optimizer=args.optimizer)}
     if args.compare_bn_fold:
-        runs["fp32-nofold"] = Ours(args.arch, args.identities, device, state, bn_fold=False)
+        runs["fp32-nofold"] = Ours(args.arch, args.identities, device, state, bn_fold=False, optimizer=args.optimizer)
     if args.precision == "bf16":
-        runs["bf16"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype)
+        runs["bf16"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
+                            optimizer=args.optimizer)
         for flag, name, switched_off, _ in BF16_COMPARISONS:
             if flag in asked:
                 runs[name] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
-                                  **{switched_off: False})
+                                  optimizer=args.optimizer, **{switched_off: False})
         if args.compare_bn_fold:
             runs["bf16-nofold"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
-                                       bn_fold=False)
+                                       bn_fold=False, optimizer=args.optimizer)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     losses: dict[str, list[list[float]]] = {k: [] for k in runs}
     for epoch in range(args.epochs):  # interleaved, so that load changes on a shared machine hit both alike

@@ -1,5 +1,6 @@
 """bf16 training on CPU keeps trainable conv/linear weights in bf16 between steps: the forward pass and gradients
-are autocast's, the fused update is torch's SGD on the fp32 masters, and the copies follow the masters."""
+are autocast's, the fused update is torch's SGD, Adam or AdamW on the fp32 masters, and the copies follow the
+masters."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from agebias.finetune.bf16_weights import Bf16Weights, enable_for, wanted
 from agebias.finetune.trainer import run_finetune
 from test_finetune_trainer import config, make_generated_set
 
-pytestmark = pytest.mark.skipif(bf16_weights._kernel() is None, reason="numba is not installed (agebias[fast])")
+pytestmark = pytest.mark.skipif(bf16_weights._kernel() is None or bf16_weights._adam_kernel() is None,
+                                reason="numba is not installed (agebias[fast])")
 
 
 def tiny_net() -> nn.Module:
@@ -58,6 +60,97 @@ def test_fused_step_is_torch_sgd_on_the_bf16_gradients(settings):
                                            ref_opt.state[r.weight]["momentum_buffer"], rtol=1e-6, atol=1e-6)
             else:
                 assert "momentum_buffer" not in opt.state[m.weight]
+
+
+ADAM_SETTINGS = [(torch.optim.AdamW, dict(weight_decay=1e-2)), (torch.optim.Adam, dict(weight_decay=1e-2)),
+                 (torch.optim.AdamW, dict(betas=(0.8, 0.99), eps=1e-6, weight_decay=0.0, maximize=True)),
+                 (torch.optim.Adam, dict(betas=(0.3, 0.5), weight_decay=0.0)),
+                 (torch.optim.AdamW, dict(betas=(0.6, 0.9), weight_decay=0.1, lr=torch.tensor(0.02)))]
+
+
+def _feed(kept: Bf16Weights, ref: nn.Module, gen: torch.Generator) -> None:
+    """The same random bf16 gradient for each kept weight and its reference twin (ref[0]: the conv, ref[3]: the
+    linear)."""
+    for m, r in zip(kept.modules, (ref[0], ref[3]), strict=True):
+        g = torch.randn(m.weight.shape, generator=gen).to(torch.bfloat16)
+        m._bf16_weight.grad = g.contiguous(memory_format=torch.channels_last) if g.dim() == 4 else g
+        r.weight.grad = g.float()
+
+
+def _name(value) -> str:
+    return value.__name__ if isinstance(value, type) else ",".join(f"{k}={x}" for k, x in value.items())
+
+
+@pytest.mark.parametrize("cls,settings", ADAM_SETTINGS, ids=_name)
+def test_fused_step_is_torch_adam_on_the_bf16_gradients(cls, settings):
+    settings = {"lr": 1e-3, **settings}
+    net, ref = tiny_net(), tiny_net()
+    opt, ref_opt = cls(net.parameters(), **settings), cls(ref.parameters(), foreach=False, **settings)
+    kept = Bf16Weights(net, opt)
+    assert len(kept) == 2
+    gen = torch.Generator().manual_seed(1)
+    for step in range(1, 6):
+        _feed(kept, ref, gen)
+        kept.step(opt)
+        opt.step()
+        ref_opt.step()
+        for m, r in zip(kept.modules, (ref[0], ref[3]), strict=True):
+            # torch's sqrt is not always correctly rounded: the weights may differ by an ulp, the moments not at all
+            torch.testing.assert_close(m.weight, r.weight, rtol=1e-6, atol=1e-7)
+            assert torch.equal(m._bf16_weight, m.weight.to(torch.bfloat16))
+            assert m._bf16_weight.grad is None and m.weight.grad is None
+            state, ref_state = opt.state[m.weight], ref_opt.state[r.weight]
+            assert float(state["step"]) == float(ref_state["step"]) == step
+            torch.testing.assert_close(state["exp_avg"], ref_state["exp_avg"], rtol=1e-6, atol=1e-9)
+            torch.testing.assert_close(state["exp_avg_sq"], ref_state["exp_avg_sq"], rtol=1e-6, atol=1e-12)
+    assert (net[0].weight - tiny_net()[0].weight).abs().max() > 1e-4  # it did train
+
+
+def test_adam_state_is_torchs_own_so_either_step_continues_the_other():
+    torch.manual_seed(0)
+    net, ref = tiny_net(), tiny_net()
+    opt, ref_opt = (torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=1e-2) for m in (net, ref))
+    kept = Bf16Weights(net, opt)
+    gen = torch.Generator().manual_seed(2)
+    for step in range(6):
+        _feed(kept, ref, gen)
+        if step in (2, 3):  # torch's own step in between (e.g. a weight also used directly that step)
+            for m in kept.modules:
+                m.weight.grad = m._bf16_weight.grad.float()
+                m._bf16_weight.grad = None
+        kept.step(opt)
+        opt.step()
+        ref_opt.step()
+        opt.zero_grad(set_to_none=True)
+    for m, r in zip(kept.modules, (ref[0], ref[3]), strict=True):
+        torch.testing.assert_close(m.weight, r.weight, rtol=1e-5, atol=1e-6)
+        assert torch.equal(m._bf16_weight, m.weight.to(torch.bfloat16))
+    restored = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=1e-2)
+    restored.load_state_dict(opt.state_dict())  # a checkpoint of the kept run loads into torch's optimizer
+    assert [float(s["step"]) for s in restored.state.values()] == [6.0] * len(restored.state)
+
+
+@pytest.mark.parametrize("make", [lambda ps: torch.optim.Adam(ps, lr=1e-2, amsgrad=True),
+                                  lambda ps: torch.optim.RMSprop(ps, lr=1e-2, momentum=0.5)],
+                         ids=["amsgrad", "rmsprop"])
+def test_what_the_kernels_do_not_do_is_left_to_torchs_step(make):
+    net, ref = tiny_net(), tiny_net()
+    opt, ref_opt = make(net.parameters()), make(ref.parameters())
+    kept = Bf16Weights(net, opt)
+    assert len(kept) == 2
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        _feed(kept, ref, gen)
+        kept.step(opt)
+        assert all(m.weight.grad is not None and m._bf16_weight.grad is None for m in kept.modules)  # handed over
+        opt.step()
+        ref_opt.step()
+        opt.zero_grad(set_to_none=True)
+    for m, r in zip(kept.modules, (ref[0], ref[3]), strict=True):
+        assert torch.equal(m.weight, r.weight)
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the copies follow torch's updates
+        assert torch.equal(net(x), ref(x))
 
 
 def test_forward_and_gradients_are_autocasts_and_the_master_gets_none():
@@ -131,25 +224,28 @@ def test_a_weight_used_twice_or_also_directly_is_left_to_torchs_step():
         assert torch.equal(net(x), ref(x))
 
 
-def test_the_kernel_is_loaded_from_numbas_cache_by_a_second_process():
+@pytest.mark.parametrize("module,name", [("bf16_sgd_kernel", "sgd_bf16"), ("bf16_adam_kernel", "adam_bf16")])
+def test_the_kernel_is_loaded_from_numbas_cache_by_a_second_process(module, name):
     import subprocess
     import sys
 
-    code = ("from agebias.finetune.bf16_sgd_kernel import sgd_bf16; "
-            "print(sum(sgd_bf16.stats.cache_hits.values()), sum(sgd_bf16.stats.cache_misses.values()))")
+    code = (f"from agebias.finetune.{module} import {name} as k; "
+            "print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
             for _ in range(2)]
     assert runs[1] == ["1", "0"], runs  # compiled once (here or earlier), then loaded
 
 
-def test_wanted_only_for_bf16_sgd_on_one_cpu_process(monkeypatch):
+def test_wanted_only_for_bf16_sgd_or_adam_on_one_cpu_process(monkeypatch):
     monkeypatch.delenv("AGEBIAS_NO_BF16_WEIGHTS", raising=False)
     net = tiny_net()
     opt = sgd(net.parameters(), momentum=0.9)
     assert wanted("bf16", "cpu", opt, 1)
     assert not wanted("fp32", "cpu", opt, 1) and not wanted("bf16", "cuda", opt, 1)
     assert not wanted("bf16", "cpu", opt, 2)  # DDP reduces the masters' gradients: it needs them
-    assert not wanted("bf16", "cpu", torch.optim.AdamW(net.parameters()), 1)
+    assert wanted("bf16", "cpu", torch.optim.AdamW(net.parameters()), 1)
+    assert wanted("bf16", "cpu", torch.optim.Adam(net.parameters()), 1)
+    assert not wanted("bf16", "cpu", torch.optim.RMSprop(net.parameters()), 1)
     monkeypatch.setenv("AGEBIAS_NO_BF16_WEIGHTS", "1")
     assert not wanted("bf16", "cpu", opt, 1)
     assert enable_for(net, opt, "bf16", "cpu") is None and type(net[0]) is nn.Conv2d
@@ -190,3 +286,25 @@ def test_bf16_finetune_keeps_weights_in_bf16_trains_like_autocast_and_resumes_ex
                                                        resumed.backbone_path))
     assert all(torch.equal(a[k], b[k]) and b[k].dtype != torch.bfloat16 for k in a)  # fp32 masters are saved
     assert json.loads((tmp_path / "ext" / "config.json").read_text())["config"]["precision"] == "bf16"
+
+
+def test_bf16_adamw_finetune_keeps_weights_in_bf16_trains_like_autocast_and_resumes_exactly(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGEBIAS_QUIET", "1")
+    data = make_generated_set(tmp_path / "synth", n_ids=4, per_id=3)
+    steps = []
+    real_step = Bf16Weights.step
+    monkeypatch.setattr(Bf16Weights, "step", lambda self, opt: steps.append(type(opt)) or real_step(self, opt))
+    kw = dict(precision="bf16", epochs=3, device="cpu", batch_size=4, optimizer="adamw", lr=1e-4)
+    losses = {}
+    for name, env in (("kept", "0"), ("autocast", "1")):
+        monkeypatch.setenv("AGEBIAS_NO_BF16_WEIGHTS", env)
+        losses[name] = [row["loss"] for row in run_finetune(config(data, tmp_path / name, **kw)).rows]
+    assert steps and set(steps) == {torch.optim.AdamW}
+    assert np.isfinite(losses["kept"]).all()
+    np.testing.assert_allclose(losses["kept"], losses["autocast"], rtol=0.05)
+    monkeypatch.setenv("AGEBIAS_NO_BF16_WEIGHTS", "0")  # interrupted after epoch 1, resumed: the same run
+    assert run_finetune(config(data, tmp_path / "ext", **kw, stop_after_epochs=1)).epochs_done == 1
+    resumed = run_finetune(config(data, tmp_path / "ext", **kw, resume=True))
+    assert [row["loss"] for row in resumed.rows] == losses["kept"]
+    a, b = (torch.load(p, map_location="cpu") for p in (tmp_path / "kept" / "backbone.pth", resumed.backbone_path))
+    assert all(torch.equal(a[k], b[k]) for k in a)

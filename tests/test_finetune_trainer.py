@@ -108,6 +108,26 @@ def test_cached_prefix_equals_recomputing(dataset, tmp_path):
     assert not (tmp_path / "disk" / "cache").exists()  # the disk memmap is removed at the end
 
 
+@pytest.mark.parametrize("cache", ["ram", "off"])
+def test_the_frozen_prefix_takes_channels_last_images_on_cpu(dataset, tmp_path, monkeypatch, cache):
+    from agebias import precision
+    from agebias.finetune import trainer
+
+    assert precision.prefix_channels_last("fp32", "cpu") and precision.prefix_channels_last("bf16", "cuda")
+    assert not precision.prefix_channels_last("fp32", "cuda")
+    layouts = []
+    real = trainer.run_stages
+
+    def spy(model, x, start, stop=None):
+        if start == 0 and stop:  # the frozen prefix, cached or recomputed
+            layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return real(model, x, start, stop)
+
+    monkeypatch.setattr(trainer, "run_stages", spy)
+    run_finetune(config(dataset, tmp_path / "run", cache=cache, epochs=1))
+    assert layouts and all(layouts)
+
+
 def test_resume_equals_uninterrupted(dataset, tmp_path):
     # a schedule with warm-up and a randomised, stateful hook (label flip) must continue exactly too
     kw = dict(epochs=3, scheduler="cosine", warmup_epochs=1, mitigation="label-flip:p=0.5")

@@ -8,23 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import intrinsic
 
-
-@intrinsic
-def _as_f32(typingctx, bits):  # pragma: no cover - compiled
-    """The float32 whose bit pattern is the uint32 ``bits``."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-    return types.float32(types.uint32), codegen
-
-
-@intrinsic
-def _as_u32(typingctx, value):  # pragma: no cover - compiled
-    """The bit pattern of the float32 ``value``, as a uint32."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.uint32))
-    return types.uint32(types.float32), codegen
+from agebias.finetune.bf16_bits import from_bf16, to_bf16
 
 
 SIGNATURE = types.void(types.float32[::1], types.uint16[::1], types.float32[::1], types.uint16[::1], types.float32,
@@ -40,7 +25,7 @@ def sgd_bf16(w, g, buf, s, lr, momentum, dampening, weight_decay, nesterov, maxi
     one = np.float32(1.0)
     for i in prange(w.size):
         wi = w[i]
-        d = _as_f32(np.uint32(g[i]) << np.uint32(16))
+        d = from_bf16(g[i])
         if maximize:
             d = -d
         if weight_decay != 0:
@@ -51,8 +36,4 @@ def sgd_bf16(w, g, buf, s, lr, momentum, dampening, weight_decay, nesterov, maxi
             d = d + momentum * b if nesterov else b
         wi = wi - lr * d
         w[i] = wi
-        u = _as_u32(wi)
-        if wi != wi:
-            s[i] = np.uint16(0x7FC0)
-        else:
-            s[i] = np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+        s[i] = to_bf16(wi)

@@ -1,4 +1,4 @@
-"""bf16 training on CPU: trainable weights kept in bf16 between steps, updated by one fused SGD pass.
+"""bf16 training on CPU: trainable weights kept in bf16 between steps, updated by one fused SGD or Adam(W) pass.
 
 Under autocast each step casts every fp32 master weight to bf16 for the forward pass and casts its bf16 gradient
 back into a new fp32 tensor, then the optimizer reads and writes the masters again. For iresnet50's layer 4 + fc
@@ -8,18 +8,21 @@ Here each covered weight ``W`` (the fp32 ``nn.Parameter``; the optimizer, state 
 a bf16 copy ``S`` = round-to-nearest-even(``W``), exactly the tensor autocast would make. The module's forward
 uses ``S`` where autocast runs in bf16 on CPU, so backward leaves dL/dS (bf16) in ``S.grad`` and ``W.grad`` stays
 None. :meth:`Bf16Weights.step`, called between backward and ``optimizer.step()`` (which skips ``W``: it has no
-grad), then updates ``W``, its momentum buffer (``optimizer.state[W]["momentum_buffer"]``, where torch's SGD keeps
-it) and ``S`` in one compiled pass (numba, :mod:`agebias.finetune.bf16_sgd_kernel`). The arithmetic is torch's SGD
-in fp32 (weight decay, momentum, dampening, nesterov, maximize; the first step's buffer is the gradient), on the
-same bf16 gradient values autocast's cast would give, so results agree with autocast + torch's SGD to a few fp32
-ulps per step. ``W`` changed through torch elsewhere (a checkpoint loaded, in-place edits, ``.to()``) is noticed
-by its version counter and memory, and ``S`` is made again; writes torch cannot see (through a ``.numpy()`` view)
-are not noticed. A ``W`` that also got an fp32 gradient (used outside its module too) is left to the optimizer's
-own step that time.
+grad), then updates ``W``, its optimizer state and ``S`` in one compiled pass (numba,
+:mod:`agebias.finetune.bf16_sgd_kernel`, :mod:`agebias.finetune.bf16_adam_kernel`). The state lives where torch's
+optimizer keeps it (``optimizer.state[W]``: SGD's ``momentum_buffer``; Adam's ``step``, ``exp_avg``,
+``exp_avg_sq``), so checkpoints, resumption and torch's own step read the same values. The arithmetic is torch's
+in fp32 (SGD: weight decay, momentum, dampening, nesterov, maximize, the first step's buffer the gradient; Adam and
+AdamW: betas, eps, weight decay L2 or decoupled, maximize, bias corrections), on the same bf16 gradient values
+autocast's cast would give, so results agree with autocast + torch's step to a few fp32 ulps per step. ``W``
+changed through torch elsewhere (a checkpoint loaded, in-place edits, ``.to()``) is noticed by its version counter
+and memory, and ``S`` is made again; writes torch cannot see (through a ``.numpy()`` view) are not noticed. A ``W``
+that also got an fp32 gradient (used outside its module too), or whose parameter group asks for what the kernels
+do not do (amsgrad, capturable, differentiable), is left to the optimizer's own step.
 
-Covered: ``nn.Conv2d`` and ``nn.Linear`` weights of the backbone that train and belong to one module, SGD, one
-process, CPU, bf16, numba installed. Elsewhere (AdamW, DDP, fp32, other devices, ``AGEBIAS_NO_JIT=1`` or
-``AGEBIAS_NO_BF16_WEIGHTS=1``) nothing changes.
+Covered: ``nn.Conv2d`` and ``nn.Linear`` weights of the backbone that train and belong to one module, SGD, Adam or
+AdamW, one process, CPU, bf16, numba installed. Elsewhere (other optimizers, DDP, fp32, other devices,
+``AGEBIAS_NO_JIT=1`` or ``AGEBIAS_NO_BF16_WEIGHTS=1``) nothing changes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ def _kernel():
     """The compiled fused SGD pass (:mod:`agebias.finetune.bf16_sgd_kernel`), or None (numba missing, disabled, or
     unable to build it here)."""
     return load_kernel("agebias.finetune.bf16_sgd_kernel", "sgd_bf16", "the compiled bf16 SGD step",
+                       "bf16 training casts weights each step instead")
+
+
+@functools.cache
+def _adam_kernel():
+    """The compiled fused Adam/AdamW pass (:mod:`agebias.finetune.bf16_adam_kernel`), or None (as :func:`_kernel`)."""
+    return load_kernel("agebias.finetune.bf16_adam_kernel", "adam_bf16", "the compiled bf16 Adam step",
                        "bf16 training casts weights each step instead")
 
 
@@ -97,11 +107,18 @@ def _subclass(cls: type) -> type:
     return type(f"Bf16Weight{cls.__name__}", (mixin, cls), {})
 
 
+def _kernel_for(optimizer: torch.optim.Optimizer):
+    """The compiled pass for ``optimizer``'s update rule, or None (another optimizer, or no kernel here)."""
+    if type(optimizer) is torch.optim.SGD:
+        return _kernel()
+    return _adam_kernel() if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW) else None
+
+
 def wanted(precision: str, device: torch.device | str, optimizer: torch.optim.Optimizer, world_size: int) -> bool:
-    """bf16 on CPU, SGD, one process, the kernel available and ``AGEBIAS_NO_BF16_WEIGHTS`` unset."""
+    """bf16 on CPU, SGD, Adam or AdamW, one process, the kernel available and ``AGEBIAS_NO_BF16_WEIGHTS`` unset."""
     off = os.environ.get("AGEBIAS_NO_BF16_WEIGHTS", "") not in ("", "0")
-    return (precision == "bf16" and torch.device(device).type == "cpu" and type(optimizer) is torch.optim.SGD
-            and world_size == 1 and not off and _kernel() is not None)
+    return (precision == "bf16" and torch.device(device).type == "cpu" and world_size == 1 and not off
+            and _kernel_for(optimizer) is not None)
 
 
 class Bf16Weights:
@@ -136,36 +153,72 @@ class Bf16Weights:
 
     @torch.no_grad()
     def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The SGD update of every covered weight that has a gradient (as ``optimizer.step()`` would make it from
-        that gradient in fp32), its bf16 copy made from the result; the copies' gradients are cleared."""
-        kernel = _kernel()
+        """The update of every covered weight that has a gradient (as ``optimizer.step()`` would make it from that
+        gradient in fp32), its bf16 copy made from the result; the copies' gradients are cleared."""
+        update = _UPDATES.get(type(optimizer))
         for group in optimizer.param_groups:
             for w in group["params"]:
                 m = self.by_param.get(id(w))
                 if m is None or m._bf16_weight.grad is None:
                     continue
                 s = m._bf16_weight
-                if w.grad is not None or not _fits(w, s):
-                    # the master was also used directly, or changed type or layout: torch's step takes this one
+                if update is None or w.grad is not None or not _fits(w, s) or not _kernel_takes(group):
+                    # another optimizer, the master also used directly, changed type or layout, or a group that
+                    # asks for more than the kernel does: torch's step takes this one
                     w.grad = s.grad.float() if w.grad is None else w.grad + s.grad.float()
                     s.grad = None
                     continue
-                g = _like(s.grad, w, torch.bfloat16)
-                momentum = float(group["momentum"])
-                state = optimizer.state[w]
-                buf = state.get("momentum_buffer")
-                first = buf is None
-                if momentum != 0:
-                    buf = torch.empty_like(w) if first else _like(buf, w, torch.float32)
-                    state["momentum_buffer"] = buf
-                else:
-                    buf = w  # not read or written without momentum
-                kernel(_flat(w, np.float32), _flat(g, np.uint16), _flat(buf, np.float32), _flat(s, np.uint16),
-                       np.float32(_number(group["lr"])), np.float32(momentum), np.float32(group["dampening"]),
-                       np.float32(group["weight_decay"]), bool(group["nesterov"]), bool(group.get("maximize")),
-                       first)
+                update(optimizer, group, w, _like(s.grad, w, torch.bfloat16), s)
                 s.grad = None
                 m._bf16_seen = _seen(w)  # numpy's writes bypass torch's version counter: s matches w
+
+
+def _kernel_takes(group: dict) -> bool:
+    """Whether the compiled passes do what ``group`` asks (not amsgrad, capturable or differentiable Adam)."""
+    return not any(group.get(key) for key in ("amsgrad", "capturable", "differentiable"))
+
+
+def _sgd_update(optimizer: torch.optim.SGD, group: dict, w: torch.Tensor, g: torch.Tensor, s: torch.Tensor) -> None:
+    """torch's SGD step of ``w`` from the bf16 gradient ``g``, its ``momentum_buffer`` where torch keeps it, and
+    ``s`` = bf16(w)."""
+    momentum = float(group["momentum"])
+    state = optimizer.state[w]
+    buf = state.get("momentum_buffer")
+    first = buf is None
+    if momentum != 0:
+        buf = torch.empty_like(w) if first else _like(buf, w, torch.float32)
+        state["momentum_buffer"] = buf
+    else:
+        buf = w  # not read or written without momentum
+    _kernel()(_flat(w, np.float32), _flat(g, np.uint16), _flat(buf, np.float32), _flat(s, np.uint16),
+              np.float32(_number(group["lr"])), np.float32(momentum), np.float32(group["dampening"]),
+              np.float32(group["weight_decay"]), bool(group["nesterov"]), bool(group.get("maximize")), first)
+
+
+def _adam_update(optimizer: torch.optim.Adam, group: dict, w: torch.Tensor, g: torch.Tensor, s: torch.Tensor) -> None:
+    """torch's Adam or AdamW step (``group["decoupled_weight_decay"]``) of ``w`` from the bf16 gradient ``g``, its
+    ``step``, ``exp_avg`` and ``exp_avg_sq`` where torch keeps them, and ``s`` = bf16(w)."""
+    state = optimizer.state[w]
+    if "step" not in state:  # as torch's Adam starts a parameter's state
+        state["step"] = torch.zeros((), dtype=torch.float32, device=w.device)
+        state["exp_avg"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+    state["exp_avg"] = exp_avg = _like(state["exp_avg"], w, torch.float32)
+    state["exp_avg_sq"] = exp_avg_sq = _like(state["exp_avg_sq"], w, torch.float32)
+    state["step"] += 1
+    step = _number(state["step"])
+    lr, eps, weight_decay = _number(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+    beta1, beta2 = (_number(b) for b in group["betas"])
+    decoupled = bool(group.get("decoupled_weight_decay", type(optimizer) is torch.optim.AdamW))
+    _adam_kernel()(_flat(w, np.float32), _flat(g, np.uint16), _flat(exp_avg, np.float32),
+                   _flat(exp_avg_sq, np.float32), _flat(s, np.uint16),
+                   np.float32(1 - lr * weight_decay if decoupled else 1.0),
+                   np.float32(0.0 if decoupled else weight_decay), np.float32(1 - beta1), np.float32(beta2),
+                   np.float32(1 - beta2), np.float32(lr / (1 - beta1 ** step)), np.float32((1 - beta2 ** step) ** 0.5),
+                   np.float32(eps), bool(group.get("maximize")))
+
+
+_UPDATES = {torch.optim.SGD: _sgd_update, torch.optim.Adam: _adam_update, torch.optim.AdamW: _adam_update}
 
 
 def _number(value) -> float:

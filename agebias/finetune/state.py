@@ -31,7 +31,7 @@ class TrainingState:
     frozen: FreezeSummary  # the frozen parts (kept in eval mode) and parameter counts
     depth: int  # frozen prefix stages run outside the trainable net (0: none; see agebias.finetune.freeze)
     steps_per_epoch: int
-    bf16_weights: Bf16Weights | None = None  # bf16 on CPU with SGD: weights kept in bf16 between steps
+    bf16_weights: Bf16Weights | None = None  # bf16 on CPU with SGD/AdamW: weights kept in bf16 between steps
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per completed epoch (main process)

@@ -68,7 +68,7 @@ from agebias.models.checkpoints import save_backbone
 from agebias.models.heads import create_head
 from agebias.models.onnx_export import export_onnx
 from agebias.models.preprocess import to_tensor
-from agebias.precision import channels_last, cpu_bf16_flags, resolve_precision
+from agebias.precision import channels_last, cpu_bf16_flags, prefix_channels_last, resolve_precision
 from agebias.progress import bar, tqdm
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "TrainNet", "lr_factor", "make_optimizer", "run_finetune"]
@@ -375,7 +375,14 @@ class _Run:
         if state.depth == 0:
             return x
         with torch.no_grad(), (self.autocast() if self.autocast else nullcontext()):
-            return run_stages(state.model, x, 0, state.depth).float()
+            return run_stages(state.model, self.prefix_layout(x), 0, state.depth).float()
+
+    def prefix_layout(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` in the frozen prefix's memory layout (:func:`agebias.precision.prefix_channels_last`), the
+        same for cached and recomputed prefix outputs."""
+        if prefix_channels_last(self.config.precision, self.device):
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def optimizer_step(self, state: TrainingState, total: torch.Tensor) -> None:
         """Backward, optimizer step (through the fp16 grad scaler when there is one), LR schedule step."""
@@ -398,8 +405,10 @@ class _Run:
         """The frozen prefix's outputs for ``crops``, computed once (see agebias.finetune.cache)."""
         model, depth, cfg = state.model, state.depth, self.config
         with torch.no_grad():
-            shape = tuple(run_stages(model, to_tensor(crops[:1]).to(self.device), 0, depth).shape[1:])
-        cache = build_cache(lambda x: run_stages(model, x, 0, depth), lambda idx: to_tensor(crops[idx]),
+            first = self.prefix_layout(to_tensor(crops[:1]).to(self.device))
+            shape = tuple(run_stages(model, first, 0, depth).shape[1:])
+        cache = build_cache(lambda x: run_stages(model, x, 0, depth),
+                            lambda idx: self.prefix_layout(to_tensor(crops[idx])),
                             len(crops), sample_shape=shape, dtype=cfg.cache_dtype, mode=cfg.cache,
                             folder=Path(cfg.cache_dir) if cfg.cache_dir else self.run_dir / "cache",
                             name=f"{name}-r{self.dist.rank}", device=self.device, autocast=self.autocast,
