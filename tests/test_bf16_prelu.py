@@ -13,10 +13,11 @@ from torch import nn
 
 from agebias.finetune import bf16_prelu
 from agebias.finetune.bf16_prelu import Bf16PReLU, enable_for, wanted
+from agebias.finetune.jit_kernels import numba_installed
 from agebias.finetune.trainer import run_finetune
 from test_finetune_trainer import config, make_generated_set
 
-pytestmark = pytest.mark.skipif(bf16_prelu._kernel() is None, reason="numba is not installed (agebias[fast])")
+pytestmark = pytest.mark.skipif(not numba_installed(), reason="numba is not installed (agebias[fast])")
 
 
 def _inputs(shape, seed=0):

@@ -11,13 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from agebias.finetune import bf16_weights
 from agebias.finetune.bf16_weights import Bf16Weights, enable_for, wanted
+from agebias.finetune.jit_kernels import numba_installed
 from agebias.finetune.trainer import run_finetune
 from test_finetune_trainer import config, make_generated_set
 
-pytestmark = pytest.mark.skipif(bf16_weights._kernel() is None or bf16_weights._adam_kernel() is None,
-                                reason="numba is not installed (agebias[fast])")
+pytestmark = pytest.mark.skipif(not numba_installed(), reason="numba is not installed (agebias[fast])")
 
 
 def tiny_net() -> nn.Module:

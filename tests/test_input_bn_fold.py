@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from agebias.finetune import bf16_weights, gemm_weight_grad, input_bn_fold
 from agebias.finetune.input_bn_fold import FoldedInputBlock, enable_for, foldable, window_sums
+from agebias.finetune.jit_kernels import numba_installed
 from agebias.finetune.trainer import run_finetune
 from agebias.models.iresnet import IBasicBlock
 from test_finetune_trainer import config, make_generated_set
@@ -120,7 +121,7 @@ def test_bf16_is_as_close_to_float64_as_autograd(monkeypatch, geometry, kept):
     the trainer uses: layer 4's block 0 at reduced width (conv1 at 14x14: oneDNN's weight gradient) and a 7x7 block
     (the first trainable one when layer 4's first block is frozen: the GEMM weight gradient). The fold's error
     against a float64 reference is autograd's."""
-    if kept and bf16_weights._kernel() is None:
+    if kept and not numba_installed():
         pytest.skip("numba is not installed (agebias[fast]): no bf16 weight copies to test with")
     inplanes, planes, stride, size = geometry
     cl = torch.channels_last

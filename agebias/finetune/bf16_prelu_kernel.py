@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, types
 
-from agebias.finetune.bf16_sgd_kernel import _as_f32, _as_u32
+from agebias.finetune.bf16_bits import from_bf16, to_bf16
 
 SIGNATURE = types.void(types.uint16[:, ::1], types.uint16[:, ::1], types.float32[::1], types.uint16[:, ::1],
                        types.float32[:, ::1])
@@ -27,17 +27,11 @@ def prelu_backward_bf16(x, grad, weight, grad_x, partial):  # pragma: no cover -
             acc[ch] = zero
         for i in range(n * t // shares, n * (t + 1) // shares):
             for ch in range(c):
-                xv = _as_f32(np.uint32(x[i, ch]) << np.uint32(16))
+                xv = from_bf16(x[i, ch])
                 bits = grad[i, ch]
                 if xv > zero:
                     grad_x[i, ch] = bits
                     continue
-                gv = _as_f32(np.uint32(bits) << np.uint32(16))
-                r = gv * weight[ch]
-                u = _as_u32(r)
-                if r != r:
-                    grad_x[i, ch] = np.uint16(0x7FC0)
-                else:
-                    grad_x[i, ch] = np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
-                                              >> np.uint32(16))
+                gv = from_bf16(bits)
+                grad_x[i, ch] = to_bf16(gv * weight[ch])
                 acc[ch] += gv * xv
