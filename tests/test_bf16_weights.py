@@ -73,7 +73,7 @@ def _feed(kept: Bf16Weights, ref: nn.Module, gen: torch.Generator) -> None:
     for m, r in zip(kept.modules, (ref[0], ref[3]), strict=True):
         g = torch.randn(m.weight.shape, generator=gen).to(torch.bfloat16)
         m._bf16_weight.grad = g.contiguous(memory_format=torch.channels_last) if g.dim() == 4 else g
-        r.weight.grad = g.float()
+        r.weight.grad = torch.empty_like(r.weight).copy_(g)  # in the weight's layout, as autograd leaves it
 
 
 def _name(value) -> str:
@@ -105,10 +105,11 @@ def test_fused_step_is_torch_adam_on_the_bf16_gradients(cls, settings):
     assert (net[0].weight - tiny_net()[0].weight).abs().max() > 1e-4  # it did train
 
 
-def test_adam_state_is_torchs_own_so_either_step_continues_the_other():
+@pytest.mark.parametrize("fused", [False, True])
+def test_adam_state_is_torchs_own_so_either_step_continues_the_other(fused):
     torch.manual_seed(0)
     net, ref = tiny_net(), tiny_net()
-    opt, ref_opt = (torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=1e-2) for m in (net, ref))
+    opt, ref_opt = (torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=1e-2, fused=fused) for m in (net, ref))
     kept = Bf16Weights(net, opt)
     gen = torch.Generator().manual_seed(2)
     for step in range(6):
@@ -150,6 +151,23 @@ def test_what_the_kernels_do_not_do_is_left_to_torchs_step(make):
     x = torch.randn(2, 3, 5, 5)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the copies follow torch's updates
         assert torch.equal(net(x), ref(x))
+
+
+@pytest.mark.parametrize("make", [lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, fused=True),
+                                  lambda ps: torch.optim.AdamW(ps, lr=1e-2, fused=True)], ids=["sgd", "adamw"])
+def test_a_master_whose_layout_changed_after_the_forward_gets_a_gradient_in_its_layout(make):
+    net, ref = tiny_net(), tiny_net()
+    opt, ref_opt = make(net.parameters()), make(ref.parameters())
+    kept = Bf16Weights(net, opt)
+    _feed(kept, ref, torch.Generator().manual_seed(4))
+    for model in (net, ref):  # the conv weight turns contiguous between backward and step
+        model[0].weight.data = model[0].weight.data.contiguous()
+    ref[0].weight.grad = ref[0].weight.grad.contiguous()
+    kept.step(opt)
+    assert net[0].weight.grad.stride() == net[0].weight.stride()  # torch's fused steps pair elements by memory
+    opt.step()
+    ref_opt.step()
+    torch.testing.assert_close(net[0].weight, ref[0].weight, rtol=1e-6, atol=1e-7)
 
 
 def test_forward_and_gradients_are_autocasts_and_the_master_gets_none():

@@ -164,8 +164,10 @@ class Bf16Weights:
                 s = m._bf16_weight
                 if update is None or w.grad is not None or not _fits(w, s) or not _kernel_takes(group):
                     # another optimizer, the master also used directly, changed type or layout, or a group that
-                    # asks for more than the kernel does: torch's step takes this one
-                    w.grad = s.grad.float() if w.grad is None else w.grad + s.grad.float()
+                    # asks for more than the kernel does: torch's step takes this one, with the gradient in the
+                    # master's layout (torch's fused CPU SGD and Adam pair elements by memory order)
+                    grad = _like(s.grad, w, torch.float32)
+                    w.grad = grad if w.grad is None else w.grad + grad
                     s.grad = None
                     continue
                 update(optimizer, group, w, _like(s.grad, w, torch.bfloat16), s)
