@@ -3,8 +3,9 @@
 Baseline (as in the MSc_FR_Bias pipeline): frozen parts only get ``requires_grad=False``; the whole model stays in
 train mode (frozen BatchNorm statistics drift) and every step runs the full network forward, in fp32.
 Ours (agebias.finetune): frozen parts in eval mode; the frozen prefix (stem + layer1..3) runs once, without
-autograd and on channels-last images on CPU, into a cache (counted in epoch 1); each step trains layer4 + bn2/fc/features from the cache, with
-the trainer's optimizer (fused SGD where torch has it; the baseline keeps the pipeline's plain SGD).
+autograd and on channels-last images on CPU, into a cache (counted in epoch 1); each step trains layer4 +
+bn2/fc/features from the cache, with the trainer's optimizer (fused SGD where torch has it; the baseline keeps the
+pipeline's plain SGD).
 With ``--precision bf16`` ours also runs as ``agebias finetune --precision bf16`` does: bf16 autocast, fp32 master
 weights, channels-last, layer 4's weight gradients as one bf16 matrix product each
 (:mod:`agebias.finetune.gemm_weight_grad`; ``AGEBIAS_NO_GEMM_GRAD=1`` for oneDNN's), the trainable conv/linear
@@ -19,6 +20,8 @@ Both use the same random images, the same ArcFace head, SGD (lr 0.01, momentum 0
 adamw`` trains ours with AdamW (lr 1e-3) instead, as ``agebias finetune --optimizer adamw`` does (the baseline keeps
 the pipeline's SGD).
 
+With ``--precision bf16`` on CPU, one fixed bf16 and fp32 matrix product is also timed after every epoch: a shared
+machine's bf16 (AMX) speed drifts by 2x and more, and the bf16 ratio drifts with it.
 Targets: from epoch 2 on, ours <= 0.25x the baseline's epoch time in fp32 and <= 0.10x in bf16 (on a CPU with native
 bf16: AMX or AVX512-BF16; see ``agebias doctor``); epoch 1 no slower than the baseline. Baseline and ours alternate
 epoch by epoch (a shared machine's load then hits both alike); wall-clock and process CPU seconds are printed per
@@ -174,6 +177,20 @@ class Ours:
         return losses
 
 
+def matmul_tflops(dtype: torch.dtype, repeats: int = 3) -> float:
+    """TFLOPS of one fixed matrix product on the CPU (layer 4's weight-gradient shape: 1225x4608 @ 4608x512), the
+    best of ``repeats``: how fast the machine runs ``dtype`` right now (a shared machine's bf16 speed drifts)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(1225, 4608, generator=gen).to(dtype)
+    b = torch.randn(4608, 512, generator=gen).to(dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1225 * 4608 * 512 / best / 1e12
+
+
 def timed(fn, device) -> tuple[float, float, float]:
     """(wall s, process CPU s, result)."""
     _sync(device)
@@ -235,6 +252,8 @@ def main() -> None:
                                        bn_fold=False, optimizer=args.optimizer)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     losses: dict[str, list[list[float]]] = {k: [] for k in runs}
+    probe = args.precision == "bf16" and device.type == "cpu"  # the machine's matmul speed, after every epoch
+    speed: list[tuple[float, float]] = []
     for epoch in range(args.epochs):  # interleaved, so that load changes on a shared machine hit both alike
         order = np.random.default_rng(epoch).permutation(args.images)
         for name, run in runs.items():
@@ -245,13 +264,22 @@ def main() -> None:
             losses[name].append(steps)
             print(f"{name:11s} epoch {epoch + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU (loss {np.mean(steps):.3f})",
                   flush=True)
+        if probe:
+            speed.append((matmul_tflops(torch.bfloat16), matmul_tflops(torch.float32)))
     ours = [k for k in runs if k != "baseline"]
-    print("epoch  baseline_wall_s  " + "  ".join(f"{k}_wall_s  ratio_{k}_wall  ratio_{k}_cpu" for k in ours))
+    print("epoch  baseline_wall_s  " + "  ".join(f"{k}_wall_s  ratio_{k}_wall  ratio_{k}_cpu" for k in ours)
+          + ("  bf16_mm_tflops  fp32_mm_tflops" if probe else ""))
     for e in range(args.epochs):
         bw, bc = times["baseline"][e]
         print(f"{e + 1:5d}  {bw:15.2f}  " + "  ".join(
             f"{times[k][e][0]:{len(k) + 7}.2f}  {times[k][e][0] / bw:{len(k) + 11}.3f}  "
-            f"{times[k][e][1] / max(bc, 1e-9):{len(k) + 10}.3f}" for k in ours))
+            f"{times[k][e][1] / max(bc, 1e-9):{len(k) + 10}.3f}" for k in ours)
+            + (f"  {speed[e][0]:14.2f}  {speed[e][1]:14.2f}" if probe else ""))
+    if probe:
+        bf16_speed, fp32_speed = (np.array([s[i] for s in speed]) for i in (0, 1))
+        print(f"machine: one fixed matrix product ran at {bf16_speed.min():.2f}-{bf16_speed.max():.2f} TFLOPS in "
+              f"bf16 and {fp32_speed.min():.2f}-{fp32_speed.max():.2f} in fp32 after the epochs (bf16 times follow "
+              "the first)")
     for k in ours:
         first_wall = times[k][0][0] / times["baseline"][0][0]
         first_cpu = times[k][0][1] / max(times["baseline"][0][1], 1e-9)
