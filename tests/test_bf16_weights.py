@@ -83,16 +83,23 @@ def _name(value) -> str:
 @pytest.mark.parametrize("cls,settings", ADAM_SETTINGS, ids=_name)
 def test_fused_step_is_torch_adam_on_the_bf16_gradients(cls, settings):
     settings = {"lr": 1e-3, **settings}
-    net, ref = tiny_net(), tiny_net()
+    net, ref, fused = tiny_net(), tiny_net(), tiny_net()
     opt, ref_opt = cls(net.parameters(), **settings), cls(ref.parameters(), foreach=False, **settings)
+    fused_opt = cls(fused.parameters(), fused=True, **settings)
     kept = Bf16Weights(net, opt)
     assert len(kept) == 2
     gen = torch.Generator().manual_seed(1)
     for step in range(1, 6):
         _feed(kept, ref, gen)
+        for f, r in ((fused[0], ref[0]), (fused[3], ref[3])):
+            f.weight.grad = r.weight.grad.clone()
         kept.step(opt)
         opt.step()
         ref_opt.step()
+        fused_opt.step()
+        for m, f in zip(kept.modules, (fused[0], fused[3]), strict=True):  # torch's fused Adam: the same bits
+            assert torch.equal(opt.state[m.weight]["exp_avg"], fused_opt.state[f.weight]["exp_avg"])
+            torch.testing.assert_close(m.weight, f.weight, rtol=1e-6, atol=1e-7)
         for m, r in zip(kept.modules, (ref[0], ref[3]), strict=True):
             # torch's sqrt is not always correctly rounded: the weights may differ by an ulp, the moments not at all
             torch.testing.assert_close(m.weight, r.weight, rtol=1e-6, atol=1e-7)
@@ -103,6 +110,27 @@ def test_fused_step_is_torch_adam_on_the_bf16_gradients(cls, settings):
             torch.testing.assert_close(state["exp_avg"], ref_state["exp_avg"], rtol=1e-6, atol=1e-9)
             torch.testing.assert_close(state["exp_avg_sq"], ref_state["exp_avg_sq"], rtol=1e-6, atol=1e-12)
     assert (net[0].weight - tiny_net()[0].weight).abs().max() > 1e-4  # it did train
+
+
+def test_adam_moment_is_one_fused_multiply_add_as_in_torch():
+    """exp_avg = lerp(exp_avg, g, 1 - beta1) rounded once: a case where rounding the float64 result again would
+    give the neighbouring fp32 value (1 + 2 * 2**-23 instead of torch's 1 + 2**-23)."""
+    weight = 2.0 ** -24 + 2.0 ** -47  # 1 - beta1, an fp32 value
+    got = {}
+    for kind in ("kernel", "torch"):
+        lin = nn.Linear(1, 16, bias=False)
+        opt = torch.optim.Adam(lin.parameters(), lr=1e-3, betas=(1.0 - weight, 0.999), foreach=False)
+        opt.state[lin.weight] = {"step": torch.tensor(3.0), "exp_avg": torch.full((16, 1), 1.0 + 2.0 ** -23),
+                                 "exp_avg_sq": torch.ones(16, 1)}
+        if kind == "kernel":
+            kept = Bf16Weights(lin, opt)
+            kept.modules[0]._bf16_weight.grad = torch.full((16, 1), 2.0, dtype=torch.bfloat16)
+            kept.step(opt)
+        else:
+            lin.weight.grad = torch.full((16, 1), 2.0)
+            opt.step()
+        got[kind] = opt.state[lin.weight]["exp_avg"]
+    assert torch.equal(got["kernel"], got["torch"]) and got["torch"][0, 0].item() == 1.0 + 2.0 ** -23
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -131,14 +159,17 @@ def test_adam_state_is_torchs_own_so_either_step_continues_the_other(fused):
 
 
 @pytest.mark.parametrize("make", [lambda ps: torch.optim.Adam(ps, lr=1e-2, amsgrad=True),
+                                  lambda ps: torch.optim.Adam(ps, lr=1e-2, amsgrad=True, fused=True),
+                                  lambda ps: torch.optim.Adagrad(ps, lr=1e-1, fused=True),
                                   lambda ps: torch.optim.RMSprop(ps, lr=1e-2, momentum=0.5)],
-                         ids=["amsgrad", "rmsprop"])
+                         ids=["amsgrad", "amsgrad-fused", "adagrad-fused", "rmsprop"])
 def test_what_the_kernels_do_not_do_is_left_to_torchs_step(make):
     net, ref = tiny_net(), tiny_net()
     opt, ref_opt = make(net.parameters()), make(ref.parameters())
     kept = Bf16Weights(net, opt)
     assert len(kept) == 2
     gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 5, 5)
     for _ in range(3):
         _feed(kept, ref, gen)
         kept.step(opt)
@@ -146,11 +177,12 @@ def test_what_the_kernels_do_not_do_is_left_to_torchs_step(make):
         opt.step()
         ref_opt.step()
         opt.zero_grad(set_to_none=True)
-    for m, r in zip(kept.modules, (ref[0], ref[3]), strict=True):
-        assert torch.equal(m.weight, r.weight)
-    x = torch.randn(2, 3, 5, 5)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the copies follow torch's updates
-        assert torch.equal(net(x), ref(x))
+        for m, r in zip(kept.modules, (ref[0], ref[3]), strict=True):
+            assert torch.equal(m.weight, r.weight)
+        # the copies follow torch's updates, fused ones included (they leave no version bump)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(net(x), ref(x))
+        assert all(torch.equal(m._bf16_weight, m.weight.to(torch.bfloat16)) for m in kept.modules)
 
 
 @pytest.mark.parametrize("make", [lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, fused=True),
@@ -219,26 +251,33 @@ def test_a_functional_call_runs_its_own_weights_and_they_get_the_gradients():
     assert params["0.weight"].grad is not None and all(m._bf16_weight.grad is None for m in kept.modules)
 
 
-def test_a_weight_used_twice_or_also_directly_is_left_to_torchs_step():
+@pytest.mark.parametrize("make", [lambda ps, **kw: sgd(ps, momentum=0.9, **kw),
+                                  lambda ps, **kw: torch.optim.AdamW(ps, lr=1e-2, **kw)], ids=["sgd", "adamw"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_weight_used_twice_or_also_directly_is_left_to_torchs_step(make, fused):
     tied = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
     tied[2].weight = tied[0].weight
-    assert len(Bf16Weights(tied, sgd(tied.parameters(), momentum=0.9))) == 0
+    assert len(Bf16Weights(tied, make(tied.parameters()))) == 0
     torch.manual_seed(0)
     net, ref = nn.Linear(4, 3), nn.Linear(4, 3)
     ref.load_state_dict(net.state_dict())
-    opt, ref_opt = sgd(net.parameters(), momentum=0.9), sgd(ref.parameters(), momentum=0.9, foreach=False)
+    opt, ref_opt = make(net.parameters(), fused=fused), make(ref.parameters(), fused=fused)
     kept = Bf16Weights(net, opt)
     x = torch.randn(5, 4)
-    for model, o in ((net, opt), (ref, ref_opt)):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(x).float().sum() + (model.weight ** 2).sum()  # the master also used directly
-        loss.backward()
-        if o is opt:
-            kept.step(o)
-        o.step()
-    torch.testing.assert_close(net.weight, ref.weight, rtol=1e-6, atol=1e-6)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the copy follows torch's update
-        assert torch.equal(net(x), ref(x))
+    for through_module in (True, False, True):  # the middle step uses the master only directly
+        for model, o in ((net, opt), (ref, ref_opt)):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = (model.weight ** 2).sum()  # the master also used directly
+                if through_module:
+                    loss = loss + model(x).float().sum()
+            o.zero_grad(set_to_none=True)
+            loss.backward()
+            if o is opt:
+                kept.step(o)
+            o.step()
+        torch.testing.assert_close(net.weight, ref.weight, rtol=1e-6, atol=1e-6)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the copy follows torch's update
+            assert torch.equal(net(x), ref(x))
 
 
 @pytest.mark.parametrize("module,name", [("bf16_sgd_kernel", "sgd_bf16"), ("bf16_adam_kernel", "adam_bf16")])

@@ -1,6 +1,9 @@
-"""bf16 bit patterns inside numba kernels (imported only by the kernel modules, which need numba).
+"""bf16 bit patterns and fused multiply-adds inside numba kernels (imported only by the kernel modules, which need
+numba).
 
-bf16 values travel as uint16 bit patterns (numpy has no bf16 type): the upper half of a float32's bits.
+bf16 values travel as uint16 bit patterns (numpy has no bf16 type): the upper half of a float32's bits. numba's
+cache checks only each kernel's own source file: after editing this module, touch the kernel modules (or delete
+their ``__pycache__/*.nbi`` files) so that they are compiled again.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ def as_u32(typingctx, value):  # pragma: no cover - compiled
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(types.uint32))
     return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):  # pragma: no cover - compiled
+    """``a * b + c`` for float32 values, rounded once (LLVM's fma: one instruction on CPUs with FMA), as torch's
+    vectorised CPU kernels compute lerp, addcmul and add with alpha."""
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+    return types.float32(types.float32, types.float32, types.float32), codegen
 
 
 @njit(inline="always")

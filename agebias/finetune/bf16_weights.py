@@ -14,11 +14,14 @@ optimizer keeps it (``optimizer.state[W]``: SGD's ``momentum_buffer``; Adam's ``
 ``exp_avg_sq``), so checkpoints, resumption and torch's own step read the same values. The arithmetic is torch's
 in fp32 (SGD: weight decay, momentum, dampening, nesterov, maximize, the first step's buffer the gradient; Adam and
 AdamW: betas, eps, weight decay L2 or decoupled, maximize, bias corrections), on the same bf16 gradient values
-autocast's cast would give, so results agree with autocast + torch's step to a few fp32 ulps per step. ``W``
-changed through torch elsewhere (a checkpoint loaded, in-place edits, ``.to()``) is noticed by its version counter
-and memory, and ``S`` is made again; writes torch cannot see (through a ``.numpy()`` view) are not noticed. A ``W``
-that also got an fp32 gradient (used outside its module too), or whose parameter group asks for what the kernels
-do not do (amsgrad, capturable, differentiable), is left to the optimizer's own step.
+autocast's cast would give, so results agree with autocast + torch's step to a few fp32 ulps per step (the Adam
+pass rounds its scalars as torch's fused Adam does; the single-tensor one can differ by an ulp of the update).
+
+A ``W`` that also got an fp32 gradient (used outside its module too), or whose parameter group asks for what the
+kernels do not do (amsgrad, capturable, differentiable), is left to the optimizer's own step, and ``S`` is made
+again before its next use (torch's fused steps change ``W`` without a trace). ``W`` changed through torch elsewhere
+(a checkpoint loaded, in-place edits, ``.to()``) is noticed by its version counter and memory, and ``S`` is made
+again; writes torch cannot see (through a ``.numpy()`` view) are not noticed.
 
 Covered: ``nn.Conv2d`` and ``nn.Linear`` weights of the backbone that train and belong to one module, SGD, Adam or
 AdamW, one process, CPU, bf16, numba installed. Elsewhere (other optimizers, DDP, fp32, other devices,
@@ -87,8 +90,12 @@ class _UsesBf16Weight:
 
 
 def _seen(w: torch.Tensor) -> tuple[int, int]:
-    """What changes when ``w``'s values may have changed through torch: its version and its memory."""
+    """What changes when ``w``'s values may have changed through torch: its version and its memory (torch's fused
+    optimizer steps change neither: :meth:`Bf16Weights.step` marks a master it leaves to them as :data:`_STALE`)."""
     return w._version, w.data_ptr()
+
+
+_STALE = (-1, -1)  # never a master's (version, memory): its bf16 copy is made again before the next use
 
 
 class _Bf16Conv2d(_UsesBf16Weight):
@@ -159,9 +166,13 @@ class Bf16Weights:
         for group in optimizer.param_groups:
             for w in group["params"]:
                 m = self.by_param.get(id(w))
-                if m is None or m._bf16_weight.grad is None:
+                if m is None:
                     continue
                 s = m._bf16_weight
+                if s.grad is None:
+                    if w.grad is not None:  # used only directly this step: torch's step updates it
+                        m._bf16_seen = _STALE
+                    continue
                 if update is None or w.grad is not None or not _fits(w, s) or not _kernel_takes(group):
                     # another optimizer, the master also used directly, changed type or layout, or a group that
                     # asks for more than the kernel does: torch's step takes this one, with the gradient in the
@@ -169,6 +180,7 @@ class Bf16Weights:
                     grad = _like(s.grad, w, torch.float32)
                     w.grad = grad if w.grad is None else w.grad + grad
                     s.grad = None
+                    m._bf16_seen = _STALE
                     continue
                 update(optimizer, group, w, _like(s.grad, w, torch.bfloat16), s)
                 s.grad = None

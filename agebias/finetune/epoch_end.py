@@ -45,16 +45,19 @@ class EpochEndStep(Protocol):
 class Validate:
     """Verification on the held-out identities: ``val_eer``, ``val_fnmr_at_fmr_1e-3``, ``val_fmr_realised``,
     ``val_genuine_pairs``, ``val_impostor_pairs`` (NaN rates without held-out images); its time is added to
-    ``row["time"]``. Embeddings: the backbone in eval mode, the frozen prefix read from ``cache`` when given."""
+    ``row["time"]``. Embeddings: the backbone in eval mode, the frozen prefix read from ``cache`` when given, else
+    computed as the cache computes it (on channels-last images where ``prefix_channels_last``; see
+    :func:`agebias.precision.prefix_channels_last`), so both give the same embeddings."""
 
     def __init__(self, crops: np.ndarray, subjects: list[str], seed: int, device: torch.device, autocast: Autocast,
-                 cache: FeatureCache | None):
+                 cache: FeatureCache | None, prefix_channels_last: bool = False):
         self.crops = crops
         self.subjects = subjects
         self.seed = seed
         self.device = device
         self.autocast = autocast
         self.cache = cache
+        self.prefix_format = torch.channels_last if prefix_channels_last else torch.contiguous_format
 
     def __call__(self, row: dict[str, Any], state: TrainingState) -> None:
         started = time.perf_counter()
@@ -74,6 +77,10 @@ class Validate:
                 idx = np.arange(start, min(len(self.crops), start + batch))
                 if self.cache is not None:
                     emb = model.forward_head(run_stages(model, self.cache.get(idx, self.device), depth))
+                elif depth:  # the prefix as the cache runs it, then the rest on what the cache would return
+                    x = to_tensor(self.crops[idx]).to(self.device).contiguous(memory_format=self.prefix_format)
+                    fmap = run_stages(model, x, 0, depth).float().contiguous()
+                    emb = model.forward_head(run_stages(model, fmap, depth))
                 else:
                     emb = model(to_tensor(self.crops[idx]).to(self.device))
                 out.append(emb.float().cpu().numpy())

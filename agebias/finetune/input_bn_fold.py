@@ -97,7 +97,7 @@ class _FoldedBnConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_gamma = (w * by_xhat).sum((0, 2, 3)).to(gamma.dtype)
         if ctx.needs_input_grad[2]:
-            grad_beta = torch.tensordot(sums, w, dims=([0, 1, 2], [0, 2, 3])).to(beta.dtype)  # no copy of w
+            grad_beta = torch.tensordot(sums, w, dims=([0, 1, 2], [0, 2, 3])).to(beta.dtype)  # a GEMV on a CL w
         return None, grad_gamma, grad_beta, grad_w, None, None, None, None, None, None, None, None
 
 

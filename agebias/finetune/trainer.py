@@ -283,7 +283,8 @@ class _Run:
         if not self.dist.is_main:
             return [save]
         steps: list[EpochEndStep] = [Validate(val.crops, val.subjects, cfg.seed, self.device, self.autocast,
-                                              val_cache), KeepBest(self.run_dir)]
+                                              val_cache, prefix_channels_last(cfg.precision, self.device)),
+                                     KeepBest(self.run_dir)]
         if cfg.eval_fgnet:
             steps.append(EvaluateFgnet(FgnetEvaluator(cfg.eval_fgnet, cfg.align_cache), self.run_dir, self.device,
                                        cfg.eval_every, cfg.epochs))
