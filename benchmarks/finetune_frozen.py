@@ -40,6 +40,7 @@ autograd's path, for an A/B of it.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from contextlib import nullcontext
 
@@ -177,18 +178,22 @@ class Ours:
         return losses
 
 
+PROBE = (1225, 4608, 512)  # (M, K, N) of the machine-speed probe: layer 4's weight-gradient product at batch 25
+
+
 def matmul_tflops(dtype: torch.dtype, repeats: int = 3) -> float:
-    """TFLOPS of one fixed matrix product on the CPU (layer 4's weight-gradient shape: 1225x4608 @ 4608x512), the
-    best of ``repeats``: how fast the machine runs ``dtype`` right now (a shared machine's bf16 speed drifts)."""
+    """TFLOPS of one fixed matrix product on the CPU (:data:`PROBE`), the best of ``repeats``: how fast the machine
+    runs ``dtype`` right now (a shared machine's bf16 speed drifts)."""
+    m, k, n = PROBE
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(1225, 4608, generator=gen).to(dtype)
-    b = torch.randn(4608, 512, generator=gen).to(dtype)
+    a = torch.randn(m, k, generator=gen).to(dtype)
+    b = torch.randn(k, n, generator=gen).to(dtype)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
-    return 2 * 1225 * 4608 * 512 / best / 1e12
+    return 2 * m * k * n / best / 1e12
 
 
 def timed(fn, device) -> tuple[float, float, float]:
@@ -236,20 +241,17 @@ def main() -> None:
           f"device {device}, torch threads {torch.get_num_threads()}"
           + (f", CPU bf16: {', '.join(flags) or 'none (emulated)'}" if device.type == "cpu" else ""), flush=True)
     state = pretrained_stand_in(args.arch, crops, device)
-    runs = {"baseline": Baseline(args.arch, args.identities, device, state),
-            "fp32": Ours(args.arch, args.identities, device, state, optimizer=args.optimizer)}
+    make_ours = functools.partial(Ours, args.arch, args.identities, device, state, optimizer=args.optimizer)
+    runs = {"baseline": Baseline(args.arch, args.identities, device, state), "fp32": make_ours()}
     if args.compare_bn_fold:
-        runs["fp32-nofold"] = Ours(args.arch, args.identities, device, state, bn_fold=False, optimizer=args.optimizer)
+        runs["fp32-nofold"] = make_ours(bn_fold=False)
     if args.precision == "bf16":
-        runs["bf16"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
-                            optimizer=args.optimizer)
+        runs["bf16"] = make_ours("bf16", args.cache_dtype)
         for flag, name, switched_off, _ in BF16_COMPARISONS:
             if flag in asked:
-                runs[name] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
-                                  optimizer=args.optimizer, **{switched_off: False})
+                runs[name] = make_ours("bf16", args.cache_dtype, **{switched_off: False})
         if args.compare_bn_fold:
-            runs["bf16-nofold"] = Ours(args.arch, args.identities, device, state, "bf16", args.cache_dtype,
-                                       bn_fold=False, optimizer=args.optimizer)
+            runs["bf16-nofold"] = make_ours("bf16", args.cache_dtype, bn_fold=False)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     losses: dict[str, list[list[float]]] = {k: [] for k in runs}
     probe = args.precision == "bf16" and device.type == "cpu"  # the machine's matmul speed, after every epoch
@@ -277,7 +279,8 @@ def main() -> None:
             + (f"  {speed[e][0]:14.2f}  {speed[e][1]:14.2f}" if probe else ""))
     if probe:
         bf16_speed, fp32_speed = (np.array([s[i] for s in speed]) for i in (0, 1))
-        print(f"machine: a fixed matrix product (1225x4608 @ 4608x512) ran at {bf16_speed.min():.2f}-"
+        m, k, n = PROBE
+        print(f"machine: a fixed matrix product ({m}x{k} @ {k}x{n}) ran at {bf16_speed.min():.2f}-"
               f"{bf16_speed.max():.2f} TFLOPS in bf16 and {fp32_speed.min():.2f}-{fp32_speed.max():.2f} in fp32 "
               "across the epochs; bf16 epoch times move with the bf16 figure")
     for k in ours:

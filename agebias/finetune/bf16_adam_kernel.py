@@ -23,9 +23,10 @@ def adam_bf16(w, g, exp_avg, exp_avg_sq, s, decay, l2, avg_weight, beta2, sq_wei
               maximize):  # pragma: no cover - compiled
     """In place, element by element in fp32, in the order of torch's Adam (``g`` and ``s`` hold bf16 bit
     patterns; the scalars are computed in float64 by the caller and rounded to fp32 as torch's fused CPU Adam
-    rounds them, whose weights and first moments this matches bit for bit): d = ±g; w *= decay (AdamW: 1 - lr * weight_decay, else 1); d += l2 * w (Adam's weight decay,
-    else 0); exp_avg = lerp(exp_avg, d, avg_weight = 1 - beta1); exp_avg_sq = exp_avg_sq * beta2 + sq_weight * d * d
-    (sq_weight = 1 - beta2); w += -step_size * exp_avg / (sqrt(exp_avg_sq) / bias2_sqrt + eps); s = bf16(w)."""
+    rounds them, whose weights and first moments this matches bit for bit): d = ±g; w *= decay (AdamW:
+    1 - lr * weight_decay, else 1); d += l2 * w (Adam's weight decay, else 0); exp_avg = lerp(exp_avg, d,
+    avg_weight = 1 - beta1); exp_avg_sq = exp_avg_sq * beta2 + sq_weight * d * d (sq_weight = 1 - beta2);
+    w += -step_size * exp_avg / (sqrt(exp_avg_sq) / bias2_sqrt + eps); s = bf16(w)."""
     one, half = np.float32(1.0), np.float32(0.5)
     for i in prange(w.size):
         wi = w[i]

@@ -116,9 +116,8 @@ def _subclass(cls: type) -> type:
 
 def _kernel_for(optimizer: torch.optim.Optimizer):
     """The compiled pass for ``optimizer``'s update rule, or None (another optimizer, or no kernel here)."""
-    if type(optimizer) is torch.optim.SGD:
-        return _kernel()
-    return _adam_kernel() if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW) else None
+    rule = _RULES.get(type(optimizer))
+    return rule[1]() if rule else None
 
 
 def wanted(precision: str, device: torch.device | str, optimizer: torch.optim.Optimizer, world_size: int) -> bool:
@@ -162,7 +161,7 @@ class Bf16Weights:
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """The update of every covered weight that has a gradient (as ``optimizer.step()`` would make it from that
         gradient in fp32), its bf16 copy made from the result; the copies' gradients are cleared."""
-        update = _UPDATES.get(type(optimizer))
+        update = _RULES.get(type(optimizer), (None,))[0]
         for group in optimizer.param_groups:
             for w in group["params"]:
                 m = self.by_param.get(id(w))
@@ -232,7 +231,9 @@ def _adam_update(optimizer: torch.optim.Adam, group: dict, w: torch.Tensor, g: t
                    np.float32(eps), bool(group.get("maximize")))
 
 
-_UPDATES = {torch.optim.SGD: _sgd_update, torch.optim.Adam: _adam_update, torch.optim.AdamW: _adam_update}
+# optimizer type -> (its update, the loader of the compiled pass that update calls)
+_RULES = {torch.optim.SGD: (_sgd_update, _kernel), torch.optim.Adam: (_adam_update, _adam_kernel),
+          torch.optim.AdamW: (_adam_update, _adam_kernel)}
 
 
 def _number(value) -> float:

@@ -191,8 +191,8 @@ def wanted(device: torch.device | str) -> bool:
 
 def enable_for(model: nn.Module, device: torch.device | str) -> int:
     """Turn ``model``'s iresnet blocks whose ``bn1`` has a trainable parameter into :class:`FoldedInputBlock` (in
-    place) where :func:`wanted`; returns how many. Which of them fold is decided per call (only a block whose input needs no
-    gradient: the first trainable one)."""
+    place) where :func:`wanted`; returns how many. Which of them fold is decided per call (only a block whose input
+    needs no gradient: the first trainable one)."""
     if not wanted(device):
         return 0
     count = 0
