@@ -21,7 +21,10 @@ adamw`` trains ours with AdamW (lr 1e-3) instead, as ``agebias finetune --optimi
 the pipeline's SGD).
 
 With ``--precision bf16`` on CPU, one fixed bf16 and fp32 matrix product is also timed after every epoch: a shared
-machine's bf16 (AMX) speed drifts by 2x and more, and the bf16 ratio drifts with it.
+machine's bf16 (AMX) speed drifts by 2x and more, and the bf16 ratio drifts with it. After the timed epochs each run
+trains one more epoch under torch's ``FlopCounterMode`` to count its matrix work (convolutions and matrix products,
+forward and backward); ``bf16_floor_ratio`` is the bf16 run's count at the probe's bf16 speed over the baseline's
+epoch time: the ratio a bf16 step would reach if its matrix work ran as fast as the probe and nothing else took time.
 Targets: from epoch 2 on, ours <= 0.25x the baseline's epoch time in fp32 and <= 0.10x in bf16 (on a CPU with native
 bf16: AMX or AVX512-BF16; see ``agebias doctor``); epoch 1 no slower than the baseline. Baseline and ours alternate
 epoch by epoch (a shared machine's load then hits both alike); wall-clock and process CPU seconds are printed per
@@ -46,6 +49,7 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from agebias.finetune import bf16_prelu, bf16_weights, gemm_weight_grad, input_bn_fold
 from agebias.finetune.cache import build_cache
@@ -196,6 +200,14 @@ def matmul_tflops(dtype: torch.dtype, repeats: int = 3) -> float:
     return 2 * m * k * n / best / 1e12
 
 
+def epoch_gflop(run, crops, labels, order, batch) -> float:
+    """GFLOP of one epoch's convolutions and matrix products (forward and backward, as torch's ``FlopCounterMode``
+    counts them) of ``run``, cache built: trains ``run`` one more epoch, so call it after the timed ones."""
+    with FlopCounterMode(display=False) as counter:
+        run.epoch(crops, labels, order, batch)
+    return counter.get_total_flops() / 1e9
+
+
 def timed(fn, device) -> tuple[float, float, float]:
     """(wall s, process CPU s, result)."""
     _sync(device)
@@ -269,20 +281,34 @@ def main() -> None:
         if probe:
             speed.append((matmul_tflops(torch.bfloat16), matmul_tflops(torch.float32)))
     ours = [k for k in runs if k != "baseline"]
+    order = np.random.default_rng(args.epochs).permutation(args.images)
+    gflop = {name: epoch_gflop(run, crops, labels, order, args.batch_size) for name, run in runs.items()}
+    print("matrix work per epoch after the first (convolutions and matrix products, forward and backward): "
+          + ", ".join(f"{name} {g:.1f} GFLOP" for name, g in gflop.items()))
     print("epoch  baseline_wall_s  " + "  ".join(f"{k}_wall_s  ratio_{k}_wall  ratio_{k}_cpu" for k in ours)
-          + ("  bf16_mm_tflops  fp32_mm_tflops" if probe else ""))
+          + ("  bf16_mm_tflops  fp32_mm_tflops  bf16_floor_ratio" if probe else ""))
+    floor = []  # bf16's matrix work at the probe's bf16 speed, over the baseline's epoch time
     for e in range(args.epochs):
         bw, bc = times["baseline"][e]
+        if probe:
+            floor.append(gflop["bf16"] / (speed[e][0] * 1e3) / bw)
         print(f"{e + 1:5d}  {bw:15.2f}  " + "  ".join(
             f"{times[k][e][0]:{len(k) + 7}.2f}  {times[k][e][0] / bw:{len(k) + 11}.3f}  "
             f"{times[k][e][1] / max(bc, 1e-9):{len(k) + 10}.3f}" for k in ours)
-            + (f"  {speed[e][0]:14.2f}  {speed[e][1]:14.2f}" if probe else ""))
+            + (f"  {speed[e][0]:14.2f}  {speed[e][1]:14.2f}  {floor[e]:16.3f}" if probe else ""))
     if probe:
         bf16_speed, fp32_speed = (np.array([s[i] for s in speed]) for i in (0, 1))
         m, k, n = PROBE
         print(f"machine: a fixed matrix product ({m}x{k} @ {k}x{n}) ran at {bf16_speed.min():.2f}-"
               f"{bf16_speed.max():.2f} TFLOPS in bf16 and {fp32_speed.min():.2f}-{fp32_speed.max():.2f} in fp32 "
               "across the epochs; bf16 epoch times move with the bf16 figure")
+        if args.epochs >= 2:
+            later = [times["baseline"][e][0] for e in range(1, args.epochs)]
+            needed = gflop["bf16"] / (TARGETS["bf16"] * float(np.median(later))) / 1e3
+            print(f"bf16 floor: the bf16 run's {gflop['bf16']:.1f} GFLOP of matrix work per epoch, done at the probe's "
+                  f"bf16 speed, would take {min(floor[1:]):.3f}-{max(floor[1:]):.3f}x the baseline's epoch (epochs "
+                  f"2+, median {np.median(floor[1:]):.3f}); the {TARGETS['bf16']} target needs the bf16 product at "
+                  f">= {needed:.2f} TFLOPS even if nothing else took time (at the median baseline epoch)")
     for k in ours:
         first_wall = times[k][0][0] / times["baseline"][0][0]
         first_cpu = times[k][0][1] / max(times["baseline"][0][1], 1e-9)
