@@ -29,6 +29,7 @@ import numpy as np
 from agebias.errors import DataError, SettingsError
 from agebias.evaluate.result import EvaluationResult
 from agebias.evaluate.settings import EmbedSettings, EvalSettings
+from agebias.settings import unknown_setting
 
 
 def _split(kwargs: dict[str, Any], *classes: type) -> list[dict[str, Any]]:
@@ -40,8 +41,8 @@ def _split(kwargs: dict[str, Any], *classes: type) -> list[dict[str, Any]]:
                 out[i][key] = value
                 break
         else:
-            known = sorted({f.name for cls in classes for f in dataclasses.fields(cls)})
-            raise SettingsError(f"unknown setting '{key}'; known: {', '.join(known)}")
+            known = {f.name for cls in classes for f in dataclasses.fields(cls)}
+            raise SettingsError(unknown_setting(key, known))
     return out
 
 
@@ -51,7 +52,8 @@ def evaluate(embeddings: np.ndarray | dict[str, np.ndarray], subjects: Sequence[
     """Verification and age-bias metrics of embedded faces.
 
     ``embeddings``: an (N, D) array, or ``{model name: (N, D) array}`` to compare models on the same faces;
-    ``subjects``: N identity labels; ``ages``: N ages in years (None/NaN when unknown); ``paths`` (optional) name
+    ``subjects``: N identity labels; ``ages``: N ages in years (None/NaN when unknown; fractional ages are rounded to
+    the nearest whole year, as manifests are, before the age groups are formed); ``paths`` (optional) name
     the images in reports. Settings are :class:`EvalSettings` fields as keywords (``age_bins``, ``target_fmr``,
     ``alpha``, ``pair_grouping``, ``bootstrap``, ...) or a ready ``settings`` object."""
     from agebias.data.records import FaceRecord
@@ -59,23 +61,27 @@ def evaluate(embeddings: np.ndarray | dict[str, np.ndarray], subjects: Sequence[
 
     if settings is not None and kwargs:
         raise SettingsError("give settings= or keyword settings, not both")
-    st = settings or EvalSettings(**kwargs)
+    st = settings or EvalSettings.from_dict(kwargs)
     by_model = embeddings if isinstance(embeddings, dict) else {"model": embeddings}
     n = len(subjects)
     if len(ages) != n or (paths is not None and len(paths) != n):
         raise SettingsError(f"subjects ({n}), ages ({len(ages)}) and paths must have one entry per image")
     names = list(paths) if paths is not None else [f"image{i}" for i in range(n)]
-    records = [FaceRecord(path=Path(p), subject=str(s), age=_age(a))
-               for p, s, a in zip(names, subjects, ages, strict=True)]
+    records = [FaceRecord(path=Path(p), subject=str(s), age=_age(a, i))
+               for i, (p, s, a) in enumerate(zip(names, subjects, ages, strict=True))]
     return evaluate_records(records, {k: np.asarray(v) for k, v in by_model.items()}, st,
                             preparation={"summary": "Faces: embeddings given to agebias.evaluate."})
 
 
-def _age(value: Any) -> int | None:
-    if value is None:
-        return None
-    v = float(value)
-    return None if v != v else int(round(v))
+def _age(value: Any, index: int) -> int | None:
+    """Whole years as manifests read them (rounded to the nearest, 0-199); None/NaN: unknown."""
+    from agebias.data.manifest import parse_age
+
+    try:
+        return parse_age(value)
+    except ValueError:
+        raise DataError(f"ages[{index}] = {value!r} is not an age in years (a number from 0 to 199, or None/NaN "
+                        "when unknown)") from None
 
 
 def evaluate_dataset(source: str | os.PathLike, *, models: Sequence[str] = (),
@@ -88,7 +94,7 @@ def evaluate_dataset(source: str | os.PathLike, *, models: Sequence[str] = (),
 
     ev, em = _split(kwargs, EvalSettings, EmbedSettings)
     return evaluate_source(source, kind=kind, models=list(models), embeddings=list(embeddings),
-                           settings=EvalSettings(**ev), embed=EmbedSettings(**em), cache_dir=cache_dir)
+                           settings=EvalSettings.from_dict(ev), embed=EmbedSettings.from_dict(em), cache_dir=cache_dir)
 
 
 def embed(images: Sequence[str | os.PathLike] | np.ndarray, model: str = "sface", **kwargs: Any) -> np.ndarray:
@@ -102,7 +108,7 @@ def embed(images: Sequence[str | os.PathLike] | np.ndarray, model: str = "sface"
     from agebias.evaluate.runner import prepare_faces
     from agebias.models.embedder import build_embedder
 
-    st = EmbedSettings(**kwargs)
+    st = EmbedSettings.from_dict(kwargs)
     embedder = build_embedder(model, arch=st.arch, device=st.device, flip=st.flip, batch_size=st.batch_size,
                               trust_checkpoint=st.trust_checkpoint, backend=st.backend)
     if isinstance(images, np.ndarray):
@@ -132,7 +138,7 @@ def finetune(config=None, **kwargs: Any):
 
     if config is not None and kwargs:
         raise SettingsError("give a FinetuneConfig or keyword settings, not both")
-    return run_finetune(config if config is not None else FinetuneConfig(**kwargs))
+    return run_finetune(config if config is not None else FinetuneConfig.from_dict(kwargs))
 
 
 def generate(settings=None, **kwargs: Any):
@@ -144,4 +150,4 @@ def generate(settings=None, **kwargs: Any):
 
     if settings is not None and kwargs:
         raise SettingsError("give GenerateSettings or keyword settings, not both")
-    return run_generate(settings if settings is not None else GenerateSettings(**kwargs))
+    return run_generate(settings if settings is not None else GenerateSettings.from_dict(kwargs))

@@ -9,6 +9,7 @@ theirs to one whose ``__call__`` forwards to the API function, imported on the f
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import types
 
@@ -17,9 +18,16 @@ def make_callable(package: str, target: str) -> None:
     """Make ``sys.modules[package]`` callable as ``target`` (``"module:function"``)."""
     module_name, _, function = target.partition(":")
 
+    def target():
+        return getattr(importlib.import_module(module_name), function)
+
     class CallablePackage(types.ModuleType):
         def __call__(self, *args, **kwargs):
-            return getattr(importlib.import_module(module_name), function)(*args, **kwargs)
+            return target()(*args, **kwargs)
+
+        @property
+        def __signature__(self) -> inspect.Signature:  # what inspect, IPython's ``?`` and editors show for a call
+            return inspect.signature(target())
 
     CallablePackage.__call__.__doc__ = f"Same as :func:`{module_name}.{function}`."
     sys.modules[package].__class__ = CallablePackage

@@ -17,6 +17,8 @@ list field, ``""`` for "not set" in an optional field (TOML has no null).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import types
 import typing
@@ -154,16 +156,19 @@ def _scalar(base: type, value: Any, from_text: bool = False) -> Any:
                 pass
         raise ValueError(f"must be a whole number, got {value!r}")
     if base is float:
-        if isinstance(value, bool):
-            raise ValueError(f"must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if from_text:
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif from_text:
             try:
-                return float(value.strip())
+                number = float(value.strip())
             except ValueError:
                 pass
-        raise ValueError(f"must be a number, got {value!r}")
+        if number is None:
+            raise ValueError(f"must be a number, got {value!r}")
+        if not math.isfinite(number):  # NaN passes every comparison check, and no setting means infinity
+            raise ValueError(f"must be a finite number, got {value!r}")
+        return number
     if base is str:
         if isinstance(value, str):
             return value
@@ -237,8 +242,7 @@ class Settings:
         where = f"{source}: " if source else ""
         for key in values:
             if key not in names:
-                raise SettingsError(f"{where}unknown {cls.stage} setting '{key}'; known: {', '.join(sorted(allowed_set))}",
-                                    stage=cls.stage)
+                raise SettingsError(f"{where}{unknown_setting(key, allowed_set, cls.stage)}", stage=cls.stage)
             if key not in allowed_set:
                 raise SettingsError(f"{where}'{key}' cannot be set here", field=key, stage=cls.stage)
         missing = [f.name for f in dataclasses.fields(cls) if is_required(f) and f.name not in values]
@@ -278,6 +282,14 @@ class Settings:
         if isinstance(choices, (list, tuple)) and len(choices) <= 12:  # text names them, importing nothing
             text += f" (one of: {', '.join(map(str, choices))})"
         return text
+
+
+def unknown_setting(key: str, known: Iterable[str], stage: str | None = None) -> str:
+    """The message for a setting name that does not exist: the closest known name, then all of them."""
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown {stage + ' ' if stage else ''}setting '{key}'{hint}; known: {', '.join(known)}"
 
 
 def _choices(f: dataclasses.Field) -> Sequence[Any] | None:

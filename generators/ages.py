@@ -18,11 +18,18 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from agebias.errors import UserError
+from agebias.errors import SettingsError
+
+STAGE = "generate"  # the settings these errors name (GenerateSettings), so the CLI words them with its flags
+
+
+def _bad(field: str, message: str) -> SettingsError:
+    return SettingsError(message, field=field, stage=STAGE)
 
 
 def parse_ages(text: str | Sequence[int]) -> list[int]:
-    """``"3,8,14"`` -> ``[3, 8, 14]`` (sorted, duplicates removed). Raises ``UserError`` on bad input."""
+    """``"3,8,14"`` -> ``[3, 8, 14]`` (sorted, duplicates removed). Raises ``SettingsError`` (field ``ages``) on bad
+    input."""
     if not isinstance(text, str):
         values = [int(v) for v in text]
     else:
@@ -33,17 +40,18 @@ def parse_ages(text: str | Sequence[int]) -> list[int]:
             try:
                 values.append(int(part))
             except ValueError:
-                raise UserError(f"--ages: '{part}' is not a whole number of years (expected e.g. 5,10,15)") from None
+                raise _bad("ages", f"'{part}' is not a whole number of years (expected e.g. 5,10,15)") from None
     if not values:
-        raise UserError("--ages: no ages given (expected e.g. 5,10,15)")
+        raise _bad("ages", "no ages given (expected e.g. 5,10,15)")
     bad = [v for v in values if v < 0]
     if bad:
-        raise UserError(f"--ages: negative age {bad[0]}")
+        raise _bad("ages", f"negative age {bad[0]}")
     return sorted(set(values))
 
 
 def parse_age_intervals(text: str | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``"0-5,5-10"`` -> ``[(0, 5), (5, 10)]``. Intervals must be increasing and non-overlapping."""
+    """``"0-5,5-10"`` -> ``[(0, 5), (5, 10)]``. Intervals must be increasing and non-overlapping (else
+    ``SettingsError``, field ``age_intervals``)."""
     if not isinstance(text, str):
         intervals = [(int(lo), int(hi)) for lo, hi in text]
     else:
@@ -57,15 +65,15 @@ def parse_age_intervals(text: str | Sequence[tuple[int, int]]) -> list[tuple[int
             except ValueError:
                 lo = hi = None
             if lo is None or hi is None:
-                raise UserError(f"--age-intervals: '{part}' is not a range like 20-30")
+                raise _bad("age_intervals", f"'{part}' is not a range like 20-30")
             intervals.append((lo, hi))
     if not intervals:
-        raise UserError("--age-intervals: no intervals given (expected e.g. 0-5,5-10,10-15)")
+        raise _bad("age_intervals", "no intervals given (expected e.g. 0-5,5-10,10-15)")
     for i, (lo, hi) in enumerate(intervals):
         if lo < 0 or hi <= lo:
-            raise UserError(f"--age-intervals: bad range {lo}-{hi} (need 0 <= low < high)")
+            raise _bad("age_intervals", f"bad range {lo}-{hi} (need 0 <= low < high)")
         if i and lo < intervals[i - 1][1]:
-            raise UserError(f"--age-intervals: intervals overlap or are not increasing at {lo}-{hi}")
+            raise _bad("age_intervals", f"intervals overlap or are not increasing at {lo}-{hi}")
     return intervals
 
 
@@ -91,29 +99,29 @@ class AgePlan:
 
     def __post_init__(self) -> None:
         if (self.ages is None) == (self.intervals is None):
-            raise UserError("give either --ages or --age-intervals (exactly one)")
+            raise _bad("ages", "give either ages or age intervals (exactly one)")
         if self.intervals is not None:
             if self.per_interval < 1:
-                raise UserError("--per-interval must be at least 1")
+                raise _bad("per_interval", "must be at least 1")
             for i in range(len(self.intervals)):
                 width = len(interval_values(self.intervals, i))
                 if self.per_interval > width:
                     lo, hi = self.intervals[i]
-                    raise UserError(f"--per-interval {self.per_interval} is more than the {width} distinct ages in "
-                                    f"interval {lo}-{hi}")
+                    raise _bad("per_interval", f"{self.per_interval} is more than the {width} distinct ages in "
+                                             f"interval {lo}-{hi}")
 
     @classmethod
     def from_options(cls, ages: str | None = None, age_intervals: str | None = None, per_interval: int = 1,
                      seed: int = 0) -> "AgePlan":
         if ages and age_intervals:
-            raise UserError("give either --ages or --age-intervals, not both")
+            raise _bad("age_intervals", "give either ages or age intervals, not both")
         if ages:
             if per_interval != 1:
-                raise UserError("--per-interval goes with --age-intervals (random ages per interval), not with --ages")
+                raise _bad("per_interval", "goes with age intervals (random ages per interval), not with fixed ages")
             return cls(ages=tuple(parse_ages(ages)), seed=seed)
         if age_intervals:
             return cls(intervals=tuple(parse_age_intervals(age_intervals)), per_interval=per_interval, seed=seed)
-        raise UserError("give --ages (e.g. 5,10,15) or --age-intervals (e.g. 0-5,5-10,10-15)")
+        raise _bad("ages", "give target ages (e.g. 5,10,15) or age intervals (e.g. 0-5,5-10,10-15)")
 
     def ages_for(self, identity_id: str) -> list[int]:
         """Sorted target ages of one identity (deterministic given ``seed`` and the id)."""

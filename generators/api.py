@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from agebias.errors import DataError, SettingsError
-from generators.ages import AgePlan
 from generators.registry import create_generator
 from generators.settings import GenerateSettings
 from generators.writer import GenerateResult, generate_to
@@ -31,9 +30,7 @@ def run_generate(settings: GenerateSettings) -> GenerateResult:
     if out.exists() and not out.is_dir():
         raise SettingsError(f"{out} is a file; give a folder for the generated identities", field="out",
                             stage=st.stage)
-    plan = AgePlan.from_options(ages=",".join(map(str, st.ages)) or None,
-                                age_intervals=",".join(st.age_intervals) or None,
-                                per_interval=st.per_interval, seed=st.seed)
+    plan = st.age_plan()
     device = _device(st.device)  # an unknown or unavailable device fails here, before any work
     qc = _prepare_qc(st) if st.qc else None
     generator = create_generator(st.method, **st.generator_options())

@@ -18,6 +18,7 @@ from typing import Any
 
 from agebias.errors import SettingsError
 from agebias.settings import Settings, at_least, between, setting
+from generators.ages import AgePlan
 
 # settings handed to the generator's from_config when they are set (None = the generator's own default)
 GENERATOR_OPTIONS = ("batch_size", "device", "checkpoint", "repo", "trust_checkpoint", "truncation_psi",
@@ -71,7 +72,8 @@ class GenerateSettings(Settings):
                                             "includes hi), e.g. 0-5,5-10,10-15: per_interval random ages each",
                                        default_factory=list)
     per_interval: int = setting(1, help="random ages drawn per interval and identity", check=at_least(1))
-    seed: int = setting(0, help="first seed (identity seed0000 = seed 0); also seeds the age draws")
+    seed: int = setting(0, help="first seed (identity seed0000 = seed 0); also seeds the age draws",
+                        check=at_least(0))
     batch_size: int | None = setting(None, help="images per generator call (default: the generator's)",
                                      check=at_least(1))
     device: str | None = setting(None, help="cpu, cuda or cuda:N (default: CUDA when present)")
@@ -108,6 +110,14 @@ class GenerateSettings(Settings):
                                 field="per_interval", stage=self.stage)
         if any(a < 0 for a in self.ages):
             raise SettingsError(f"negative age in {self.ages}", field="ages", stage=self.stage)
+        if self.ages or self.age_intervals:  # interval syntax, order and per_interval's fit, before any work
+            self.age_plan()
+
+    def age_plan(self) -> AgePlan:
+        """Who gets which ages (``ages`` or ``age_intervals``); ``SettingsError`` naming the field when unusable."""
+        return AgePlan.from_options(ages=",".join(map(str, self.ages)) or None,
+                                    age_intervals=",".join(self.age_intervals) or None,
+                                    per_interval=self.per_interval, seed=self.seed)
 
     def qc_settings(self) -> QCSettings:
         """The QC settings of this run (QC files in ``<out>/qc``)."""

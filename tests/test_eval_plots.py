@@ -147,9 +147,11 @@ def test_every_kind_is_a_figure_and_single_panels_take_an_ax(result, tmp_path):
         result.plot("rates", ax=ax)
     with pytest.raises(SettingsError, match="unknown plot kind 'pie'"):
         result.plot("pie")
-    with pytest.raises(DataError, match="no impostor_table figure"):
+    with pytest.raises(SettingsError, match="'impostor_table' for msc protocol results; choose from msc_columns"):
         draw({"settings": {"protocol": "msc"}, "model_order": ["m"], "models": {"m": {"protocol": "msc"}}},
              "impostor_table")
+    with pytest.raises(DataError, match="no impostor_table figure: these all-pairs results have no group x group"):
+        draw({"settings": {}, "model_order": ["m"], "models": {"m": {}}}, "impostor_table")
     files = make_plots(result.to_dict(), tmp_path, ["png"])  # the report's files come from the same drawings
     assert sorted(files) == sorted(PLOT_KINDS.values())
     assert all(Path(f["png"]).stat().st_size > 5000 for f in files.values())

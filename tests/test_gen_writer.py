@@ -223,6 +223,6 @@ def test_per_identity_ages_in_sheet(tmp_path):
 
 
 def test_per_bin_with_fixed_ages_is_refused():
-    with pytest.raises(UserError, match="--per-interval goes with --age-intervals"):
+    with pytest.raises(UserError, match="per_interval.*goes with age intervals"):
         AgePlan.from_options(ages="5,10", per_interval=3)
     assert AgePlan.from_options(ages="5,10").all_ages() == [5, 10]

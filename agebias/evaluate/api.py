@@ -55,9 +55,18 @@ def evaluate_section(records: Sequence[FaceRecord], embeddings: np.ndarray, st: 
     """One model's results section (no files written). ``identification_embeddings``: flip-fused embeddings for
     FR-NAS's identification metrics (default: ``embeddings``; ``flip_fused`` says whether those were fused)."""
     emb = np.asarray(embeddings)
-    if emb.ndim != 2 or emb.shape[0] != len(records):
-        raise DataError(f"{emb.shape[0] if emb.ndim else 0} embeddings for {len(records)} images (need one (N, D) "
-                        f"row per image)")
+    if emb.ndim != 2:
+        raise DataError(f"embeddings of shape {emb.shape} for {len(records)} images: need an (N, D) array, one row "
+                        "per image")
+    if emb.shape[0] != len(records):
+        raise DataError(f"{emb.shape[0]} embeddings for {len(records)} images (need one (N, D) row per image)")
+    if not np.issubdtype(emb.dtype, np.number):
+        raise DataError(f"embeddings of type {emb.dtype}: need numbers")
+    unusable = ~np.isfinite(emb).all(axis=1) | ~emb.any(axis=1)
+    if unusable.any():
+        first = int(np.flatnonzero(unusable)[0])
+        raise DataError(f"{int(unusable.sum())} embedding row(s) are all zeros or hold NaN/infinite values, e.g. "
+                        f"row {first} ({records[first].path}); a cosine score needs a finite, non-zero row")
     if len(records) < 2:
         raise DataError("need at least two images to form pairs")
     subjects = [r.subject for r in records]

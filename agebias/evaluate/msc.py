@@ -38,7 +38,7 @@ import numpy as np
 
 from agebias.data.fgnet import ORIGINAL_RE, thesis_organiser_moves
 from agebias.evaluate.fairness import gini, weighted
-from agebias.evaluate.figure_style import OKABE_ITO, pyplot, save_figure, smooth
+from agebias.evaluate.figure_style import OKABE_ITO, new_figure, save_figure, smooth, style
 from agebias.evaluate.settings import EvalSettings
 
 COLUMNS = {
@@ -148,11 +148,12 @@ def _legacy_gini(x: list[float]) -> float:
     return gini(a)
 
 
-def columns_figure(results: dict, out: Path, formats) -> dict:
-    """``msc_columns``: smoothed densities of each column's per-identity mean scores, one panel per model."""
-    plt = pyplot()
+def draw_columns(results: dict):
+    """``msc_columns``: smoothed densities of each column's per-identity mean scores, one panel per model (a
+    Figure; call inside :func:`~agebias.evaluate.figure_style.style`)."""
     names = results["model_order"]
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False, layout="constrained")
+    fig = new_figure(5 * len(names), 3.8)
+    axes = fig.subplots(1, len(names), squeeze=False)
     for c, name in enumerate(names):
         ax = axes[0][c]
         for k, (col, vals) in enumerate(results["models"][name]["columns"].items()):
@@ -167,15 +168,14 @@ def columns_figure(results: dict, out: Path, formats) -> dict:
         ax.set_ylabel("density")
         ax.set_title(f"Legacy MSc protocol columns: {name}")
         ax.legend(fontsize=7)
-    files = save_figure(fig, out, "msc_columns", formats)
-    plt.close(fig)
-    return files
+    return fig
 
 
-def garbe_figure(results: dict, out: Path, formats) -> dict:
-    """``msc_garbe``: the legacy GARBE against the swept threshold, one line per model."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
+def draw_garbe(results: dict):
+    """``msc_garbe``: the legacy GARBE against the swept threshold, one line per model (a Figure; call inside
+    :func:`~agebias.evaluate.figure_style.style`)."""
+    fig = new_figure(6, 3.8)
+    ax = fig.subplots()
     for k, name in enumerate(results["model_order"]):
         sw = results["models"][name]["garbe_sweep"]
         y = np.array([np.nan if v is None else v for v in sw["garbe"]], dtype=float)
@@ -184,9 +184,24 @@ def garbe_figure(results: dict, out: Path, formats) -> dict:
     ax.set_ylabel("GARBE (legacy, young 5-20 vs old 45-70)")
     ax.set_title("Legacy MSc GARBE sweep (gaps: undefined where mean FMR is 0)")
     ax.legend(fontsize=7)
-    files = save_figure(fig, out, "msc_garbe", formats)
-    plt.close(fig)
-    return files
+    return fig
+
+
+# plot kinds of EvaluationResult.plot for msc results (the kind is the file stem)
+DRAW = {"msc_columns": draw_columns, "msc_garbe": draw_garbe}
+
+
+def _file_figure(stem: str):
+    def save(results: dict, out: Path, formats) -> dict:
+        with style():
+            return save_figure(DRAW[stem](results), out, stem, formats)
+
+    save.__name__ = stem
+    save.__doc__ = f"Save the '{stem}' figure as ``out/{stem}.<format>``."
+    return save
+
+
+columns_figure, garbe_figure = _file_figure("msc_columns"), _file_figure("msc_garbe")
 
 
 # this protocol's figures, {stem: (report caption, function)} (see agebias.evaluate.plots)

@@ -18,8 +18,9 @@ All-pairs figures, ``kind`` -> file stem (:data:`PLOT_KINDS`):
 - ``impostor_table`` -> ``impostor_heatmap``: age group x age group FMR (every pair grouping), one log colour
   scale shared by every model.
 
-Kinds that draw one panel (``genuine_vs_gap``; ``det`` for one model) draw into a given ``ax``. The legacy ``msc``
-protocol's figures are in :mod:`agebias.evaluate.msc`; the shared look in :mod:`agebias.evaluate.figure_style`.
+Kinds that draw one panel (``genuine_vs_gap``; ``det`` and ``impostor_table`` for one model) draw into a given
+``ax``. The legacy ``msc`` protocol's figures (kinds ``msc_columns`` and ``msc_garbe`` of :func:`draw` for its
+results) are in :mod:`agebias.evaluate.msc`; the shared look in :mod:`agebias.evaluate.figure_style`.
 """
 
 from __future__ import annotations
@@ -69,13 +70,14 @@ def _sections(results: dict, kind: str = "") -> list[tuple[str, dict]]:
     return secs
 
 
-def _canvas(ax, kind: str, nrows: int, ncols: int, width: float, height: float, **kw):
-    """(figure, 2-D array of axes): a new figure, or the caller's ``ax`` when the figure has one panel."""
+def _canvas(ax, kind: str, nrows: int, ncols: int, width: float, height: float, models: int = 1, **kw):
+    """(figure, 2-D array of axes): a new figure, or the caller's ``ax`` when the figure has one panel
+    (``models``: how many models the panels show, one column each, or 1 when the panels are not per model)."""
     if ax is None:
         fig = new_figure(width, height)
         return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
     if nrows * ncols != 1:
-        hint = " or pick one model with result[name]" if ncols > 1 else ""
+        hint = " or pick one model with result[name]" if models > 1 else ""
         raise SettingsError(f"plot kind '{kind}' draws {nrows * ncols} panels for these results; call it without "
                             f"ax{hint}")
     return ax.figure, np.array([[ax]])
@@ -196,8 +198,8 @@ def _draw_scores(results: dict, ax=None):
     rows = [lab for lab in ["overall", *groups] if any(_pairs(sec, lab) for _, sec in secs)] or ["overall"]
     ncols = len(secs)
     width = 5.8 if ncols == 1 else min(MAX_WIDTH, 4.6 * ncols)
-    fig, axes = _canvas(ax, "scores", len(rows), ncols, width, 0.9 + 1.45 * len(rows), sharex="col",
-                        sharey="col")
+    fig, axes = _canvas(ax, "scores", len(rows), ncols, width, 0.9 + 1.45 * len(rows), models=ncols,
+                        sharex="col", sharey="col")
     for c, (name, sec) in enumerate(secs):
         edges = np.asarray(sec["histograms"]["edges"], float)
         floor, peak = _density_range(sec, rows)
@@ -286,7 +288,7 @@ def _draw_det(results: dict, ax=None):
     labels = secs[0][1]["pair_grouping"]["labels"]
     colours = {lab: GROUP_COLOURS[i % len(GROUP_COLOURS)] for i, lab in enumerate(labels)}
     n = len(secs)
-    fig, axes = _canvas(ax, "det", 1, n, 5.0 if n == 1 else min(MAX_WIDTH, 4.5 * n), 4.3, sharex=True,
+    fig, axes = _canvas(ax, "det", 1, n, 5.0 if n == 1 else min(MAX_WIDTH, 4.5 * n), 4.3, models=n, sharex=True,
                         sharey=True)
     xs, ys = [], []
     for c, (name, sec) in enumerate(secs):
@@ -482,7 +484,7 @@ def _draw_impostor(results: dict, ax=None):
     norm = LogNorm(*scale) if scale else None
     cmap = matplotlib.colormaps["cividis"].with_extremes(bad="#e6e6e6")
     n = len(secs)
-    fig, axes = _canvas(ax, "impostor_table", 1, n, min(MAX_WIDTH, 3.8 * n + 1.0), 3.9)
+    fig, axes = _canvas(ax, "impostor_table", 1, n, min(MAX_WIDTH, 3.8 * n + 1.0), 3.9, models=n)
     small = len(labels) > 5
     image = None
     for c, ((name, _), (m, fm, npairs)) in enumerate(zip(secs, mats, strict=True)):
@@ -538,12 +540,20 @@ def draw(results: dict, kind: str, ax=None):
     """The matplotlib Figure of ``kind`` (:data:`PLOT_KINDS`) for a results dict; single-panel figures draw into
     ``ax`` when given (its figure is returned). Raises :class:`SettingsError` for an unknown kind or an ``ax`` given
     to a figure of several panels, :class:`DataError` when the results lack what the figure shows."""
+    protocol = (results.get("settings") or {}).get("protocol") or "all-pairs"
+    if protocol == "msc":
+        if kind not in msc.DRAW:
+            raise SettingsError(f"unknown plot kind {kind!r} for msc protocol results; choose from "
+                                f"{', '.join(msc.DRAW)}")
+        if ax is not None:
+            raise SettingsError(f"plot kind '{kind}' draws its own figure; call it without ax")
+        with style():
+            return msc.DRAW[kind](results)
     if kind not in _DRAW:
         raise SettingsError(f"unknown plot kind {kind!r}; choose from {', '.join(PLOT_KINDS)}")
     if not can_draw(results, kind):
-        protocol = (results.get("settings") or {}).get("protocol") or "all-pairs"
-        need = ("a group x group impostor table (pair grouping 'both')" if kind == "impostor_table"
-                else "all-pairs results")
+        need = ("group x group impostor table (pair grouping 'both')" if kind == "impostor_table"
+                else "score histograms and age-group results")
         raise DataError(f"no {kind} figure: these {protocol} results have no {need}")
     with style():
         return _DRAW[kind](results, ax)

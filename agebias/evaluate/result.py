@@ -9,7 +9,13 @@ It wraps the results dict (the content of results.json, schema ``agebias.evaluat
   (model, group) MultiIndex). Columns ``n_genuine``, ``n_impostor``, ``fmr``, ``fnmr``, ``fmr_ci_low``, ... .
 - ``.fairness``: GARBE, FDR, IR and the max/min ratios and differences (dict, or DataFrame for several models).
 - ``result["name"]``: the result of one model; ``.models``: their names in order.
-- ``.plot(kind, ax=None)``: a matplotlib Figure (kinds: :data:`PLOT_KINDS`).
+- ``.plot(kind, ax=None)``: a matplotlib Figure (kinds: :data:`PLOT_KINDS`; ``ax`` for the one-panel figures:
+  ``genuine_vs_gap``, and ``det`` and ``impostor_table`` of one model).
+
+Results of the legacy ``msc`` protocol (``protocol="msc"``) have no operating point, fairness summary or group
+table (``.overall``, ``.fairness``, ``.by_group`` and ``.impostor_table`` raise :class:`DataError` saying so); they
+offer ``.garbe_sweep`` (a DataFrame: GARBE and each group's FMR and FNMR per swept threshold) and the plot kinds
+``msc_columns`` and ``msc_garbe``.
 - ``.save(folder)``: results.json, groups.csv, plots and reports, the files ``agebias evaluate`` writes.
 - ``.to_dict()``: a deep copy of the results dict; :meth:`load` reads a results.json (schema 1 or 2).
 """
@@ -64,12 +70,37 @@ class EvaluationResult:
 
     # ---- tables ----------------------------------------------------------------------------------------------
     @property
+    def protocol(self) -> str:
+        """``all-pairs`` (the default) or ``msc`` (the legacy thesis protocol)."""
+        return self.settings.get("protocol") or "all-pairs"
+
+    def _all_pairs_only(self, what: str) -> None:
+        if self.protocol == "msc":
+            raise DataError(f"legacy msc protocol results have no {what}: use .garbe_sweep and .plot('msc_garbe'), "
+                            "or evaluate with the all-pairs protocol")
+
+    @property
     def overall(self):
+        self._all_pairs_only("overall operating point (.overall)")
         return self._per_model("overall")
 
     @property
     def fairness(self):
+        self._all_pairs_only("fairness summary (.fairness)")
         return self._per_model("fairness")
+
+    @property
+    def garbe_sweep(self):
+        """msc protocol results: GARBE and each group's FMR/FNMR at every swept threshold (pandas DataFrame indexed
+        by threshold; with several models a (model, threshold) MultiIndex)."""
+        import pandas as pd
+
+        if self.protocol != "msc":
+            raise DataError("only legacy msc protocol results have a GARBE sweep; these all-pairs results have "
+                            ".fairness and .plot('fairness_vs_fmr')")
+        frames = [pd.DataFrame(self._results["models"][m]["garbe_sweep"]).set_index("threshold")
+                  for m in self.models]
+        return frames[0] if len(frames) == 1 else pd.concat(frames, keys=self.models, names=["model", "threshold"])
 
     def _per_model(self, key: str):
         """One model: its ``key`` section as a dict; several: a DataFrame with one flat row per model."""
@@ -84,6 +115,8 @@ class EvaluationResult:
     def by_group(self):
         """Per-age-group rates at the global threshold (pandas DataFrame, see the module docstring)."""
         import pandas as pd
+
+        self._all_pairs_only("age-group table (.by_group)")
 
         frames = []
         for m in self.models:
@@ -101,6 +134,8 @@ class EvaluationResult:
         """Group x group FMR at the global threshold (pandas DataFrame; one model)."""
         import pandas as pd
 
+        self._all_pairs_only("impostor table (.impostor_table)")
+
         cells = self.section().get("impostor_table") or {}
         frame = pd.DataFrame([(c["row"], c["col"], c["fmr"]) for c in cells.values()], columns=["row", "col", "fmr"])
         labels = list(dict.fromkeys([*frame["row"], *frame["col"]]))
@@ -108,8 +143,8 @@ class EvaluationResult:
 
     # ---- figures and files -----------------------------------------------------------------------------------
     def plot(self, kind: str, ax=None):
-        """A matplotlib Figure of ``kind`` (see :data:`agebias.evaluate.plots.PLOT_KINDS`); drawn into ``ax``
-        when given (single-panel kinds)."""
+        """A matplotlib Figure of ``kind`` (see :data:`agebias.evaluate.plots.PLOT_KINDS`; msc results:
+        ``msc_columns``, ``msc_garbe``); drawn into ``ax`` when given (one-panel kinds)."""
         from agebias.evaluate.plots import draw
 
         return draw(self._results, kind, ax=ax)
@@ -143,7 +178,13 @@ class EvaluationResult:
     def __repr__(self) -> str:
         parts = []
         for m in self.models:
-            o = self._results["models"][m].get("overall", {})
+            sec = self._results["models"][m]
+            if self.protocol == "msc":
+                garbe = [g for g in sec.get("garbe_sweep", {}).get("garbe", []) if g is not None and g == g]
+                parts.append(f"{m}: legacy msc protocol, GARBE defined at {len(garbe)} of "
+                             f"{len(sec.get('garbe_sweep', {}).get('threshold', []))} thresholds")
+                continue
+            o = sec.get("overall", {})
             parts.append(f"{m}: EER {_num(o.get('eer'))}, FNMR {_num(o.get('fnmr'))} at FMR {_num(o.get('fmr'))}")
         return f"EvaluationResult({'; '.join(parts)})"
 

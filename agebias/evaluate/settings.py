@@ -50,7 +50,7 @@ class EvalSettings(Settings):
     curve_fmrs: tuple[float, ...] = setting(help="FMRs of the fairness-vs-FMR curves", check=each(_rate),
                                             default_factory=lambda: CURVE_FMRS)
     bootstrap: int = setting(1000, help="subject resamples for intervals (0 = off)", check=at_least(0))
-    seed: int = setting(0, help="seed of the bootstrap")
+    seed: int = setting(0, help="seed of the bootstrap", check=at_least(0))
     confidence: float = setting(0.95, help="level of every confidence interval", check=_rate)
     instance_fpr: float = setting(1e-5, help="operating point of MixFairFace's instance-level protocol", check=_rate)
     identification: str = setting("auto", help="FR-NAS rank-1 identification by group: auto (<= 20000 images), on, "

@@ -104,7 +104,7 @@ class FinetuneConfig(Settings):
                               check=at_least(2))
     val_fraction: float = setting(0.2, help="share of identities held out for validation",
                                   check=between(0, 1, high_open=True))
-    seed: int = setting(0, help="seed of the split, the data order, augmentation and the head")
+    seed: int = setting(0, help="seed of the split, the data order, augmentation and the head", check=at_least(0))
     augment: str = setting("none", help="none, or flip (random horizontal flips; disables the frozen-prefix cache)",
                            choices=("none", "flip"))
     age_bins: str = setting(DEFAULT_AGE_BINS, help="age groups for mitigation and logs: inclusive ranges, 70+ for an "

@@ -21,4 +21,4 @@ class SearchSettings(Settings):
     storage: str | None = setting(None, help="Optuna storage URL shared by all workers, e.g. "
                                              "postgresql+psycopg://user@host/db (default sqlite:///OUT/study.db)")
     seed: int | None = setting(None, help="sampler seed (default: random, so that parallel workers propose "
-                                          "different trials)")
+                                          "different trials)", check=at_least(0))
