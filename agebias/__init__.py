@@ -21,8 +21,9 @@ from typing import Any
 
 __version__ = "0.2.0"
 
-# agebias.evaluate and agebias.finetune are callable subpackages (agebias.callable_package)
-_PACKAGES = ("evaluate", "finetune")
+# submodules imported on first access; agebias.evaluate and agebias.finetune are also callable
+# (agebias.callable_package)
+_PACKAGES = ("evaluate", "finetune", "console", "errors")
 _EXPORTS = {
     "embed": "agebias.api", "evaluate_dataset": "agebias.api", "load_backbone": "agebias.api",
     "generate": "agebias.api", "estimate_ages": "agebias.apparent_age",

@@ -280,7 +280,8 @@ class Settings:
         text = f.metadata.get("help", "")
         choices = f.metadata.get("choices")  # a registry's names (a function) are checked, not listed: the help
         if isinstance(choices, (list, tuple)) and len(choices) <= 12:  # text names them, importing nothing
-            text += f" (one of: {', '.join(map(str, choices))})"
+            several = field_type(cls, name).sequence is not None
+            text += f" ({'any of' if several else 'one of'}: {', '.join(map(str, choices))})"
         return text
 
 

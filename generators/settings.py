@@ -85,7 +85,7 @@ class GenerateSettings(Settings):
     truncation_cutoff: int | None = setting(None, help="EG3D truncation cutoff (default 14; 0 disables truncation)",
                                             check=at_least(0))
     calibration: str | None = setting(None, help="EG3D-Age age calibration file calibrate-<psi>.npy (default: "
-                                                 "found beside the checkpoint)")
+                                                 "found beside the checkpoint; none: feed the ages uncalibrated)")
     source_age: float | None = setting(None, help="assumed age of the source photos (cardioid)",
                                        check=between(0, 120))
     prompt: str | None = setting(None, help="diffusion prompt; {age} is replaced by the target age")

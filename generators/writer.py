@@ -59,6 +59,12 @@ class GenerateResult:
     def exit_code(self) -> int:
         return 1 if self.skipped else 0
 
+    def __repr__(self) -> str:
+        identities = len({row.get("id") for row in self.rows})
+        qc = f", QC: {self.qc.rejected} of {self.qc.checked} rejected" if self.qc is not None else ""
+        return (f"GenerateResult({self.out}: {len(self.rows)} images of {identities} identities, {self.written} "
+                f"written, {self.reused} kept, {len(self.skipped)} skipped{qc})")
+
 
 def encode_png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()

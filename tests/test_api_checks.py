@@ -141,3 +141,12 @@ def test_msc_results_say_what_they_lack_and_plot_their_own_figures():
         result.plot("scores")
     with pytest.raises(DataError, match="only legacy msc protocol results"):
         _ = agebias.evaluate(*_data(), bootstrap=0).garbe_sweep
+
+
+def test_submodules_the_readme_names_work_right_after_import():
+    import subprocess
+    import sys
+
+    code = "import agebias; agebias.console.configure(); print(agebias.errors.DataError.__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "DataError", done.stderr

@@ -110,6 +110,10 @@ def test_datasets_check_cli(tmp_path, capsys):
     assert main(["datasets", "check", "fgnet", "--root", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "datasets/README.md" in err and "datasets/fgnet" in err
+    (tmp_path / "empty").mkdir()
+    for kind in ("fgnet", "generated", "folder"):  # an empty root is not a clean dataset
+        assert main(["datasets", "check", kind, "--root", str(tmp_path / "empty")]) == 2
+        assert "no face images found in" in capsys.readouterr().err
 
 
 def test_datasets_check_json(tmp_path, capsys):

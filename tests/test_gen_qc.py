@@ -184,6 +184,8 @@ def test_report_section_states_the_verdict_with_numbers(small_set, tmp_path):
         [finetune]
         backbone = "iresnet:1,1,1,1@8,8,16,16"
         init = "random"
+        [evaluate]
+        models = ["finetuned"]
     """))
     exp = load_experiment(exp_file)
     summaries = {"generate": {"enabled": True, "method": "fixed", "data": str(data), "identities": 2,
@@ -225,7 +227,7 @@ def test_qc_rejects_no_face_and_other_identity(crops, tmp_path):
 
 
 @pytest.mark.skipif(TOM is None, reason="insightface test image not installed")
-def test_cli_generate_with_qc(tmp_path):
+def test_cli_generate_with_qc(tmp_path, capsys):
     import shutil
 
     from agebias.cli import main
@@ -234,8 +236,11 @@ def test_cli_generate_with_qc(tmp_path):
     src.mkdir()
     shutil.copy(TOM, src / "tom.png")
     out = tmp_path / "out"
-    assert main(["-q", "generate", "--sources", str(src), "--aligned-sources", "--ages", "3,14", "--out", str(out),
+    assert main(["generate", "--sources", str(src), "--aligned-sources", "--ages", "3,14", "--out", str(out),
                  "--qc", "--qc-min-similarity", "0.2"]) == 0
+    printed = capsys.readouterr()
+    verdict = json.loads((out / "qc" / "qc.json").read_text())["verdict"]
+    assert f"QC: {verdict}" in printed.out + printed.err  # the verdict, not only the rejection count
     qc_rows = list(csv.DictReader(open(out / "qc" / "qc.csv")))
     assert len(qc_rows) == 2 and all(r["accepted"] == "True" and r["apparent_age"] for r in qc_rows)
     summary = json.loads((out / "qc" / "qc.json").read_text())

@@ -217,6 +217,7 @@ def test_per_identity_ages_in_sheet(tmp_path):
     plan = AgePlan.from_options(age_intervals="0-10,10-20,20-40", seed=0)
     res = generate_to(tmp_path, CountingGenerator(), _ids(4), plan)
     assert res.written == 12
+    assert repr(res) == f"GenerateResult({tmp_path}: 12 images of 4 identities, 12 written, 0 kept, 0 skipped)"
     for i in range(4):
         ages = sorted(int(r["age"]) for r in _rows(tmp_path) if r["id"] == f"seed{i:04d}")
         assert ages == plan.ages_for(f"seed{i:04d}")

@@ -35,7 +35,7 @@ def _from_file(tmp_path, head: str) -> FinetuneConfig:
     (tmp_path / "photos").mkdir(exist_ok=True)
     path = tmp_path / f"{head}.toml"
     path.write_text(f'[generate]\nsources = "photos"\nages = [5]\n[finetune]\nbackbone = "iresnet18"\n'
-                    f'init = "random"\nhead = "{head}"\n', encoding="utf-8")
+                    f'init = "random"\nhead = "{head}"\n[evaluate]\nmodels = ["finetuned"]\n', encoding="utf-8")
     return load_experiment(path).settings("finetune", FinetuneConfig, data=["d"], out="o", seed=0, device="auto",
                                           resume=False)
 

@@ -21,6 +21,8 @@ ages = [5, 30]
 backbone = "iresnet:1,1,1,1@8,8,16,16"
 init = "random"
 epochs = 1
+[evaluate]
+models = ["finetuned"]
 """
 
 
@@ -44,6 +46,11 @@ def test_defaults_filled_and_types_kept(tmp_path):
     (('init = "random"', 'init = "pretrained"\n'), "does not exist"),
     (("ages = [5, 30]", "ages = [5, 30]\ncheckpoint = 'nowhere.pkl'"), "checkpoint = 'nowhere.pkl' does not exist"),
     (("epochs = 1", "epochs = true"), "[finetune]: finetune setting 'epochs': must be a whole number"),
+    # [evaluate] models are checked before any stage runs, not after hours of generation and training
+    (('models = ["finetuned"]', 'models = ["sface", "finetune"]'), "[evaluate] models: unknown model 'finetune'"),
+    (('models = ["finetuned"]', 'models = ["nothere.pth"]'), "[evaluate] models: model file nothere.pth not found"),
+    (('models = ["finetuned"]', 'models = ["baseline"]'), "lists 'baseline' but [finetune] init = 'random'"),
+    (('models = ["finetuned"]', 'models = ["iresnet50"]'), "'iresnet50' names an architecture"),
 ])
 def test_bad_files_give_one_clear_line(tmp_path, edit, words):
     text = MINIMAL.replace(*edit)

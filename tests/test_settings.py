@@ -84,6 +84,8 @@ def _minimal_experiment(tmp_path):
         [finetune]
         backbone = "iresnet18"
         init = "random"
+        [evaluate]
+        models = ["finetuned"]  # no 'baseline': a random init has none
     """), encoding="utf-8")
     return load_experiment(path)
 
@@ -116,7 +118,8 @@ def test_types_are_coerced_the_same_on_every_route(tmp_path):
     path = tmp_path / "exp2.toml"
     (tmp_path / "photos").mkdir(exist_ok=True)
     path.write_text('[generate]\nsources = "photos"\nages = [5]\n[finetune]\nbackbone = "iresnet18"\ninit = "random"\n'
-                    'warmup_epochs = 1\nmargin = 0.4\nstep_epochs = [3, 5]\n', encoding="utf-8")
+                    'warmup_epochs = 1\nmargin = 0.4\nstep_epochs = [3, 5]\n[evaluate]\nmodels = ["finetuned"]\n',
+                    encoding="utf-8")
     exp = load_experiment(path)
     toml_cfg = exp.settings("finetune", FinetuneConfig, data=["d"], out="o", seed=0, device="auto", resume=False)
     py_cfg = FinetuneConfig(data=["d"], backbone="iresnet18", init="random", out="o", warmup_epochs=1, margin=0.4,
@@ -133,7 +136,7 @@ def test_one_default_margin_per_head_on_every_route(tmp_path):
     path = tmp_path / "exp.toml"
     (tmp_path / "photos").mkdir()
     path.write_text('[generate]\nsources = "photos"\nages = [5]\n[finetune]\nbackbone = "iresnet18"\ninit = "random"\n'
-                    'head = "cosface"\n', encoding="utf-8")
+                    'head = "cosface"\n[evaluate]\nmodels = ["finetuned"]\n', encoding="utf-8")
     toml_cfg = load_experiment(path).settings("finetune", FinetuneConfig, data=["d"], out="o", seed=0,
                                               device="auto", resume=False)
     py_cfg = FinetuneConfig(data=["d"], backbone="iresnet18", out="o", head="cosface")

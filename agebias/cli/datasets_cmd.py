@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (every problem)."),
         deep: bool = typer.Option(False, "--deep", help=f"Decode every image (default: a sample of {DECODE_SAMPLE})."),
     ) -> int:
-        """Scan a dataset and print what was found. Exit 0 clean, 1 problems found, 2 root missing."""
+        """Scan a dataset and print what was found. Exit 0 clean, 1 problems found, 2 root missing or without
+        images."""
         from agebias.data.fgnet import FGNET_HELP
         from agebias.data.sources import open_dataset
         from agebias.data.summary import summarize
@@ -42,6 +43,9 @@ def register(app: typer.Typer) -> None:
             hint = FGNET_HELP if kind.lower() == "fgnet" else "see datasets/README.md for where to get it"
             raise UserError(f"{kind} root {path} not found. {hint}")
         summary = summarize(open_dataset(path, kind), sample=None if deep else DECODE_SAMPLE)
+        if summary.images == 0 and not summary.problems:
+            hint = FGNET_HELP if kind.lower() == "fgnet" else "See datasets/README.md for the layouts agebias reads."
+            raise UserError(f"no face images found in {path} (dataset kind {kind}). {hint}")
         if as_json:
             typer.echo(json.dumps(summary.as_dict(), indent=2))
         else:

@@ -45,5 +45,6 @@ def register(app: typer.Typer) -> None:
         result = run(settings)
         log.info(f"{result.written} written, {result.reused} kept, {len(result.skipped)} skipped -> {result.out}")
         if result.qc is not None:
+            log.info(f"QC: {result.qc.summary['verdict']}")
             log.info(f"QC: {result.qc.rejected} of {result.qc.checked} rejected -> {result.qc.csv}")
         return report_skipped(result.skipped, f"{result.out / 'generation.json'} (skipped)")

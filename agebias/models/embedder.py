@@ -85,9 +85,27 @@ def build_embedder(spec: str | os.PathLike, arch: str | None = None, device: str
     if suffix in CHECKPOINT_SUFFIXES or path.is_file():
         model = load_backbone(path, arch=arch, trust_checkpoint=trust_checkpoint)
         return _torch_or_onnx(model, path.name, device, batch_size, flip, backend)
+    raise _not_a_model(text)
+
+
+def check_spec(spec: str | os.PathLike) -> None:
+    """Raise what :func:`build_embedder` would for ``spec``'s kind, without loading anything: ``SettingsError``
+    (field ``model``) unless it is a registered name, ``random:<arch>`` or an existing model file."""
+    text = str(spec)
+    if text in EMBEDDERS or text.startswith("random:"):
+        return
+    path = Path(text)
+    if path.suffix.lower() == ".onnx" or path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_file():
+        if not path.is_file():
+            raise SettingsError(f"model file {text} not found", field="model")
+        return
+    raise _not_a_model(text)
+
+
+def _not_a_model(text: str) -> SettingsError:
     if text.startswith(("iresnet", "timm:")) or text in list_backbones():
-        raise SettingsError(f"'{text}' names an architecture, not trained weights: pass a checkpoint "
-                            f"(.pth/.safetensors) or .onnx file, or 'random:{text}' for an untrained model (tests and "
-                            "benchmarks only)", field="model")
-    raise SettingsError(f"unknown model '{text}': expected a .pth/.safetensors/.onnx file or one of "
-                        f"{', '.join(EMBEDDERS.names())}", field="model")
+        return SettingsError(f"'{text}' names an architecture, not trained weights: pass a checkpoint "
+                             f"(.pth/.safetensors) or .onnx file, or 'random:{text}' for an untrained model (tests "
+                             "and benchmarks only)", field="model")
+    return SettingsError(f"unknown model '{text}': expected a .pth/.safetensors/.onnx file or one of "
+                         f"{', '.join(EMBEDDERS.names())}", field="model")

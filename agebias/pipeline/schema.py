@@ -247,3 +247,27 @@ def _check_stages(exp: Experiment) -> None:
         if not (ft["enabled"] and ft["val_fraction"] > 0 and training_set):
             raise SettingsError(f"{path}: [evaluate] identities = 'held-out' needs [finetune] enabled with "
                                 f"val_fraction > 0 and the training set as [evaluate] dataset (\"generated\")")
+    _check_models(exp)
+
+
+def _check_models(exp: Experiment) -> None:
+    """Every ``[evaluate] models`` entry names something the evaluate stage can build, checked before any stage
+    runs (a typo must not wait for hours of generation and training)."""
+    from agebias.models.embedder import check_spec
+
+    ft = exp.section("finetune")
+    for name in exp.section("evaluate")["models"]:
+        if name == "finetuned":
+            if not ft["enabled"]:
+                raise SettingsError(f"{exp.path}: [evaluate] models lists 'finetuned' but [finetune] is disabled")
+        elif name == "baseline":
+            if ft["init"] != "pretrained":
+                raise SettingsError(f"{exp.path}: [evaluate] models lists 'baseline' but [finetune] init = 'random' "
+                                    "has no pretrained baseline; list 'sface' or a model file instead")
+        else:
+            try:
+                check_spec(name)
+            except SettingsError as err:
+                raise SettingsError(f"{exp.path}: [evaluate] models: {err.detail} (or 'baseline' for the "
+                                    "[finetune] backbone, 'finetuned' for the trained one; relative paths are read "
+                                    "from the experiment file's folder)") from None
