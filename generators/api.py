@@ -13,10 +13,12 @@ from typing import Any
 
 from agebias.errors import DataError, SettingsError
 from generators.registry import create_generator
-from generators.settings import GenerateSettings
+from generators.settings import PACKAGE_PHOTOS, GenerateSettings
 from generators.writer import GenerateResult, generate_to
 
 log = logging.getLogger(__name__)
+
+PACKAGE_PHOTOS_COPY = ".package_photos"  # where sources = package-photos are copied, inside the output folder
 
 
 def run_generate(settings: GenerateSettings) -> GenerateResult:
@@ -51,6 +53,10 @@ def run_generate(settings: GenerateSettings) -> GenerateResult:
         from generators.sources import load_source_identities
 
         src = Path(st.sources)
+        if st.sources == PACKAGE_PHOTOS and not src.exists():
+            from agebias.data.package_photos import copy_package_photos
+
+            src = copy_package_photos(out / PACKAGE_PHOTOS_COPY)  # a hidden folder: the set's readers skip it
         if not src.exists():
             raise SettingsError(f"{src} not found", field="sources", stage=st.stage)
         idents, skipped = load_source_identities(

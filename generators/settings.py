@@ -31,6 +31,9 @@ def _methods() -> list[str]:
     return available_generators()
 
 
+PACKAGE_PHOTOS = "package-photos"  # sources: the face photos that ship in installed packages
+
+
 @dataclass
 class QCSettings(Settings):
     """Settings of the quality control of a generated set (``agebias qc``; see :mod:`generators.qc`)."""
@@ -64,7 +67,9 @@ class GenerateSettings(Settings):
                                            "(agebias doctor lists them)", short="-m", choices=_methods)
     identities: int | None = setting(None, help="number of seed identities (unconditional generators such as eg3d)",
                                      short="-n", check=at_least(1))
-    sources: str | None = setting(None, help="folder of source photos, one identity per photo (editing generators)")
+    sources: str | None = setting(None, help="folder of source photos, one identity per photo (editing generators), "
+                                             f"or {PACKAGE_PHOTOS} (photos that ship in installed packages: 4, or 9 "
+                                             "faces with all_faces)")
     aligned_sources: bool = setting(False, help="the source photos are already 112x112 aligned crops")
     all_faces: bool = setting(False, help="every face of a group photo becomes an identity")
     ages: list[int] = setting(help="target ages in years for every identity, e.g. 5,10,15", default_factory=list)

@@ -150,3 +150,14 @@ def test_submodules_the_readme_names_work_right_after_import():
     code = "import agebias; agebias.console.configure(); print(agebias.errors.DataError.__name__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "DataError", done.stderr
+
+
+def test_package_photos_work_as_sources_on_the_command_line_too(tmp_path, capsys):
+    """Experiment files accepted sources = "package-photos"; the command line said it was not found."""
+    out = tmp_path / "gen"
+    args = ["generate", "--sources", "package-photos", "--ages", "10", "--out", str(out)]
+    assert main(args) == 0
+    rows = (out / "manifest.csv").read_text().splitlines()[1:]
+    assert len(rows) >= 4 and all(str(out / ".package_photos") in row for row in rows)
+    assert main(args) == 0  # the copy is hidden inside the set: a rerun resumes instead of refusing the folder
+    assert "0 written" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from agebias.errors import SettingsError, UserError
 from agebias.evaluate.settings import PROTOCOLS, EmbedSettings, EvalSettings
 from agebias.finetune.config import FinetuneConfig
 from agebias.settings import Settings, is_required, setting, settings_fields
-from generators.settings import GenerateSettings
+from generators.settings import PACKAGE_PHOTOS, GenerateSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,7 +38,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 STAGES = ("generate", "finetune", "evaluate", "report")
-PACKAGE_PHOTOS = "package-photos"
 
 
 @dataclass
