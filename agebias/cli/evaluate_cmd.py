@@ -11,6 +11,7 @@ import typer
 from agebias.cli.interrupt import on_interrupt
 from agebias.cli.messages import report_skipped
 from agebias.cli.options import with_settings
+from agebias.data.fgnet import DEFAULT_ROOT as FGNET_ROOT
 from agebias.errors import DataError, SettingsError
 from agebias.evaluate.settings import EmbedSettings, EvalSettings
 
@@ -93,7 +94,7 @@ def dataset_cmd(
 def fgnet_cmd(
     settings: EvalSettings,
     embed: EmbedSettings,
-    root: Path = typer.Option(Path("datasets/fgnet"), "--root", help="FG-NET folder."),
+    root: Path = typer.Option(Path(FGNET_ROOT), "--root", help="FG-NET folder."),
     model: List[str] = typer.Option([], "--model", "-m", help=_MODEL_HELP),
     embeddings: List[Path] = typer.Option([], "--embeddings", "-e", help=_EMB_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),

@@ -36,8 +36,9 @@ ORIGINAL_RE = re.compile(r"^(\d{3})[aA](\d{2})([a-zA-Z]?)\.(jpe?g)$", re.IGNOREC
 REGROUPED_RE = re.compile(r"^(\d{3})_(\d{2})([a-zA-Z]?)\.(jpe?g|png)$", re.IGNORECASE)
 POINT_FOLDERS = ("points", "Points", "POINTS", "pts", "landmarks")
 
+DEFAULT_ROOT = "datasets/fgnet"  # where the README puts FG-NET, relative to the working folder
 FGNET_HELP = ("FG-NET is not redistributed with agebias: obtain it (see datasets/README.md) and unpack it to "
-              "datasets/fgnet (images/ and points/ inside), or pass --root DIR")
+              f"{DEFAULT_ROOT} (images/ and points/ inside), or pass --root DIR")
 
 
 def parse_fgnet_name(name: str) -> tuple[str, int, str] | None:

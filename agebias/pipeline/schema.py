@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agebias.data.fgnet import DEFAULT_ROOT as FGNET_ROOT
 from agebias.errors import SettingsError, UserError
 from agebias.evaluate.settings import PROTOCOLS, EmbedSettings, EvalSettings
 from agebias.finetune.config import FinetuneConfig
@@ -75,7 +76,7 @@ class EvaluateSection(Settings):
     stage = "evaluate"
 
     dataset: str = setting("generated", help="generated (the generated set), fgnet, or a manifest / folder path")
-    root: str = setting("datasets/fgnet", help="FG-NET folder when dataset = fgnet")
+    root: str = setting(FGNET_ROOT, help="FG-NET folder when dataset = fgnet")
     models: list[str] = setting(help="models to compare: baseline (the finetune backbone), finetuned, sface, or a "
                                      "model file", default_factory=lambda: ["baseline", "finetuned"])
     protocols: list[str] = setting(help="all-pairs and/or msc (the MSc thesis protocol)", choices=PROTOCOLS,
