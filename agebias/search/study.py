@@ -14,7 +14,8 @@
   stops beating and is marked FAIL by the next worker that starts or begins a trial (after ``2 * heartbeat``).
   Without a heartbeat a killed worker's trial stays RUNNING; the study remains usable either way.
 - After every trial (and at start and end) the worker rewrites ``<out>/pareto.json`` and ``<out>/pareto.png``
-  atomically from the storage, so the files describe the whole study, whichever worker wrote last.
+  atomically from the storage, so the files describe the whole study, whichever worker wrote last (the figure:
+  :mod:`agebias.search.pareto_plot`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from agebias.atomic import atomic_path, write_json, write_text
+from agebias.atomic import write_json, write_text
 from agebias.errors import UserError
 from agebias.search.experiment import SearchExperiment
-from agebias.search.objectives import Objective
+from agebias.search.pareto_plot import completed_trials, plot_pareto
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def open_study(storage, name: str, n_objectives: int, sampler):
 
 def pareto_front(trials: list, n_obj: int) -> list:
     """Non-dominated COMPLETE trials (all objectives minimised), in trial-number order."""
-    done = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None and len(t.values) == n_obj]
+    done = completed_trials(trials, n_obj)
 
     def dominates(a, b) -> bool:
         pairs = list(zip(a.values, b.values, strict=True))
@@ -199,6 +200,7 @@ def write_pareto(study, exp: SearchExperiment, out: Path) -> tuple[Path, Path]:
         "n_trials": len(trials),
         "completed": states.get("COMPLETE", 0),
         "failed": states.get("FAIL", 0),
+        "pruned": states.get("PRUNED", 0),
         "running": states.get("RUNNING", 0),
         "pareto": [{"number": t.number, "params": t.params, "objectives": dict(zip(names, t.values, strict=True)),
                     "dir": t.user_attrs.get("dir")} for t in front],
@@ -209,51 +211,6 @@ def write_pareto(study, exp: SearchExperiment, out: Path) -> tuple[Path, Path]:
     write_json(json_path, doc)
     plot_pareto(trials, front, exp.objectives, doc["baseline"], png_path, study.study_name)
     return json_path, png_path
-
-
-def plot_pareto(trials: list, front: list, objectives: list[Objective], baseline: dict | None, path: Path,
-                title: str) -> None:
-    """Scatter of every completed trial (first two objectives), the front as a step line, the baseline marked."""
-    from matplotlib.figure import Figure
-
-    n = len(objectives)
-    done = [t for t in trials if t.state.name == "COMPLETE" and t.values is not None and len(t.values) == n]
-    fig = Figure(figsize=(6, 4.5), dpi=90)
-    ax = fig.add_axes((0.12, 0.11, 0.84, 0.8))
-
-    def xy(values) -> tuple[float, float]:
-        return (values[0], values[1]) if n >= 2 else (float("nan"), values[0])
-
-    if n >= 2:
-        pts = [xy(t.values) for t in done]
-        if pts:
-            ax.scatter(*zip(*pts, strict=True), s=22, c="0.6", label=f"trials ({len(done)})")
-        fr = sorted(xy(t.values) for t in front)
-        if fr:
-            ax.step(*zip(*fr, strict=True), where="post", c="tab:red", lw=1.2)
-            ax.scatter(*zip(*fr, strict=True), s=36, c="tab:red", label=f"Pareto front ({len(fr)})", zorder=3)
-            for t in front:
-                ax.annotate(str(t.number), xy(t.values), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.set_xlabel(objectives[0].label)
-        ax.set_ylabel(objectives[1].label)
-        if baseline and all(o.name in baseline["values"] for o in objectives[:2]):
-            bx, by = baseline["values"][objectives[0].name], baseline["values"][objectives[1].name]
-            ax.scatter([bx], [by], marker="*", s=160, c="black", label=baseline["label"], zorder=4)
-    else:
-        if done:
-            ax.scatter([t.number for t in done], [t.values[0] for t in done], s=22, c="0.6", label="trials")
-        ax.set_xlabel("trial")
-        ax.set_ylabel(objectives[0].label)
-        if baseline and objectives[0].name in baseline["values"]:
-            ax.axhline(baseline["values"][objectives[0].name], c="black", ls="--", label=baseline["label"])
-    ax.set_title(f"{title}: {len(done)} completed of {len(trials)} trials (all minimised)", fontsize=9)
-    if not done:
-        ax.text(0.5, 0.5, "no completed trial yet", ha="center", va="center", transform=ax.transAxes)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
 
 
 def _move_aside_foreign(trial_dir: Path, study: str, url: str, trial_id: int) -> None:
