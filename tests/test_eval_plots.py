@@ -165,3 +165,120 @@ def test_figures_fit_the_report_width_with_legible_fonts(result):
         sizes = [t.get_fontsize() for ax in fig.axes for t in (*ax.get_xticklabels(), *ax.texts)]
         legends = [t.get_fontsize() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
         assert min(sizes + legends) >= 6.5, kind
+
+
+# ------------------------------------------------------------------------------- score panels: labels and limits
+def _two_cluster_results(tau: float) -> dict:
+    """One model, groups 'young' and 'old': impostor scores in two clusters (-0.5 and 0.3, an empty gap between
+    them where a smoothed curve falls off the log axis) and genuine scores near 0.95; tau where a count label in
+    the upper-left corner would cross it."""
+    edges = np.linspace(-1, 1, 201)
+    centres = (edges[1:] + edges[:-1]) / 2
+    rng = np.random.default_rng(1)
+
+    def hist(n_imp: int, n_gen: int) -> dict:
+        imp = np.concatenate([rng.normal(-0.5, 0.03, n_imp // 2), rng.normal(0.3, 0.03, n_imp - n_imp // 2)])
+        gen = rng.normal(0.95, 0.01, n_gen)
+        return {"impostor": np.histogram(imp, edges)[0].tolist(), "genuine": np.histogram(gen, edges)[0].tolist()}
+
+    young, old = hist(400, 60), hist(150, 20)
+    overall = {k: (np.asarray(young[k]) + np.asarray(old[k])).tolist() for k in young}
+    assert np.asarray(overall["impostor"])[(centres > -0.3) & (centres < 0.1)].sum() == 0  # the gap
+    group = {"n_genuine": 1, "n_impostor": 1, "fmr": 0.0, "fnmr": 0.0}
+    return {"settings": {"protocol": "all-pairs"}, "model_order": ["m"],
+            "models": {"m": {"pair_grouping": {"labels": ["young", "old"], "description": "both"},
+                             "overall": {"threshold": tau}, "groups": {"young": group, "old": group},
+                             "histograms": {"edges": edges.tolist(),
+                                            "groups": {"overall": overall, "young": young, "old": old}}}}}
+
+
+def _drawn(fig):
+    """The renderer of the figure drawn once on an Agg canvas (every artist, label frames too, in place)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _label_boxes(ax, renderer) -> list:
+    """Display boxes of the panel's count labels, white frames included."""
+    return [t.get_bbox_patch().get_window_extent(renderer) for t in ax.texts]
+
+
+def test_score_curves_stay_inside_their_axes_and_labels_clear_tau_and_data():
+    """The upper-left label crossed tau (at 0.27 of the demo's sface range) and the smoothed impostor curve of
+    the fine-tuned model ran below the axis through the gap between its score clusters."""
+    from matplotlib.patches import StepPatch
+
+    tau = -0.2  # at a quarter of the x range, in the gap between the impostor clusters
+    fig = draw(_two_cluster_results(tau), "scores")
+    renderer = _drawn(fig)
+    axes = [a for a in fig.axes if a.texts]
+    assert len(axes) == 3  # overall, young, old
+    lo, hi = axes[0].get_ylim()
+    tops = []
+    for ax in axes:
+        assert ax.get_ylim() == (lo, hi)  # one y axis for the column
+        curves = [ln for ln in ax.get_lines() if ln.get_transform() == ax.transData]
+        assert curves  # 200+ impostor pairs over 10+ bins: smoothed
+        for ln in curves:
+            y = np.asarray(ln.get_ydata(), float)
+            y = y[np.isfinite(y)]
+            assert y.size and lo <= y.min() and y.max() <= hi
+        bars = [p.get_data().values for p in ax.patches if isinstance(p, StepPatch)]
+        tops.append(max([b.max() for b in bars] + [np.nanmax(ln.get_ydata()) for ln in curves]))
+        x_tau = ax.transData.transform((tau, 1.0))[0]
+        data_top = ax.transData.transform((0.0, tops[-1]))[1]
+        for box in _label_boxes(ax, renderer):
+            assert not box.x0 <= x_tau <= box.x1  # clear of the tau line
+            assert box.y0 > data_top  # above every bar and curve of the panel
+            assert ax.get_window_extent(renderer).contains(box.x0, box.y0)
+            assert ax.get_window_extent(renderer).contains(box.x1, box.y1)
+    assert max(tops) < hi  # the shared top is above the highest density of every panel in the column
+
+
+def test_a_label_with_no_room_beside_tau_stops_the_tau_line_below_it():
+    """A panel too narrow for the label on either side of tau: three lines, and the tau line ends under them."""
+    from matplotlib.figure import Figure
+
+    from agebias.evaluate.plots import _corner_label, _count_texts
+
+    fig = Figure(figsize=(1.6, 2.0), dpi=130, layout="constrained")
+    ax = fig.subplots()
+    ax.set_xlim(0, 1)
+    tau_line = ax.axvline(0.5, color="black")
+    fig.draw_without_rendering()
+    texts = _count_texts("overall", {"genuine": 1234, "impostor": 56789})
+    assert texts[-1] == "overall:\n1,234 genuine\n56,789 impostor"
+
+    def make(text, side):
+        return ax.text(0.02 if side == "left" else 0.98, 0.97, text, transform=ax.transAxes, ha=side, va="top",
+                       fontsize=8, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
+
+    label, band = _corner_label(ax, make, texts, 0.5)
+    assert list(ax.texts) == [label] and label.get_text() == texts[-1]
+    renderer = _drawn(fig)
+    box = label.get_bbox_patch().get_window_extent(renderer)
+    line_top = ax.transAxes.transform((0.0, tau_line.get_ydata()[1]))[1]
+    assert 0 < band < 1 and tau_line.get_ydata()[1] == pytest.approx(1 - band)
+    assert line_top < box.y0  # the line ends below the label
+
+
+def test_scores_in_the_callers_panel_put_counts_in_the_legend_clear_of_tau():
+    """One panel drawn into a given ax: the legend (titled with the counts) had a fixed upper-right place."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import StepPatch
+
+    res = _two_cluster_results(0.6)  # tau right of centre: the legend goes to the upper left
+    res["models"]["m"]["histograms"]["groups"] = {"overall": res["models"]["m"]["histograms"]["groups"]["overall"]}
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.subplots()
+    assert draw(res, "scores", ax=ax) is fig
+    renderer = _drawn(fig)
+    legend = ax.get_legend()
+    assert legend.get_title().get_text() == "overall: 80 genuine, 550 impostor" and not ax.texts
+    box = legend.get_frame().get_window_extent(renderer)
+    assert box.x1 < ax.transData.transform((0.6, 1.0))[0]  # left of tau
+    peak = max(p.get_data().values.max() for p in ax.patches if isinstance(p, StepPatch))
+    assert box.y0 > ax.transData.transform((0.0, peak))[1]  # above the highest bar
