@@ -242,7 +242,7 @@ def test_a_label_with_no_room_beside_tau_stops_the_tau_line_below_it():
     """A panel too narrow for the label on either side of tau: three lines, and the tau line ends under them."""
     from matplotlib.figure import Figure
 
-    from agebias.evaluate.plots import _corner_label, _count_texts
+    from agebias.evaluate.plot_scores import _corner_label, _count_texts
 
     fig = Figure(figsize=(1.6, 2.0), dpi=130, layout="constrained")
     ax = fig.subplots()

@@ -10,8 +10,8 @@ which also writes the files, ``evaluate_scores``, ``match_embeddings``). Module 
 all-pairs engine), ``grouping`` (age bins, pair groups), ``allpairs`` (the default protocol), ``msc`` (the MSc
 thesis protocol), ``verification_bin`` (insightface 10-fold), ``identification`` (FR-NAS ranks), ``instance``
 (MixFairFace), ``bootstrap`` (subject resampling), ``result`` (``EvaluationResult``), ``outputs`` (the files),
-``plots``, ``figure_style``, ``report``, ``runner`` and ``embed_shards`` (dataset -> embeddings -> results),
-``settings``.
+``plots`` (the figures' entry points; each figure in its ``plot_*`` module), ``figure_style``, ``report``,
+``runner`` and ``embed_shards`` (dataset -> embeddings -> results), ``settings``.
 """
 
 from agebias.callable_package import make_callable
